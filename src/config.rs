@@ -1,0 +1,286 @@
+//! The service's configuration: one struct, read from a TOML file once at start and
+//! checked there, so a bad value stops the start with the file, the key and what was
+//! expected, and nothing later has to doubt it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub database: Database,
+    pub kafka: Kafka,
+    pub ingest: Ingest,
+    pub http: Http,
+    pub cache: Cache,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Database {
+    pub url: String,
+    pub pool_size: usize,
+    pub connect_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Kafka {
+    pub brokers: String,
+    pub topic: String,
+    pub group_id: String,
+    pub auto_offset_reset: OffsetReset,
+    pub fetch_wait_max_ms: u32,
+    pub session_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Ingest {
+    pub batch_max_messages: usize,
+    pub batch_max_wait_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Http {
+    pub addr: SocketAddr,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cache {
+    pub max_orders: usize,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: "postgres://orders_svc@127.0.0.1:5432/orders".into(),
+            pool_size: 4,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+impl Default for Kafka {
+    fn default() -> Self {
+        Kafka {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "orders".into(),
+            group_id: "orders-svc".into(),
+            auto_offset_reset: OffsetReset::Earliest,
+            fetch_wait_max_ms: 10,
+            session_timeout_ms: 45_000,
+        }
+    }
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest { batch_max_messages: 1000, batch_max_wait_ms: 50, retry_initial_ms: 100, retry_max_ms: 10_000 }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http { addr: SocketAddr::from(([127, 0, 0, 1], 8081)), workers: 4 }
+    }
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache { max_orders: 100_000 }
+    }
+}
+
+impl OffsetReset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OffsetReset::Earliest => "earliest",
+            OffsetReset::Latest => "latest",
+        }
+    }
+}
+
+impl Ingest {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+    pub fn retry_initial(&self) -> Duration {
+        Duration::from_millis(self.retry_initial_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
+}
+
+impl Config {
+    /// Reads and checks the configuration file at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses and checks configuration text; errors name the key and what was expected.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            // toml's message starts with a location and a source excerpt; keep its last
+            // line, which says what was expected.
+            let message = inner.message().trim().to_string();
+            let location = inner
+                .span()
+                .map(|span| {
+                    let line = text[..span.start].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            if key == "." || key.is_empty() {
+                anyhow::anyhow!("{message}{location}")
+            } else {
+                anyhow::anyhow!("key `{key}`: {message}{location}")
+            }
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Range checks serde cannot express.
+    fn check(&self) -> anyhow::Result<()> {
+        fn positive(key: &str, value: u64) -> anyhow::Result<()> {
+            if value == 0 {
+                bail!("key `{key}`: expected a number greater than 0, found 0");
+            }
+            Ok(())
+        }
+        fn not_empty(key: &str, value: &str) -> anyhow::Result<()> {
+            if value.trim().is_empty() {
+                bail!("key `{key}`: expected a non-empty string");
+            }
+            Ok(())
+        }
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            bail!("key `database.url`: expected a URL starting with postgres://, found {:?}", self.database.url);
+        }
+        self.database
+            .url
+            .parse::<postgres::Config>()
+            .map_err(|e| anyhow::anyhow!("key `database.url`: not a valid PostgreSQL URL: {e}"))?;
+        positive("database.pool_size", self.database.pool_size as u64)?;
+        positive("database.connect_timeout_secs", self.database.connect_timeout_secs)?;
+        not_empty("kafka.brokers", &self.kafka.brokers)?;
+        not_empty("kafka.topic", &self.kafka.topic)?;
+        not_empty("kafka.group_id", &self.kafka.group_id)?;
+        positive("kafka.session_timeout_ms", self.kafka.session_timeout_ms.into())?;
+        positive("ingest.batch_max_messages", self.ingest.batch_max_messages as u64)?;
+        positive("ingest.retry_initial_ms", self.ingest.retry_initial_ms)?;
+        if self.ingest.retry_max_ms < self.ingest.retry_initial_ms {
+            bail!(
+                "key `ingest.retry_max_ms`: expected at least ingest.retry_initial_ms ({}), found {}",
+                self.ingest.retry_initial_ms,
+                self.ingest.retry_max_ms
+            );
+        }
+        positive("http.workers", self.http.workers as u64)?;
+        positive("cache.max_orders", self.cache.max_orders as u64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", Config::parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn empty_file_gives_the_local_stack_defaults() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.database.url, "postgres://orders_svc@127.0.0.1:5432/orders");
+        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.topic, "orders");
+        assert_eq!(c.kafka.fetch_wait_max_ms, 10);
+        assert_eq!(c.http.addr.to_string(), "127.0.0.1:8081");
+    }
+
+    #[test]
+    fn sample_file_parses_to_the_defaults() {
+        let c = Config::parse(include_str!("../orders.toml")).unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expectation() {
+        assert_eq!(
+            err("[http]\nworkers = \"four\"\n"),
+            "key `http.workers`: invalid type: string \"four\", expected usize (line 2)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        assert_eq!(
+            err("[kafka]\ntopik = \"x\"\n"),
+            "key `kafka.topik`: unknown field `topik`, expected one of `brokers`, `topic`, `group_id`, \
+             `auto_offset_reset`, `fetch_wait_max_ms`, `session_timeout_ms` (line 2)"
+        );
+    }
+
+    #[test]
+    fn bad_address_and_enum_are_named() {
+        assert_eq!(
+            err("[http]\naddr = \"localhost\"\n"),
+            "key `http.addr`: invalid socket address syntax (line 2)"
+        );
+        assert_eq!(
+            err("[kafka]\nauto_offset_reset = \"first\"\n"),
+            "key `kafka.auto_offset_reset`: unknown variant `first`, expected `earliest` or `latest` (line 2)"
+        );
+    }
+
+    #[test]
+    fn bad_toml_says_where() {
+        let e = err("[http\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn range_checks_name_the_key() {
+        assert_eq!(err("[http]\nworkers = 0\n"), "key `http.workers`: expected a number greater than 0, found 0");
+        assert_eq!(
+            err("[database]\nurl = \"mysql://x\"\n"),
+            "key `database.url`: expected a URL starting with postgres://, found \"mysql://x\""
+        );
+        assert_eq!(
+            err("[ingest]\nretry_initial_ms = 500\nretry_max_ms = 100\n"),
+            "key `ingest.retry_max_ms`: expected at least ingest.retry_initial_ms (500), found 100"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let e = format!("{:#}", Config::load(Path::new("/nonexistent/orders.toml")).unwrap_err());
+        assert_eq!(e, "cannot read config file /nonexistent/orders.toml: No such file or directory (os error 2)");
+    }
+}

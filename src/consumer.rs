@@ -1,0 +1,288 @@
+//! The Kafka loop: the one thread that takes messages from the topic, writes them to
+//! PostgreSQL, commits their offsets and publishes the stored orders to the cache.
+//!
+//! Its order of effects is the service's main promise: an offset is committed only after
+//! the transaction holding its message (as an order or as a dead letter) has committed,
+//! and a failed write is retried until it succeeds, so no offset ever passes it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use log::{debug, info, warn};
+use postgres::Client;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::model::{self, Message, Order};
+use crate::store::{self, BatchResult, DeadLetter};
+use crate::{Health, Shutdown};
+
+/// How long an idle poll waits before looking at the shutdown signal again.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+
+pub struct Consumer {
+    consumer: BaseConsumer<GroupContext>,
+    config: Config,
+    cache: Arc<Cache>,
+    shutdown: Shutdown,
+    db: Option<Client>,
+    /// Offsets of written batches whose commit to Kafka has not succeeded yet.
+    uncommitted: BTreeMap<(String, i32), i64>,
+    /// `GroupContext::revocations` when `uncommitted` was last added to.
+    uncommitted_generation: u64,
+}
+
+/// Follows the consumer group's rebalances. Its callbacks run on the consumer thread,
+/// inside `poll`.
+pub struct GroupContext {
+    health: Arc<Health>,
+    /// Counts revocations, so the loop can tell that partitions it held were taken away
+    /// while it was collecting a batch.
+    revocations: AtomicU64,
+    assigned: AtomicUsize,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.revocations.fetch_add(1, Ordering::SeqCst);
+            info!("event=partitions_revoked count={}", tpl.count());
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
+        self.assigned.store(assigned, Ordering::SeqCst);
+        self.health.set_assigned_partitions(assigned);
+        match rebalance {
+            Rebalance::Assign(tpl) => info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl)),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!("event=rebalance_error error={e}"),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> String {
+    let list: Vec<String> = tpl.elements().iter().map(|e| format!("{}/{}", e.topic(), e.partition())).collect();
+    list.join(",")
+}
+
+impl Consumer {
+    /// Joins the consumer group and subscribes to the topic. Nothing is read yet.
+    pub fn new(config: &Config, cache: Arc<Cache>, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<Consumer> {
+        let k = &config.kafka;
+        let context = GroupContext { health, revocations: AtomicU64::new(0), assigned: AtomicUsize::new(0) };
+        let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
+            .set("bootstrap.servers", &k.brokers)
+            .set("group.id", &k.group_id)
+            .set("client.id", "orders-svc")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false")
+            .set("auto.offset.reset", k.auto_offset_reset.as_str())
+            .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
+            .set("session.timeout.ms", k.session_timeout_ms.to_string())
+            .create_with_context(context)
+            .context("create Kafka consumer")?;
+        consumer.subscribe(&[&k.topic]).with_context(|| format!("subscribe to topic {}", k.topic))?;
+        info!("event=consumer_subscribed brokers={} topic={} group_id={}", k.brokers, k.topic, k.group_id);
+        Ok(Consumer {
+            consumer,
+            config: config.clone(),
+            cache,
+            shutdown,
+            db: None,
+            uncommitted: BTreeMap::new(),
+            uncommitted_generation: 0,
+        })
+    }
+
+    /// The loop. Returns when shutdown is signalled, after the batch in hand is written
+    /// and its offsets committed (or, if the database is down then, not written at all:
+    /// its messages are read again at the next start).
+    pub fn run(mut self) {
+        while !self.shutdown.is_signalled() {
+            let batch = self.collect_batch();
+            if batch.is_empty() {
+                self.commit_pending();
+                continue;
+            }
+            let (orders, dead) = decode_all(&batch);
+            let Some(result) = self.write_with_retry(&orders, &dead) else {
+                info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
+                break;
+            };
+            self.commit_offsets(&batch);
+            log_batch(&batch, &result);
+            let stored = result.stored;
+            let mut orders: Vec<Option<Order>> = orders.into_iter().map(|(_, o)| Some(o)).collect();
+            self.cache.insert_all(stored.into_iter().filter_map(|i| orders[i].take()));
+        }
+        self.commit_pending();
+        info!("event=consumer_stopped");
+    }
+
+    /// Takes messages until the batch is full or `batch_max_wait` has passed since its
+    /// first message. If partitions are revoked meanwhile, what was collected is dropped:
+    /// their new owner reads it again from the committed offset.
+    fn collect_batch(&mut self) -> Vec<Message> {
+        let max = self.config.ingest.batch_max_messages;
+        let max_wait = self.config.ingest.batch_max_wait();
+        let mut batch = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        let mut generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+        loop {
+            let timeout = deadline.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()));
+            match self.consumer.poll(timeout) {
+                Some(Ok(m)) => {
+                    batch.push(Message {
+                        topic: m.topic().to_string(),
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                    });
+                    deadline.get_or_insert_with(|| Instant::now() + max_wait);
+                }
+                Some(Err(e)) => warn!("event=kafka_error error={e}"),
+                None => {}
+            }
+            let now_generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+            if now_generation != generation {
+                if !batch.is_empty() {
+                    info!("event=batch_dropped reason=partitions_revoked messages={}", batch.len());
+                }
+                batch.clear();
+                deadline = None;
+                generation = now_generation;
+            }
+            if batch.len() >= max || deadline.is_some_and(|d| Instant::now() >= d) {
+                return batch;
+            }
+            if batch.is_empty() && self.shutdown.is_signalled() {
+                return batch;
+            }
+        }
+    }
+
+    /// Writes the batch, retrying with capped exponential backoff until it commits.
+    /// Returns None only when shutdown is signalled while the database is failing.
+    fn write_with_retry(&mut self, orders: &[(&Message, Order)], dead: &[DeadLetter]) -> Option<BatchResult> {
+        let mut delay = self.config.ingest.retry_initial();
+        let mut attempt = 1u32;
+        loop {
+            match self.write_once(orders, dead) {
+                Ok(result) => {
+                    if attempt > 1 {
+                        info!("event=database_recovered attempts={attempt}");
+                    }
+                    return Some(result);
+                }
+                Err(e) => {
+                    warn!("event=batch_write_failed attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
+                    if self.db.as_ref().is_some_and(Client::is_closed) {
+                        self.db = None;
+                    }
+                }
+            }
+            if self.shutdown.sleep(delay) {
+                return None;
+            }
+            delay = (delay * 2).min(self.config.ingest.retry_max());
+            attempt += 1;
+        }
+    }
+
+    fn write_once(&mut self, orders: &[(&Message, Order)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
+        let db = match &mut self.db {
+            Some(client) => client,
+            None => {
+                let d = &self.config.database;
+                self.db.insert(store::connect(&d.url, Duration::from_secs(d.connect_timeout_secs))?)
+            }
+        };
+        store::write_batch(db, orders, dead)
+    }
+
+    /// Commits, per partition, one past the highest offset of the batch. A commit that
+    /// fails is tried again on the next pass of the loop; committing a later offset also
+    /// covers it.
+    fn commit_offsets(&mut self, batch: &[Message]) {
+        let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+        if generation != self.uncommitted_generation {
+            // Partitions were revoked since these were written: their new owner commits.
+            self.uncommitted.clear();
+            self.uncommitted_generation = generation;
+        }
+        for m in batch {
+            let next = self.uncommitted.entry((m.topic.clone(), m.partition)).or_insert(0);
+            *next = (*next).max(m.offset + 1);
+        }
+        self.commit_pending();
+    }
+
+    fn commit_pending(&mut self) {
+        if self.uncommitted.is_empty() {
+            return;
+        }
+        if self.consumer.context().revocations.load(Ordering::SeqCst) != self.uncommitted_generation {
+            self.uncommitted.clear();
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.uncommitted {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .expect("a non-negative offset is valid");
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                debug!("event=offsets_committed offsets={}", describe_offsets(&self.uncommitted));
+                self.uncommitted.clear();
+            }
+            Err(e) => warn!("event=offset_commit_failed offsets={} error={e}", describe_offsets(&self.uncommitted)),
+        }
+    }
+}
+
+/// Decodes each message into an order or a dead letter with its reason.
+fn decode_all(batch: &[Message]) -> (Vec<(&Message, Order)>, Vec<DeadLetter>) {
+    let mut orders = Vec::with_capacity(batch.len());
+    let mut dead = Vec::new();
+    for m in batch {
+        match model::decode(m.payload.as_deref()) {
+            Ok(order) => orders.push((m, order)),
+            Err(rejection) => {
+                warn!(
+                    "event=message_rejected topic={} partition={} offset={} rule={} detail={:?}",
+                    m.topic, m.partition, m.offset, rejection.rule, rejection.detail
+                );
+                dead.push(DeadLetter::new(m, rejection));
+            }
+        }
+    }
+    (orders, dead)
+}
+
+fn describe_offsets(offsets: &BTreeMap<(String, i32), i64>) -> String {
+    let list: Vec<String> = offsets.iter().map(|((t, p), o)| format!("{t}/{p}@{o}")).collect();
+    list.join(",")
+}
+
+fn log_batch(batch: &[Message], result: &BatchResult) {
+    info!(
+        "event=batch_committed messages={} inserted={} replaced={} unchanged={} rejected={}",
+        batch.len(),
+        result.inserted,
+        result.replaced,
+        result.unchanged,
+        result.dead_letters.len()
+    );
+}
