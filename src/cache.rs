@@ -53,7 +53,7 @@ mod tests {
     use super::*;
 
     fn order(uid: &str) -> Order {
-        let mut o = crate::model::decode(Some(include_bytes!("../demo/model.json"))).unwrap();
+        let mut o = crate::model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap();
         o.order_uid = uid.to_string();
         o
     }

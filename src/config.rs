@@ -15,6 +15,7 @@ pub struct Config {
     pub database: Database,
     pub kafka: Kafka,
     pub ingest: Ingest,
+    pub validation: crate::model::Rules,
     pub http: Http,
     pub cache: Cache,
 }
@@ -199,6 +200,7 @@ impl Config {
                 self.ingest.retry_max_ms
             );
         }
+        positive("validation.max_message_bytes", self.validation.max_message_bytes as u64)?;
         positive("http.workers", self.http.workers as u64)?;
         positive("cache.max_orders", self.cache.max_orders as u64)?;
         Ok(())
@@ -228,6 +230,13 @@ mod tests {
         let c = Config::parse(include_str!("../orders.toml")).unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn compose_config_parses() {
+        let c = Config::parse(include_str!("../deploy/compose.toml")).unwrap();
+        assert_eq!(c.kafka.brokers, "kafka:9092");
+        assert_eq!(c.http.addr.to_string(), "0.0.0.0:8081");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::model::{self, Message, Order};
+use crate::model::{self, Message, Order, Rules};
 use crate::store::{self, BatchResult, DeadLetter};
 use crate::{Health, Shutdown};
 
@@ -115,7 +115,7 @@ impl Consumer {
                 self.commit_pending();
                 continue;
             }
-            let (orders, dead) = decode_all(&batch);
+            let (orders, dead) = decode_all(&batch, &self.config.validation);
             let Some(result) = self.write_with_retry(&orders, &dead) else {
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
                 break;
@@ -253,18 +253,18 @@ impl Consumer {
 }
 
 /// Decodes each message into an order or a dead letter with its reason.
-fn decode_all(batch: &[Message]) -> (Vec<(&Message, Order)>, Vec<DeadLetter>) {
+fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Order)>, Vec<DeadLetter>) {
     let mut orders = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     for m in batch {
-        match model::decode(m.payload.as_deref()) {
+        match model::decode(m.payload.as_deref(), rules) {
             Ok(order) => orders.push((m, order)),
             Err(rejection) => {
                 warn!(
                     "event=message_rejected topic={} partition={} offset={} rule={} detail={:?}",
                     m.topic, m.partition, m.offset, rejection.rule, rejection.detail
                 );
-                dead.push(DeadLetter::new(m, rejection));
+                dead.push(DeadLetter::new(m, rejection, rules.max_message_bytes));
             }
         }
     }

@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn cached_order_is_served_as_json() {
         let s = state();
-        let order = model::decode(Some(include_bytes!("../demo/model.json"))).unwrap();
+        let order = model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap();
         s.cache.insert_all([order.clone()]);
         let r = get(&s, "/order/b563feb7b2b84b6test");
         assert_eq!((r.status, r.content_type), (200, "application/json"));

@@ -4,11 +4,13 @@
 
 pub mod cache;
 pub mod config;
+pub mod generate;
 pub mod consumer;
 pub mod http;
 pub mod model;
 pub mod pages;
 pub mod produce;
+pub mod rejected;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -21,7 +21,7 @@ pub struct Order {
     pub delivery_service: String,
     pub shardkey: String,
     pub sm_id: i64,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(serialize_with = "time::serde::rfc3339::serialize", deserialize_with = "rfc3339")]
     pub date_created: OffsetDateTime,
     pub oof_shard: String,
 }
@@ -99,16 +99,173 @@ impl std::fmt::Display for Rejection {
 /// Longest `order_uid` accepted, on the topic and in URLs.
 pub const MAX_UID_LEN: usize = 64;
 
-/// Turns a message payload into an order, or says why it cannot be one.
-pub fn decode(payload: Option<&[u8]>) -> Result<Order, Rejection> {
-    let bytes = payload.ok_or_else(|| Rejection::new("empty", "message has no payload"))?;
+/// Longest value of any other text field, in characters.
+pub const MAX_TEXT_LEN: usize = 255;
+
+/// The checks a message must pass, as configured. The cross-field rules are on by
+/// default and can each be switched off: producers in the wild differ.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Rules {
+    /// Larger messages are rejected by the `size` rule without being parsed.
+    pub max_message_bytes: usize,
+    /// `payment.transaction == order_uid`
+    pub payment_transaction: bool,
+    /// every `item.track_number == track_number`
+    pub item_track_number: bool,
+    /// `payment.goods_total == Σ item.total_price`
+    pub goods_total: bool,
+    /// `payment.amount == goods_total + delivery_cost + custom_fee`
+    pub amount: bool,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules { max_message_bytes: 1 << 20, payment_transaction: true, item_track_number: true, goods_total: true, amount: true }
+    }
+}
+
+/// The start of the error `date_created` gives when it is not a time; `decode` files
+/// such errors under their own rule.
+const BAD_TIME: &str = "date_created is not an RFC 3339 time";
+
+fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OffsetDateTime, D::Error> {
+    let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+    OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| serde::de::Error::custom(format!("{BAD_TIME}: {e}")))
+}
+
+/// Turns a message payload into an order, or says which rule it breaks. The rules are
+/// checked in the order the README lists them; the first broken one is reported.
+pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection> {
+    let bytes = payload.unwrap_or_default();
+    if bytes.len() > rules.max_message_bytes {
+        return Err(Rejection::new(
+            "size",
+            format!("message is {} bytes, more than the {} allowed", bytes.len(), rules.max_message_bytes),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(Rejection::new("empty", "message has no payload"));
+    }
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Rejection::new("utf8", format!("payload is not UTF-8: {e}")))?;
-    let mut order: Order =
-        serde_json::from_str(text).map_err(|e| Rejection::new("json", e.to_string()))?;
-    check_uid(&order.order_uid).map_err(|detail| Rejection::new("order_uid", detail))?;
+    let mut order: Order = serde_json::from_str(text).map_err(|e| {
+        let detail = e.to_string();
+        let rule = match e.classify() {
+            serde_json::error::Category::Data if detail.starts_with(BAD_TIME) => "date_created",
+            serde_json::error::Category::Data => "schema",
+            _ => "json",
+        };
+        Rejection::new(rule, detail)
+    })?;
+    validate(&order, rules)?;
     order.date_created = normalize_time(order.date_created);
     Ok(order)
+}
+
+/// The field checks and the cross-field rules, on an order that has every field.
+pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
+    check_uid(&o.order_uid).map_err(|detail| Rejection::new("order_uid", detail))?;
+    for (field, value) in text_fields(o) {
+        let chars = value.chars().count();
+        if chars > MAX_TEXT_LEN {
+            return Err(Rejection::new("text_length", format!("{field} is {chars} characters, at most {MAX_TEXT_LEN} allowed")));
+        }
+        if value.contains('\0') {
+            return Err(Rejection::new("text_nul", format!("{field} contains a NUL character")));
+        }
+    }
+    let p = &o.payment;
+    if !(p.currency.len() == 3 && p.currency.bytes().all(|b| b.is_ascii_alphabetic())) {
+        return Err(Rejection::new("currency", format!("payment.currency is {:?}, expected three letters", p.currency)));
+    }
+    if o.items.is_empty() {
+        return Err(Rejection::new("items", "the order has no items"));
+    }
+    let mut money = vec![
+        ("payment.amount".to_string(), p.amount),
+        ("payment.delivery_cost".to_string(), p.delivery_cost),
+        ("payment.goods_total".to_string(), p.goods_total),
+        ("payment.custom_fee".to_string(), p.custom_fee),
+    ];
+    let mut positive = vec![("sm_id".to_string(), o.sm_id), ("payment.payment_dt".to_string(), p.payment_dt)];
+    for (n, i) in o.items.iter().enumerate() {
+        if !(0..=100).contains(&i.sale) {
+            return Err(Rejection::new("sale", format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
+        }
+        money.push((format!("items[{n}].price"), i.price));
+        money.push((format!("items[{n}].total_price"), i.total_price));
+        positive.push((format!("items[{n}].chrt_id"), i.chrt_id));
+        positive.push((format!("items[{n}].nm_id"), i.nm_id));
+        positive.push((format!("items[{n}].status"), i.status.into()));
+    }
+    if let Some((field, value)) = money.iter().find(|(_, v)| *v < 0) {
+        return Err(Rejection::new("money", format!("{field} is {value}, money cannot be negative")));
+    }
+    if let Some((field, value)) = positive.iter().find(|(_, v)| *v <= 0) {
+        return Err(Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0")));
+    }
+
+    if rules.payment_transaction && p.transaction != o.order_uid {
+        return Err(Rejection::new(
+            "payment_transaction",
+            format!("payment.transaction is {:?}, expected the order_uid {:?}", p.transaction, o.order_uid),
+        ));
+    }
+    if rules.item_track_number {
+        if let Some((n, i)) = o.items.iter().enumerate().find(|(_, i)| i.track_number != o.track_number) {
+            return Err(Rejection::new(
+                "item_track_number",
+                format!("items[{n}].track_number is {:?}, expected the order's {:?}", i.track_number, o.track_number),
+            ));
+        }
+    }
+    // Every amount is non-negative by now, so a sum can only overflow upwards.
+    let goods = o.items.iter().try_fold(0i64, |sum, i| sum.checked_add(i.total_price));
+    if rules.goods_total && goods != Some(p.goods_total) {
+        return Err(Rejection::new(
+            "goods_total",
+            format!("payment.goods_total is {}, the items' total_price add up to {}", p.goods_total, show_sum(goods)),
+        ));
+    }
+    let expected = p.goods_total.checked_add(p.delivery_cost).and_then(|s| s.checked_add(p.custom_fee));
+    if rules.amount && expected != Some(p.amount) {
+        return Err(Rejection::new(
+            "amount",
+            format!("payment.amount is {}, goods_total + delivery_cost + custom_fee is {}", p.amount, show_sum(expected)),
+        ));
+    }
+    Ok(())
+}
+
+fn show_sum(sum: Option<i64>) -> String {
+    sum.map_or_else(|| "more than a 64-bit integer holds".to_string(), |s| s.to_string())
+}
+
+/// Every text field but `order_uid` (which has its own rule), with its path.
+fn text_fields(o: &Order) -> Vec<(String, &str)> {
+    let d = &o.delivery;
+    let p = &o.payment;
+    let mut fields: Vec<(String, &str)> = [
+        ("track_number", &o.track_number), ("entry", &o.entry), ("locale", &o.locale),
+        ("internal_signature", &o.internal_signature), ("customer_id", &o.customer_id),
+        ("delivery_service", &o.delivery_service), ("shardkey", &o.shardkey), ("oof_shard", &o.oof_shard),
+        ("delivery.name", &d.name), ("delivery.phone", &d.phone), ("delivery.zip", &d.zip),
+        ("delivery.city", &d.city), ("delivery.address", &d.address), ("delivery.region", &d.region),
+        ("delivery.email", &d.email), ("payment.transaction", &p.transaction),
+        ("payment.request_id", &p.request_id), ("payment.currency", &p.currency),
+        ("payment.provider", &p.provider), ("payment.bank", &p.bank),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.as_str()))
+    .collect();
+    for (n, i) in o.items.iter().enumerate() {
+        for (k, v) in [("track_number", &i.track_number), ("rid", &i.rid), ("name", &i.name), ("size", &i.size), ("brand", &i.brand)] {
+            fields.push((format!("items[{n}].{k}"), v.as_str()));
+        }
+    }
+    fields
 }
 
 /// Checks that `uid` can be an order id: 1–64 characters of `[A-Za-z0-9_-]`.
@@ -153,7 +310,7 @@ mod tests {
 
     #[test]
     fn canonical_order_decodes_with_every_field() {
-        let order = decode(Some(MODEL.as_bytes())).unwrap();
+        let order = decode(Some(MODEL.as_bytes()), &Rules::default()).unwrap();
         assert_eq!(order.order_uid, "b563feb7b2b84b6test");
         assert_eq!(order.delivery.city, "Kiryat Mozkin");
         assert_eq!(order.payment.amount, 1817);
@@ -167,7 +324,7 @@ mod tests {
 
     #[test]
     fn canonical_order_serializes_back_to_the_same_json() {
-        let order = decode(Some(MODEL.as_bytes())).unwrap();
+        let order = decode(Some(MODEL.as_bytes()), &Rules::default()).unwrap();
         let back: serde_json::Value = serde_json::from_slice(&order.to_json()).unwrap();
         let original: serde_json::Value = serde_json::from_str(MODEL).unwrap();
         assert_eq!(back, original);
@@ -175,7 +332,7 @@ mod tests {
 
     #[test]
     fn json_keys_keep_the_canonical_order() {
-        let order = decode(Some(MODEL.as_bytes())).unwrap();
+        let order = decode(Some(MODEL.as_bytes()), &Rules::default()).unwrap();
         let json = String::from_utf8(order.to_json()).unwrap();
         assert!(json.starts_with(r#"{"order_uid":"b563feb7b2b84b6test","track_number":"WBILMTESTTRACK","entry":"WBIL","delivery":{"name":"Test Testov""#), "{json}");
         assert!(json.ends_with(r#""sm_id":99,"date_created":"2021-11-26T06:22:19Z","oof_shard":"1"}"#), "{json}");
@@ -184,37 +341,37 @@ mod tests {
     #[test]
     fn time_with_offset_is_held_in_utc() {
         let msg = MODEL.replace("2021-11-26T06:22:19Z", "2021-11-26T09:22:19.1234567+03:00");
-        let order = decode(Some(msg.as_bytes())).unwrap();
+        let order = decode(Some(msg.as_bytes()), &Rules::default()).unwrap();
         let json = String::from_utf8(order.to_json()).unwrap();
         assert!(json.contains(r#""date_created":"2021-11-26T06:22:19.123456Z""#), "{json}");
     }
 
     #[test]
     fn non_json_is_rejected_by_the_json_rule() {
-        let err = decode(Some(b"hello")).unwrap_err();
+        let err = decode(Some(b"hello"), &Rules::default()).unwrap_err();
         assert_eq!(err.rule, "json");
         assert_eq!(err.detail, "expected value at line 1 column 1");
     }
 
     #[test]
     fn missing_payload_and_invalid_utf8_have_their_own_rules() {
-        assert_eq!(decode(None).unwrap_err().rule, "empty");
-        assert_eq!(decode(Some(b"{\"a\":\"\xff\"}")).unwrap_err().rule, "utf8");
+        assert_eq!(decode(None, &Rules::default()).unwrap_err().rule, "empty");
+        assert_eq!(decode(Some(b"{\"a\":\"\xff\"}"), &Rules::default()).unwrap_err().rule, "utf8");
     }
 
     #[test]
     fn missing_field_is_named() {
         let mut v: serde_json::Value = serde_json::from_str(MODEL).unwrap();
         v["payment"].as_object_mut().unwrap().remove("amount");
-        let err = decode(Some(v.to_string().as_bytes())).unwrap_err();
-        assert_eq!(err.rule, "json");
+        let err = decode(Some(v.to_string().as_bytes()), &Rules::default()).unwrap_err();
+        assert_eq!(err.rule, "schema");
         assert!(err.detail.starts_with("missing field `amount`"), "{}", err.detail);
     }
 
     #[test]
     fn wrong_type_is_named() {
         let msg = MODEL.replace("\"amount\": 1817", "\"amount\": \"1817\"");
-        let err = decode(Some(msg.as_bytes())).unwrap_err();
+        let err = decode(Some(msg.as_bytes()), &Rules::default()).unwrap_err();
         assert!(err.detail.starts_with("invalid type: string \"1817\", expected i64"), "{}", err.detail);
     }
 
@@ -226,15 +383,141 @@ mod tests {
         assert_eq!(check_uid(&"x".repeat(65)), Err("order_uid is 65 characters, at most 64 allowed".to_string()));
         assert_eq!(check_uid("a/b"), Err("order_uid has '/'; only A-Z, a-z, 0-9, '_' and '-' are allowed".to_string()));
         let bad_uid = MODEL.replace("\"order_uid\": \"b563feb7b2b84b6test\"", "\"order_uid\": \"<x>\"");
-        assert_eq!(decode(Some(bad_uid.as_bytes())).unwrap_err().rule, "order_uid");
+        assert_eq!(decode(Some(bad_uid.as_bytes()), &Rules::default()).unwrap_err().rule, "order_uid");
     }
 
     #[test]
     fn equal_orders_have_equal_fingerprints() {
-        let a = decode(Some(MODEL.as_bytes())).unwrap();
+        let a = decode(Some(MODEL.as_bytes()), &Rules::default()).unwrap();
         let mut b = a.clone();
         assert_eq!(a.fingerprint(), b.fingerprint());
         b.payment.amount += 1;
         assert_ne!(a.fingerprint(), b.fingerprint());
+    }
+
+    /// The canonical order with `change` applied to its JSON, decoded with `rules`.
+    fn decode_changed(change: impl FnOnce(&mut serde_json::Value), rules: &Rules) -> Result<Order, Rejection> {
+        let mut v: serde_json::Value = serde_json::from_str(MODEL).unwrap();
+        change(&mut v);
+        decode(Some(v.to_string().as_bytes()), rules)
+    }
+
+    fn rejected(change: impl FnOnce(&mut serde_json::Value)) -> (String, String) {
+        let r = decode_changed(change, &Rules::default()).unwrap_err();
+        (r.rule.to_string(), r.detail)
+    }
+
+    fn pair(rule: &str, detail: &str) -> (String, String) {
+        (rule.to_string(), detail.to_string())
+    }
+
+    #[test]
+    fn each_field_rule_names_the_field() {
+        use serde_json::json;
+        assert_eq!(rejected(|v| v["date_created"] = json!("yesterday")).0, "date_created");
+        assert_eq!(rejected(|v| v["date_created"] = json!("2021-02-30T00:00:00Z")).0, "date_created");
+        assert_eq!(
+            rejected(|v| v["delivery"]["city"] = json!("x".repeat(256))),
+            pair("text_length", "delivery.city is 256 characters, at most 255 allowed")
+        );
+        assert_eq!(
+            rejected(|v| v["items"][0]["brand"] = json!("a\u{0}b")),
+            pair("text_nul", "items[0].brand contains a NUL character")
+        );
+        assert_eq!(
+            rejected(|v| v["payment"]["currency"] = json!("US")),
+            pair("currency", "payment.currency is \"US\", expected three letters")
+        );
+        assert_eq!(rejected(|v| v["items"] = json!([])), pair("items", "the order has no items"));
+        assert_eq!(
+            rejected(|v| v["payment"]["custom_fee"] = json!(-1)),
+            pair("money", "payment.custom_fee is -1, money cannot be negative")
+        );
+        assert_eq!(
+            rejected(|v| v["items"][0]["price"] = json!(-453)),
+            pair("money", "items[0].price is -453, money cannot be negative")
+        );
+        assert_eq!(rejected(|v| v["items"][0]["sale"] = json!(101)), pair("sale", "items[0].sale is 101, expected 0 to 100"));
+        assert_eq!(
+            rejected(|v| v["items"][0]["status"] = json!(0)),
+            pair("positive", "items[0].status is 0, expected a number greater than 0")
+        );
+        assert_eq!(rejected(|v| v["sm_id"] = json!(-5)), pair("positive", "sm_id is -5, expected a number greater than 0"));
+    }
+
+    #[test]
+    fn each_cross_field_rule_has_its_name() {
+        use serde_json::json;
+        assert_eq!(
+            rejected(|v| v["payment"]["transaction"] = json!("other")),
+            pair("payment_transaction", "payment.transaction is \"other\", expected the order_uid \"b563feb7b2b84b6test\"")
+        );
+        assert_eq!(
+            rejected(|v| v["items"][0]["track_number"] = json!("OTHER")),
+            pair("item_track_number", "items[0].track_number is \"OTHER\", expected the order's \"WBILMTESTTRACK\"")
+        );
+        assert_eq!(
+            rejected(|v| v["payment"]["goods_total"] = json!(318)),
+            pair("goods_total", "payment.goods_total is 318, the items' total_price add up to 317")
+        );
+        assert_eq!(
+            rejected(|v| v["payment"]["amount"] = json!(1816)),
+            pair("amount", "payment.amount is 1816, goods_total + delivery_cost + custom_fee is 1817")
+        );
+        assert_eq!(
+            rejected(|v| {
+                v["payment"]["amount"] = json!(i64::MAX);
+                v["payment"]["delivery_cost"] = json!(i64::MAX);
+            }),
+            pair("amount", "payment.amount is 9223372036854775807, goods_total + delivery_cost + custom_fee is more than a 64-bit integer holds")
+        );
+    }
+
+    #[test]
+    fn cross_field_rules_can_each_be_switched_off() {
+        use serde_json::json;
+        let off = Rules { payment_transaction: false, item_track_number: false, goods_total: false, amount: false, ..Rules::default() };
+        let order = decode_changed(
+            |v| {
+                v["payment"]["transaction"] = json!("other");
+                v["items"][0]["track_number"] = json!("OTHER");
+                v["payment"]["goods_total"] = json!(1);
+                v["payment"]["amount"] = json!(2);
+            },
+            &off,
+        )
+        .unwrap();
+        assert_eq!(order.payment.amount, 2);
+        let only_amount_off = Rules { amount: false, ..Rules::default() };
+        let r = decode_changed(|v| v["payment"]["goods_total"] = json!(1), &only_amount_off).unwrap_err();
+        assert_eq!(r.rule, "goods_total");
+    }
+
+    #[test]
+    fn oversize_is_rejected_before_parsing_and_unknown_fields_are_ignored() {
+        let rules = Rules { max_message_bytes: 100, ..Rules::default() };
+        let r = decode(Some(MODEL.as_bytes()), &rules).unwrap_err();
+        assert_eq!(r, Rejection::new("size", format!("message is {} bytes, more than the 100 allowed", MODEL.len())));
+        let r = decode(Some(&[b'{'; 101]), &rules).unwrap_err();
+        assert_eq!(r.rule, "size");
+        let order = decode_changed(|v| v["extra"] = serde_json::json!({"nested": [1, 2]}), &Rules::default()).unwrap();
+        assert_eq!(order.order_uid, "b563feb7b2b84b6test");
+    }
+
+    #[test]
+    fn type_and_presence_errors_are_the_schema_rule_and_syntax_errors_the_json_rule() {
+        use serde_json::json;
+        let (rule, detail) = rejected(|v| v["sm_id"] = json!(1.5));
+        assert_eq!(rule, "schema");
+        assert!(detail.starts_with("invalid type: floating point `1.5`, expected i64 at line 1 column "), "{detail}");
+        assert_eq!(rejected(|v| v["items"][0]["sale"] = json!(4294967296u64)).0, "schema");
+        assert_eq!(rejected(|v| { v.as_object_mut().unwrap().remove("delivery"); }).0, "schema");
+        let duplicate = MODEL.replacen("\"entry\": \"WBIL\",", "\"entry\": \"WBIL\", \"entry\": \"X\",", 1);
+        let r = decode(Some(duplicate.as_bytes()), &Rules::default()).unwrap_err();
+        assert_eq!((r.rule, r.detail.starts_with("duplicate field `entry`")), ("schema", true));
+        let r = decode(Some(&MODEL.as_bytes()[..100]), &Rules::default()).unwrap_err();
+        assert_eq!(r.rule, "json");
+        let r = decode(Some(b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]"), &Rules::default()).unwrap_err();
+        assert_eq!(r.rule, "schema");
     }
 }

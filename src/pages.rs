@@ -171,7 +171,7 @@ mod tests {
     use super::*;
 
     fn canonical() -> Order {
-        crate::model::decode(Some(include_bytes!("../demo/model.json"))).unwrap()
+        crate::model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap()
     }
 
     #[test]

@@ -87,17 +87,23 @@ pub struct DeadLetter {
     pub detail: String,
 }
 
+/// How much of a payload over the size limit is kept; its size and SHA-256 are kept too.
+pub const KEPT_OF_OVERSIZE: usize = 64 * 1024;
+
 impl DeadLetter {
-    pub fn new(message: &Message, rejection: Rejection) -> DeadLetter {
-        let payload = message.payload.clone().unwrap_or_default();
+    /// The dead letter for `message`. A payload of more than `max_bytes` is kept only
+    /// in its first `KEPT_OF_OVERSIZE` bytes.
+    pub fn new(message: &Message, rejection: Rejection, max_bytes: usize) -> DeadLetter {
+        let payload = message.payload.as_deref().unwrap_or_default();
+        let kept = if payload.len() > max_bytes { &payload[..KEPT_OF_OVERSIZE.min(payload.len())] } else { payload };
         DeadLetter {
             topic: message.topic.clone(),
             partition: message.partition,
             offset: message.offset,
             key: message.key.clone(),
             payload_size: payload.len() as i64,
-            payload_sha256: Sha256::digest(&payload).into(),
-            payload,
+            payload_sha256: Sha256::digest(payload).into(),
+            payload: kept.to_vec(),
             rule: rejection.rule.to_string(),
             // PostgreSQL text cannot hold NUL, and an error may quote the input.
             detail: rejection.detail.replace('\0', "\u{FFFD}"),
@@ -180,7 +186,8 @@ fn write_one_by_one(
                     "event=order_refused_by_database topic={} partition={} offset={} order_uid={} reason={detail:?}",
                     message.topic, message.partition, message.offset, order.order_uid
                 );
-                result.dead_letters.push(DeadLetter::new(message, Rejection::new("database", detail)));
+                // The order was decoded, so its message is within the size limit.
+                result.dead_letters.push(DeadLetter::new(message, Rejection::new("database", detail), usize::MAX));
             }
             Err(e) => return Err(e).context("write order"),
         }
@@ -332,6 +339,109 @@ fn db_message(e: &postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
     }
+}
+
+/// A row of `rejected_messages`.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub id: i64,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub payload_size: i64,
+    pub payload_sha256: Vec<u8>,
+    pub rule: String,
+    pub detail: String,
+    pub rejected_at: time::OffsetDateTime,
+    pub replayed_at: Option<time::OffsetDateTime>,
+}
+
+const DEAD_LETTER_COLUMNS: &str = "id, topic, partition, \"offset\", message_key, payload, payload_size, \
+     payload_sha256, rule, detail, rejected_at, replayed_at FROM rejected_messages";
+
+fn dead_letter_from_row(row: &Row) -> StoredDeadLetter {
+    StoredDeadLetter {
+        id: row.get(0),
+        topic: row.get(1),
+        partition: row.get(2),
+        offset: row.get(3),
+        key: row.get(4),
+        payload: row.get(5),
+        payload_size: row.get(6),
+        payload_sha256: row.get(7),
+        rule: row.get(8),
+        detail: row.get(9),
+        rejected_at: row.get(10),
+        replayed_at: row.get(11),
+    }
+}
+
+/// The newest `limit` dead letters, newest first.
+pub fn dead_letters(client: &mut Client, limit: i64) -> anyhow::Result<Vec<StoredDeadLetter>> {
+    let rows = client
+        .query(&format!("SELECT {DEAD_LETTER_COLUMNS} ORDER BY id DESC LIMIT $1"), &[&limit])
+        .context("read dead letters")?;
+    Ok(rows.iter().map(dead_letter_from_row).collect())
+}
+
+pub fn dead_letter(client: &mut Client, id: i64) -> anyhow::Result<Option<StoredDeadLetter>> {
+    let row = client
+        .query_opt(&format!("SELECT {DEAD_LETTER_COLUMNS} WHERE id = $1"), &[&id])
+        .with_context(|| format!("read dead letter {id}"))?;
+    Ok(row.as_ref().map(dead_letter_from_row))
+}
+
+/// Ids of the dead letters not replayed yet, oldest first.
+pub fn dead_letters_to_replay(client: &mut Client) -> anyhow::Result<Vec<i64>> {
+    let rows = client
+        .query("SELECT id FROM rejected_messages WHERE replayed_at IS NULL ORDER BY id", &[])
+        .context("read dead letters")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// What replaying one dead letter did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// It passes now and is stored as this order; the dead letter is marked replayed.
+    Stored(String),
+    /// It still breaks a rule; nothing changed.
+    StillRejected(Rejection),
+    /// Only the first part of it was kept (it was over the size limit): it cannot pass.
+    Truncated,
+    AlreadyReplayed,
+    NotFound,
+}
+
+/// Runs a dead letter's payload through `decode` again and, if it passes, stores the
+/// order and marks the dead letter replayed, in one transaction.
+pub fn replay(
+    client: &mut Client,
+    id: i64,
+    decode: impl FnOnce(&[u8]) -> Result<Order, Rejection>,
+) -> anyhow::Result<Replay> {
+    let mut tx = client.transaction().context("begin replay")?;
+    let row = tx
+        .query_opt(&format!("SELECT {DEAD_LETTER_COLUMNS} WHERE id = $1 FOR UPDATE"), &[&id])
+        .with_context(|| format!("read dead letter {id}"))?;
+    let Some(dead) = row.as_ref().map(dead_letter_from_row) else {
+        return Ok(Replay::NotFound);
+    };
+    if dead.replayed_at.is_some() {
+        return Ok(Replay::AlreadyReplayed);
+    }
+    if dead.payload.len() as i64 != dead.payload_size {
+        return Ok(Replay::Truncated);
+    }
+    let order = match decode(&dead.payload) {
+        Ok(order) => order,
+        Err(rejection) => return Ok(Replay::StillRejected(rejection)),
+    };
+    write_orders(&mut tx, &[&order]).with_context(|| format!("store order {} of dead letter {id}", order.order_uid))?;
+    tx.execute("UPDATE rejected_messages SET replayed_at = now() WHERE id = $1", &[&id])?;
+    tx.commit().context("commit replay")?;
+    Ok(Replay::Stored(order.order_uid))
 }
 
 const ORDER_COLUMNS: &str = "o.order_uid, o.track_number, o.entry, o.locale, o.internal_signature, \
@@ -490,7 +600,7 @@ mod tests {
             key: Some(b"k".to_vec()),
             payload: Some(b"abc".to_vec()),
         };
-        let d = DeadLetter::new(&message, Rejection::new("json", "bad \0 byte"));
+        let d = DeadLetter::new(&message, Rejection::new("json", "bad \0 byte"), 3);
         assert_eq!(d.payload, b"abc");
         assert_eq!(d.payload_size, 3);
         assert_eq!(
