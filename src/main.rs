@@ -10,8 +10,12 @@ use log::{error, info};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use orders_svc::Service;
+use std::time::Duration;
+
+use orders_svc::rejected::{self, Target};
+use orders_svc::{Service, store};
 use orders_svc::config::Config;
+use orders_svc::generate::Generator;
 use orders_svc::produce::Producer;
 
 #[derive(Parser)]
@@ -26,17 +30,53 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Put order JSON files on the topic, each keyed by its order_uid.
+    /// Put orders on the topic, each keyed by its order_uid: JSON files, or generated
+    /// orders that pass every validation rule.
     Produce {
         /// JSON files to send, one message each.
-        #[arg(long = "file", value_name = "FILE", required = true)]
+        #[arg(long = "file", value_name = "FILE", required_unless_present = "count", conflicts_with = "count")]
         files: Vec<PathBuf>,
+        /// How many orders to generate and send.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Seed of the generator: the same seed gives the same orders.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Most items in a generated order (at least one).
+        #[arg(long, default_value_t = 5)]
+        max_items: u64,
         /// Brokers to send to (default: kafka.brokers from the config).
         #[arg(long)]
         brokers: Option<String>,
         /// Topic to send to (default: kafka.topic from the config).
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Inspect and replay the messages kept in `rejected_messages`.
+    Rejected {
+        #[command(subcommand)]
+        action: RejectedAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RejectedAction {
+    /// The newest dead letters, one line each.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Everything kept of one dead letter, its payload included.
+    Show { id: i64 },
+    /// Run dead letters through validation again (with the config's rules) and store
+    /// those that now pass as orders.
+    Replay {
+        /// The dead letter to replay.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Replay every dead letter not replayed yet.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -60,7 +100,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         None => serve(config),
-        Some(Command::Produce { files, brokers, topic }) => produce(&config, &files, brokers, topic),
+        Some(Command::Produce { files, count, seed, max_items, brokers, topic }) => {
+            let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
+            let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
+            let producer = Producer::new(&brokers, &topic)?;
+            match count {
+                Some(count) => {
+                    let mut generator = Generator::new(seed, max_items);
+                    for _ in 0..count {
+                        let order = generator.order();
+                        producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+                    }
+                }
+                None => {
+                    for file in &files {
+                        producer.send_order_json(&read(file)?)?;
+                    }
+                }
+            }
+            let delivered = producer.flush()?;
+            info!("event=produced messages={delivered} topic={topic} brokers={brokers}");
+            Ok(())
+        }
+        Some(Command::Rejected { action }) => {
+            let db = &config.database;
+            let mut client = store::connect(&db.url, Duration::from_secs(db.connect_timeout_secs))?;
+            let text = match action {
+                RejectedAction::List { limit } => rejected::list(&mut client, limit)?,
+                RejectedAction::Show { id } => rejected::show(&mut client, id)?,
+                RejectedAction::Replay { id: Some(id), .. } => rejected::replay(&mut client, Target::One(id), &config.validation)?,
+                RejectedAction::Replay { id: None, .. } => rejected::replay(&mut client, Target::All, &config.validation)?,
+            };
+            print!("{text}");
+            Ok(())
+        }
     }
 }
 
@@ -79,18 +152,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     service.shutdown();
-    Ok(())
-}
-
-fn produce(config: &Config, files: &[PathBuf], brokers: Option<String>, topic: Option<String>) -> anyhow::Result<()> {
-    let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
-    let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
-    let producer = Producer::new(&brokers, &topic)?;
-    for file in files {
-        producer.send_order_json(&read(file)?)?;
-    }
-    let delivered = producer.flush()?;
-    info!("event=produced messages={delivered} topic={topic} brokers={brokers}");
     Ok(())
 }
 

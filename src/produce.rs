@@ -1,21 +1,24 @@
 //! Putting messages on the topic: the `produce` command, the demo script and the tests
 //! use this synchronous producer.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, Message as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
-/// Counts deliveries the broker confirmed and those it refused.
+/// Counts deliveries the broker confirmed and those it refused, and remembers where
+/// each partition's last confirmed message went.
 #[derive(Default)]
 struct Deliveries {
     ok: AtomicU64,
     failed: AtomicU64,
+    ends: parking_lot::Mutex<BTreeMap<i32, i64>>,
 }
 
 struct Context_(Arc<Deliveries>);
@@ -26,7 +29,12 @@ impl ProducerContext for Context_ {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
-            Ok(_) => self.0.ok.fetch_add(1, Ordering::Relaxed),
+            Ok(m) => {
+                let mut ends = self.0.ends.lock();
+                let end = ends.entry(m.partition()).or_insert(0);
+                *end = (*end).max(m.offset() + 1);
+                self.0.ok.fetch_add(1, Ordering::Relaxed)
+            }
             Err((e, _)) => {
                 log::error!("event=delivery_failed error={e}");
                 self.0.failed.fetch_add(1, Ordering::Relaxed)
@@ -78,6 +86,11 @@ impl Producer {
             .ok()
             .and_then(|v| v.get("order_uid").and_then(|u| u.as_str()).map(str::to_owned));
         self.send(key.as_deref().map(str::as_bytes), payload)
+    }
+
+    /// For each partition written to, one past the offset of its last confirmed message.
+    pub fn delivered_ends(&self) -> BTreeMap<i32, i64> {
+        self.deliveries.ends.lock().clone()
     }
 
     /// Waits until every queued message is acknowledged; fails if any was refused.
