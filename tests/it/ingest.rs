@@ -1,0 +1,237 @@
+//! Ingest that loses nothing: validation rules and dead letters, redelivery and
+//! replacement, a database refusing one order, a database outage, and replay.
+
+use std::time::Duration;
+
+use orders_svc::Service;
+use orders_svc::generate::Generator;
+use orders_svc::model::{Order, Rules};
+use orders_svc::rejected::{self, Target};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+fn json_of(order: &Order) -> Value {
+    serde_json::from_slice(&order.to_json()).unwrap()
+}
+
+fn changed(order: &Order, change: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let mut v = json_of(order);
+    change(&mut v);
+    v.to_string().into_bytes()
+}
+
+/// A stream of valid orders, one violation of each rule, non-JSON, invalid UTF-8, an
+/// oversize message, redeliveries and a changed version: every valid order is stored
+/// once (the changed one as changed), every invalid message is a dead letter with the
+/// right rule, and the committed offsets reach the end of every partition.
+#[test]
+fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
+    let db = TestDb::new();
+    let topic = create_topic(3);
+    let group = unique("group");
+    let mut cfg = config(&db, &topic, &group);
+    cfg.validation.max_message_bytes = 10_000;
+    let service = Service::start(cfg).unwrap();
+
+    let mut generator = Generator::new(11, 3);
+    let valid: Vec<Order> = (0..30).map(|_| generator.order()).collect();
+    let base = generator.order();
+    let bad: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("not-json", b"hello, world".to_vec(), "json"),
+        ("truncated", base.to_json()[..60].to_vec(), "json"),
+        ("bad-utf8", b"{\"order_uid\": \"\xff\xfe\"}".to_vec(), "utf8"),
+        ("oversize", vec![b' '; 100_000], "size"),
+        ("schema", changed(&base, |v| v["payment"]["amount"] = json!("1817")), "schema"),
+        ("order-uid", changed(&base, |v| v["order_uid"] = json!("has space")), "order_uid"),
+        ("date-created", changed(&base, |v| v["date_created"] = json!("26.11.2021")), "date_created"),
+        ("text-length", changed(&base, |v| v["delivery"]["name"] = json!("n".repeat(300))), "text_length"),
+        ("text-nul", changed(&base, |v| v["delivery"]["city"] = json!("a\u{0}b")), "text_nul"),
+        ("currency", changed(&base, |v| v["payment"]["currency"] = json!("DOLLAR")), "currency"),
+        ("items", changed(&base, |v| v["items"] = json!([])), "items"),
+        ("money", changed(&base, |v| v["payment"]["delivery_cost"] = json!(-1)), "money"),
+        ("sale", changed(&base, |v| v["items"][0]["sale"] = json!(120)), "sale"),
+        ("positive", changed(&base, |v| v["items"][0]["nm_id"] = json!(0)), "positive"),
+        ("payment-transaction", changed(&base, |v| v["payment"]["transaction"] = json!("x")), "payment_transaction"),
+        ("item-track-number", changed(&base, |v| v["items"][0]["track_number"] = json!("X")), "item_track_number"),
+        ("goods-total", changed(&base, |v| v["payment"]["goods_total"] = json!(1)), "goods_total"),
+        ("amount", changed(&base, |v| v["payment"]["amount"] = json!(1)), "amount"),
+    ];
+
+    let producer = orders_svc::produce::Producer::new(&brokers(), &topic).unwrap();
+    for order in &valid {
+        producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).unwrap();
+    }
+    for (key, payload, _) in &bad {
+        producer.send(Some(key.as_bytes()), payload).unwrap();
+    }
+    // Redeliveries of five stored orders, then a new version of another.
+    for order in &valid[..5] {
+        producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).unwrap();
+    }
+    let new_city = changed(&valid[5], |v| v["delivery"]["city"] = json!("Changed City"));
+    producer.send(Some(valid[5].order_uid.as_bytes()), &new_city).unwrap();
+    assert_eq!(producer.flush().unwrap(), 30 + 18 + 5 + 1);
+
+    // Where the stream ends on each partition, from the broker's delivery reports.
+    let delivered = producer.delivered_ends();
+    let ends: Vec<i64> = (0..3).map(|p| delivered.get(&p).copied().unwrap_or(-1)).collect();
+    assert_eq!(ends.iter().filter(|&&e| e > 0).sum::<i64>(), 54);
+    wait_for("offsets committed to the end of each partition", Duration::from_secs(60), || {
+        (committed_offsets(&group, &topic, 3) == ends).then_some(())
+    });
+
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 30);
+    let items: usize = valid.iter().map(|o| o.items.len()).sum();
+    assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
+    assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 18);
+    let mut client = db.client();
+    for (key, _, rule) in &bad {
+        let row = client
+            .query_one("SELECT rule FROM rejected_messages WHERE message_key = $1", &[&key.as_bytes()])
+            .unwrap_or_else(|e| panic!("dead letter {key}: {e}"));
+        assert_eq!(row.get::<_, String>(0), *rule, "dead letter {key}");
+    }
+    let row = client
+        .query_one("SELECT length(payload), payload_size FROM rejected_messages WHERE message_key = 'oversize'", &[])
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (65_536, 100_000));
+
+    let addr = service.http_addr();
+    let r = get(addr, &format!("/order/{}", valid[5].order_uid));
+    assert_eq!(r.json()["delivery"]["city"], "Changed City");
+    let r = get(addr, &format!("/order/{}", valid[0].order_uid));
+    assert_eq!(r.json(), json_of(&valid[0]));
+    service.shutdown();
+
+    // A fresh start of the same group reads nothing again.
+    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    service.shutdown();
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 30);
+    assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 18);
+    assert_eq!(committed_offsets(&group, &topic, 3), ends);
+}
+
+/// An order that passes validation but that the database refuses (here, a check
+/// constraint added for the test) becomes a dead letter with the database's message;
+/// the rest of its batch is stored.
+#[test]
+fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let group = unique("group");
+    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    db.client()
+        .batch_execute("ALTER TABLE payments ADD CONSTRAINT refuse_bank CHECK (bank <> 'refused')")
+        .unwrap();
+
+    let mut generator = Generator::new(3, 2);
+    let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
+    orders[4].payment.bank = "refused".into();
+    let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
+    produce(&topic, &payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+
+    wait_for("offsets committed", Duration::from_secs(30), || (committed_offsets(&group, &topic, 1) == vec![10]).then_some(()));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 9);
+    let row = db
+        .client()
+        .query_one("SELECT \"offset\", rule, detail FROM rejected_messages", &[])
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 4);
+    assert_eq!(row.get::<_, String>(1), "database");
+    assert_eq!(
+        row.get::<_, String>(2),
+        "new row for relation \"payments\" violates check constraint \"refuse_bank\" (23514)"
+    );
+    service.shutdown();
+}
+
+/// PostgreSQL goes away in the middle of a stream: no offset is committed past the
+/// failed write, cached orders are still served, readiness says why, and when the
+/// database returns every order is stored exactly once.
+#[test]
+fn database_outage_mid_stream_loses_nothing_and_doubles_nothing() {
+    let db = TestDb::new();
+    let proxy = DbProxy::start();
+    let topic = create_topic(2);
+    let group = unique("group");
+    let mut cfg = config(&db, &topic, &group);
+    cfg.database.url = proxy.url(&db);
+    cfg.database.connect_timeout_secs = 1;
+    cfg.ingest.retry_max_ms = 500;
+    let service = Service::start(cfg).unwrap();
+    let addr = service.http_addr();
+
+    let mut generator = Generator::new(21, 3);
+    let orders: Vec<Order> = (0..500).map(|_| generator.order()).collect();
+    let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
+    let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+
+    produce(&topic, &payloads[..200]);
+    wait_for("the first 200 orders", Duration::from_secs(30), || (db.count("SELECT count(*) FROM orders") == 200).then_some(()));
+    wait_for("their offsets", Duration::from_secs(30), || {
+        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 200).then_some(())
+    });
+
+    proxy.cut();
+    produce(&topic, &payloads[200..]);
+    // Give the consumer time to take the new messages and fail to write them.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 200);
+    assert_eq!(committed_offsets(&group, &topic, 2).iter().sum::<i64>(), 200);
+    let r = get(addr, &format!("/order/{}", orders[0].order_uid));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json_of(&orders[0]));
+    let r = get(addr, "/readyz");
+    assert_eq!(r.status, 503);
+    assert!(r.json()["waiting_for"][0].as_str().unwrap().starts_with("database: "), "{}", r.body);
+
+    proxy.restore();
+    wait_for("all 500 orders", Duration::from_secs(60), || (db.count("SELECT count(*) FROM orders") == 500).then_some(()));
+    wait_for("all offsets", Duration::from_secs(30), || {
+        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 500).then_some(())
+    });
+    let items: usize = orders.iter().map(|o| o.items.len()).sum();
+    assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
+    assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 0);
+    let r = get(addr, &format!("/order/{}", orders[499].order_uid));
+    assert_eq!(r.json(), json_of(&orders[499]));
+    service.shutdown();
+}
+
+/// A dead letter rejected by a cross-field rule is stored as an order once that rule
+/// is switched off and it is replayed; it is marked replayed and not replayed twice.
+#[test]
+fn replay_after_switching_the_rule_off_stores_the_order() {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let group = unique("group");
+    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let odd = MODEL.replace("\"amount\": 1817", "\"amount\": 1900");
+    produce(&topic, &[odd.as_bytes()]);
+    wait_for("the dead letter", Duration::from_secs(30), || {
+        (db.count("SELECT count(*) FROM rejected_messages") == 1).then_some(())
+    });
+
+    let mut client = db.client();
+    let out = rejected::replay(&mut client, Target::All, &Rules::default()).unwrap();
+    assert_eq!(
+        out,
+        "1: still rejected: amount: payment.amount is 1900, goods_total + delivery_cost + custom_fee is 1817\n\
+         0 of 1 dead letters stored as orders\n"
+    );
+    let lenient = Rules { amount: false, ..Rules::default() };
+    let out = rejected::replay(&mut client, Target::All, &lenient).unwrap();
+    assert_eq!(out, "1: stored as order b563feb7b2b84b6test\n1 of 1 dead letters stored as orders\n");
+    assert_eq!(db.count("SELECT count(*) FROM rejected_messages WHERE replayed_at IS NOT NULL"), 1);
+    let out = rejected::replay(&mut client, Target::One(1), &lenient).unwrap();
+    assert_eq!(out, "1: already replayed\n0 of 1 dead letters stored as orders\n");
+
+    let r = get(service.http_addr(), "/order/b563feb7b2b84b6test");
+    assert_eq!(r.json()["payment"]["amount"], 1900);
+    let listing = rejected::list(&mut client, 10).unwrap();
+    assert!(listing.contains("  amount  "), "{listing}");
+    assert!(listing.ends_with("1 dead letters shown\n"), "{listing}");
+    service.shutdown();
+}

@@ -1,0 +1,7 @@
+//! Integration tests against a real PostgreSQL and a real Kafka-compatible broker, as
+//! brought up by `scripts/stack up`. One binary, one module per area.
+
+mod support;
+
+mod ingest;
+mod pipeline;
