@@ -1,0 +1,243 @@
+//! bench/ingest: how fast orders-svc moves orders from Kafka into PostgreSQL, measured
+//! against two references in the same run on the same generated rows:
+//!
+//! - `psql` running `\copy` of the rows from CSV into the same tables in one
+//!   transaction: the database's ceiling on this machine;
+//! - the service itself with `ingest.batch_max_messages = 1`: one transaction per
+//!   message, as most services of this kind write.
+//!
+//! Run with `bench/run ingest` (brings up the local stack first). Settings from the
+//! environment: INGEST_N (default 200000 orders), INGEST_BATCH1_N (how many of them the
+//! batch-size-1 run ingests, default 20000: at its rate all of them would take minutes),
+//! INGEST_BATCH (the service's batch size, default the config default).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use orders_svc::Service;
+use orders_svc::config::Config;
+use orders_svc::generate::Generator;
+use orders_svc::model::Order;
+use orders_svc::produce::Producer;
+use orders_svc::store;
+use postgres::{Client, NoTls};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+const SEED: u64 = 20_211_126;
+const PARTITIONS: i32 = 4;
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let n = env_number("INGEST_N", 200_000);
+    let n_batch1 = env_number("INGEST_BATCH1_N", 20_000).min(n);
+    let admin_url = std::env::var("ORDERS_TEST_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let brokers = std::env::var("ORDERS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let run = format!("bench_ingest_{}", std::process::id());
+
+    println!("bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions");
+    let mut generator = Generator::new(SEED, 3);
+    let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
+    let items: usize = orders.iter().map(|o| o.items.len()).sum();
+    println!("  rows: {n} orders, {n} deliveries, {n} payments, {items} items");
+
+    // Reference 1: psql \copy of the same rows.
+    let copy_db = Database::create(&admin_url, &format!("{run}_copy"))?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-ingest");
+    std::fs::create_dir_all(&dir)?;
+    write_csv(&dir, &orders)?;
+    let started = Instant::now();
+    let status = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &copy_db.url, "-f"])
+        .arg(dir.join("copy.sql"))
+        .current_dir(&dir)
+        .status()
+        .context("run psql (is PostgreSQL's client installed?)")?;
+    let copy_secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("psql \\copy failed: {status}");
+    }
+    check_count(&copy_db, n)?;
+    let copy_rate = n as f64 / copy_secs;
+    println!("  psql \\copy:           {n:>7} orders in {copy_secs:>6.2} s = {copy_rate:>8.0} orders/s");
+
+    // The messages, on a topic of their own.
+    let topic = format!("{run}");
+    create_topic(&brokers, &topic)?;
+    let producer = Producer::new(&brokers, &topic)?;
+    let started = Instant::now();
+    for order in &orders {
+        producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+    }
+    producer.flush()?;
+    println!("  (produced {n} messages in {:.1} s)", started.elapsed().as_secs_f64());
+
+    // The service as configured.
+    let db = Database::create(&admin_url, &format!("{run}_service"))?;
+    let mut config = service_config(&db, &brokers, &topic, "bench-service");
+    if let Some(batch) = std::env::var("INGEST_BATCH").ok().and_then(|v| v.parse().ok()) {
+        config.ingest.batch_max_messages = batch;
+    }
+    let batch = config.ingest.batch_max_messages;
+    let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
+
+    // Reference 2: the service writing one message per transaction.
+    let db1 = Database::create(&admin_url, &format!("{run}_batch1"))?;
+    let mut config = service_config(&db1, &brokers, &topic, "bench-batch1");
+    config.ingest.batch_max_messages = 1;
+    let batch1_rate = time_ingest(&db1, config, n_batch1, "orders-svc, batch 1:")?;
+
+    println!();
+    println!("  orders-svc / psql \\copy  = {:.2}  (target: at least 0.50)", service_rate / copy_rate);
+    println!("  orders-svc / batch 1     = {:.1}  (target: at least 10)", service_rate / batch1_rate);
+    Ok(())
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Starts the service on `db` and measures its rate from the first stored order to the
+/// `target`-th, so the consumer group's join time is reported apart.
+fn time_ingest(db: &Database, config: Config, target: usize, label: &str) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let service = Service::start(config)?;
+    let mut client = db.client()?;
+    let count = |client: &mut Client| -> anyhow::Result<usize> {
+        Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get::<_, i64>(0) as usize)
+    };
+    let (first_at, first_count) = loop {
+        let c = count(&mut client)?;
+        if c > 0 {
+            break (Instant::now(), c);
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("no order was stored within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let join_secs = (first_at - started).as_secs_f64();
+    loop {
+        let c = count(&mut client)?;
+        if c >= target {
+            break;
+        }
+        if first_at.elapsed() > Duration::from_secs(900) {
+            bail!("only {c} of {target} orders stored after 900 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = first_at.elapsed().as_secs_f64();
+    service.shutdown();
+    let rate = (target - first_count) as f64 / secs;
+    println!("  {label:<21} {target:>7} orders in {secs:>6.2} s = {rate:>8.0} orders/s  (group join and first batch: {join_secs:.1} s)");
+    Ok(rate)
+}
+
+fn service_config(db: &Database, brokers: &str, topic: &str, group: &str) -> Config {
+    let mut config = Config::default();
+    config.database.url = db.url.clone();
+    config.kafka.brokers = brokers.into();
+    config.kafka.topic = topic.into();
+    config.kafka.group_id = format!("{group}-{}", std::process::id());
+    config.http.addr = "127.0.0.1:0".parse().unwrap();
+    config
+}
+
+struct Database {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn create(admin_url: &str, name: &str) -> anyhow::Result<Database> {
+        let mut admin = Client::connect(admin_url, NoTls)
+            .with_context(|| format!("connect to {admin_url}; start the stack with scripts/stack up"))?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
+        let db = Database { admin_url: admin_url.into(), name: name.into(), url: format!("{base}/{name}") };
+        store::migrate(&mut db.client()?)?;
+        Ok(db)
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.url, NoTls)?)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&self.admin_url, NoTls) {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+fn check_count(db: &Database, n: usize) -> anyhow::Result<()> {
+    let got: i64 = db.client()?.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    if got as usize != n {
+        bail!("expected {n} orders, found {got}");
+    }
+    Ok(())
+}
+
+fn create_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
+    for result in futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))? {
+        result.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The rows as four CSV files and a psql script that copies them in.
+fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
+    fn q(s: &str) -> String {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+    let (mut o, mut d, mut p, mut i) = (String::new(), String::new(), String::new(), String::new());
+    for x in orders {
+        let created = x.date_created.format(&time::format_description::well_known::Rfc3339)?;
+        let fingerprint: String = x.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            o,
+            "{},{},{},{},{},{},{},{},{},{},{},\\x{}",
+            q(&x.order_uid), q(&x.track_number), q(&x.entry), q(&x.locale), q(&x.internal_signature),
+            q(&x.customer_id), q(&x.delivery_service), q(&x.shardkey), x.sm_id, created, q(&x.oof_shard), fingerprint
+        )?;
+        let v = &x.delivery;
+        writeln!(d, "{},{},{},{},{},{},{},{}", q(&x.order_uid), q(&v.name), q(&v.phone), q(&v.zip), q(&v.city), q(&v.address), q(&v.region), q(&v.email))?;
+        let y = &x.payment;
+        writeln!(
+            p,
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            q(&x.order_uid), q(&y.transaction), q(&y.request_id), q(&y.currency), q(&y.provider), y.amount,
+            y.payment_dt, q(&y.bank), y.delivery_cost, y.goods_total, y.custom_fee
+        )?;
+        for (n, it) in x.items.iter().enumerate() {
+            writeln!(
+                i,
+                "{},{n},{},{},{},{},{},{},{},{},{},{},{}",
+                q(&x.order_uid), it.chrt_id, q(&it.track_number), it.price, q(&it.rid), q(&it.name), it.sale,
+                q(&it.size), it.total_price, it.nm_id, q(&it.brand), it.status
+            )?;
+        }
+    }
+    std::fs::write(dir.join("orders.csv"), o)?;
+    std::fs::write(dir.join("deliveries.csv"), d)?;
+    std::fs::write(dir.join("payments.csv"), p)?;
+    std::fs::write(dir.join("items.csv"), i)?;
+    std::fs::write(
+        dir.join("copy.sql"),
+        "\\copy orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, shardkey, sm_id, date_created, oof_shard, content_sha256) FROM 'orders.csv' CSV\n\
+         \\copy deliveries (order_uid, name, phone, zip, city, address, region, email) FROM 'deliveries.csv' CSV\n\
+         \\copy payments (order_uid, transaction, request_id, currency, provider, amount, payment_dt, bank, delivery_cost, goods_total, custom_fee) FROM 'payments.csv' CSV\n\
+         \\copy order_items (order_uid, position, chrt_id, track_number, price, rid, name, sale, size, total_price, nm_id, brand, status) FROM 'items.csv' CSV\n",
+    )?;
+    Ok(())
+}
