@@ -158,7 +158,8 @@ impl Database {
     fn create(admin_url: &str, name: &str) -> anyhow::Result<Database> {
         let mut admin = Client::connect(admin_url, NoTls)
             .with_context(|| format!("connect to {admin_url}; start the stack with scripts/stack up"))?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
+        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
         let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
         let db = Database { admin_url: admin_url.into(), name: name.into(), url: format!("{base}/{name}") };
         store::migrate(&mut db.client()?)?;

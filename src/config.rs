@@ -93,7 +93,7 @@ impl Default for Kafka {
 
 impl Default for Ingest {
     fn default() -> Self {
-        Ingest { batch_max_messages: 1000, batch_max_wait_ms: 50, retry_initial_ms: 100, retry_max_ms: 10_000 }
+        Ingest { batch_max_messages: 5000, batch_max_wait_ms: 50, retry_initial_ms: 100, retry_max_ms: 10_000 }
     }
 }
 

@@ -115,13 +115,17 @@ impl Consumer {
                 self.commit_pending();
                 continue;
             }
+            let started = Instant::now();
             let (orders, dead) = decode_all(&batch, &self.config.validation);
+            let decoded = Instant::now();
             let Some(result) = self.write_with_retry(&orders, &dead) else {
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
                 break;
             };
+            let written = Instant::now();
             self.commit_offsets(&batch);
-            log_batch(&batch, &result);
+            let timings = [decoded - started, written - decoded, written.elapsed()];
+            log_batch(&batch, &result, timings);
             let stored = result.stored;
             let mut orders: Vec<Option<Order>> = orders.into_iter().map(|(_, o)| Some(o)).collect();
             self.cache.insert_all(stored.into_iter().filter_map(|i| orders[i].take()));
@@ -276,9 +280,12 @@ fn describe_offsets(offsets: &BTreeMap<(String, i32), i64>) -> String {
     list.join(",")
 }
 
-fn log_batch(batch: &[Message], result: &BatchResult) {
+/// `timings`: decoding, the database transaction, the offset commit.
+fn log_batch(batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
+    let [decode, write, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
     info!(
-        "event=batch_committed messages={} inserted={} replaced={} unchanged={} rejected={}",
+        "event=batch_committed messages={} inserted={} replaced={} unchanged={} rejected={} \
+         decode_ms={decode:.1} write_ms={write:.1} commit_ms={commit:.1}",
         batch.len(),
         result.inserted,
         result.replaced,
