@@ -66,6 +66,8 @@ pub struct Http {
 #[serde(default, deny_unknown_fields)]
 pub struct Cache {
     pub max_orders: usize,
+    pub max_bytes: usize,
+    pub negative_ttl_ms: u64,
 }
 
 impl Default for Database {
@@ -105,7 +107,17 @@ impl Default for Http {
 
 impl Default for Cache {
     fn default() -> Self {
-        Cache { max_orders: 100_000 }
+        Cache { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
+    }
+}
+
+impl Cache {
+    pub fn limits(&self) -> crate::cache::Limits {
+        crate::cache::Limits {
+            max_orders: self.max_orders,
+            max_bytes: self.max_bytes,
+            negative_ttl: Duration::from_millis(self.negative_ttl_ms),
+        }
     }
 }
 
@@ -203,6 +215,7 @@ impl Config {
         positive("validation.max_message_bytes", self.validation.max_message_bytes as u64)?;
         positive("http.workers", self.http.workers as u64)?;
         positive("cache.max_orders", self.cache.max_orders as u64)?;
+        positive("cache.max_bytes", self.cache.max_bytes as u64)?;
         Ok(())
     }
 }

@@ -128,7 +128,7 @@ impl Consumer {
             log_batch(&batch, &result, timings);
             let stored = result.stored;
             let mut orders: Vec<Option<Order>> = orders.into_iter().map(|(_, o)| Some(o)).collect();
-            self.cache.insert_all(stored.into_iter().filter_map(|i| orders[i].take()));
+            self.cache.publish(stored.into_iter().filter_map(|i| orders[i].take()));
         }
         self.commit_pending();
         info!("event=consumer_stopped");

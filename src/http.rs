@@ -1,6 +1,7 @@
 //! The HTTP side: routing, status codes and headers, and the tiny_http worker pool.
-//! `respond` turns a method and URL into a `Reply` and is tested without sockets.
+//! `respond` turns a request into a `Reply` and is tested without sockets.
 
+use std::io::Cursor;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -9,11 +10,12 @@ use anyhow::Context;
 use log::{error, info, warn};
 use maud::Markup;
 use serde_json::json;
-use tiny_http::{Header, Method, Request, Response};
+use socket2::{Domain, Protocol, Socket, Type};
+use tiny_http::{Header, Method, Request, Response, StatusCode};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CachedOrder};
 use crate::model::{self, Order};
-use crate::store::Pool;
+use crate::store::{self, Pool};
 use crate::{Health, Shutdown, pages};
 
 /// What the read path needs; shared by every worker.
@@ -27,102 +29,191 @@ pub struct State {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    /// For 405: the methods the resource accepts.
-    pub allow: Option<&'static str>,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Arc<[u8]>,
 }
 
 const JSON: &str = "application/json";
 const HTML: &str = "text/html; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
-const CSS: &str = "text/css; charset=utf-8";
 
-const STYLE_CSS: &[u8] = include_bytes!("../assets/style.css");
+/// Longest request target accepted (414 past it).
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers accepted, names and values (431 past it).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Sent with every response. The pages load one stylesheet from this origin and run no
+/// script, so the policy allows nothing else.
+const SECURITY_HEADERS: [(&str, &str); 4] = [
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+];
+
+/// The static files, compiled in from `assets/`: nothing else is served as a file,
+/// whatever the path says.
+const ASSETS: &[(&str, &str, &[u8])] = &[("style.css", "text/css; charset=utf-8", include_bytes!("../assets/style.css"))];
+
+/// Orders can be replaced by a later message: caches may keep them but must ask again
+/// (with the ETag) before using them.
+const ORDER_CACHE_CONTROL: &str = "no-cache";
 
 impl Reply {
+    fn new(status: u16, content_type: &str, body: impl Into<Arc<[u8]>>) -> Reply {
+        Reply { status, headers: vec![("Content-Type", content_type.to_string())], body: body.into() }
+    }
     fn json(status: u16, value: serde_json::Value) -> Reply {
-        Reply { status, content_type: JSON, body: value.to_string().into_bytes(), allow: None }
+        Reply::new(status, JSON, value.to_string().into_bytes())
     }
     fn html(status: u16, page: Markup) -> Reply {
-        Reply { status, content_type: HTML, body: page.into_string().into_bytes(), allow: None }
+        Reply::new(status, HTML, page.into_string().into_bytes())
     }
     fn text(status: u16, text: &str) -> Reply {
-        Reply { status, content_type: TEXT, body: text.as_bytes().to_vec(), allow: None }
+        Reply::new(status, TEXT, text.as_bytes())
     }
-    fn method_not_allowed() -> Reply {
-        Reply { allow: Some("GET, HEAD"), ..Reply::text(405, "method not allowed\n") }
+    fn with(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
     }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
 }
 
 /// Routes one request.
-pub fn respond(state: &State, method: &Method, url: &str) -> Reply {
+pub fn respond(state: &State, request: &Request) -> Reply {
+    let url = request.url();
+    if url.len() > MAX_URL_BYTES {
+        return Reply::text(414, "request target too long\n");
+    }
+    let header_bytes: usize = request.headers().iter().map(|h| h.field.as_str().len() + h.value.len() + 4).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Reply::text(431, "request headers too large\n");
+    }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let readable = matches!(method, Method::Get | Method::Head);
+    let known = matches!(path, "/" | "/healthz" | "/readyz") || path.starts_with("/order/") || path.starts_with("/assets/");
+    if !known {
+        return Reply::text(404, "not found\n");
+    }
+    if !matches!(request.method(), Method::Get | Method::Head) {
+        return Reply::text(405, "method not allowed\n").with("Allow", "GET, HEAD");
+    }
     match path {
-        "/healthz" | "/readyz" | "/" | "/assets/style.css" if !readable => Reply::method_not_allowed(),
         "/healthz" => Reply::json(200, json!({ "status": "alive" })),
         "/readyz" => readiness(state),
-        "/assets/style.css" => Reply { status: 200, content_type: CSS, body: STYLE_CSS.to_vec(), allow: None },
         "/" => match query_param(query, "uid") {
-            Some(uid) if !uid.trim().is_empty() => order_page(state, uid.trim()),
-            _ => Reply::html(200, pages::index()),
+            Some(uid) if !uid.trim().is_empty() => lookup_form(uid.trim()),
+            _ => index(state),
         },
         _ => match path.strip_prefix("/order/") {
-            Some(_) if !readable => Reply::method_not_allowed(),
-            Some(uid) => order_json(state, uid),
-            None => Reply::text(404, "not found\n"),
+            Some(uid) => order(state, request, uid),
+            None => asset(path.trim_start_matches("/assets/")),
         },
     }
 }
 
-/// The outcome of looking an order up, in the cache first and then in PostgreSQL.
-enum Lookup {
-    Found(Arc<Order>),
-    Missing,
-    Invalid(String),
-    NotReady,
-    Failed,
+fn asset(name: &str) -> Reply {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, bytes)) => Reply::new(200, content_type, *bytes).with("Cache-Control", "public, max-age=3600"),
+        None => Reply::text(404, "not found\n"),
+    }
 }
 
-fn lookup(state: &State, uid: &str) -> Lookup {
+/// The form sends `/?uid=…`; a valid id is redirected to the order's own address.
+fn lookup_form(uid: &str) -> Reply {
+    match model::check_uid(uid) {
+        Ok(()) => Reply::text(303, "see the order\n").with("Location", format!("/order/{uid}")),
+        Err(reason) => Reply::html(400, pages::bad_request(uid, &reason)),
+    }
+}
+
+fn index(state: &State) -> Reply {
+    let recent = state.pool.with(|client| store::recent_summaries(client, 20));
+    if let Err(e) = &recent {
+        warn!("event=recent_orders_failed error={e:#}");
+    }
+    Reply::html(200, pages::index(recent.ok().as_deref()))
+}
+
+/// `GET /order/<uid>`: JSON, or the order's page for a client that prefers HTML.
+fn order(state: &State, request: &Request, uid: &str) -> Reply {
+    let html = prefers_html(header(request, "Accept"));
+    let vary = |r: Reply| r.with("Vary", "Accept");
     if let Err(reason) = model::check_uid(uid) {
-        return Lookup::Invalid(reason);
+        return vary(if html { Reply::html(400, pages::bad_request(uid, &reason)) } else { Reply::json(400, json!({ "error": reason })) });
     }
     if !state.health.cache_warm() {
-        return Lookup::NotReady;
+        let reason = "the service is still loading orders; try again shortly";
+        return vary(if html { Reply::html(503, pages::unavailable(reason)) } else { Reply::json(503, json!({ "error": reason })) })
+            .with("Retry-After", "1");
     }
-    if let Some(order) = state.cache.get(uid) {
-        return Lookup::Found(order);
-    }
-    match state.pool.with(|client| crate::store::order(client, uid)) {
-        Ok(Some(order)) => Lookup::Found(Arc::new(order)),
-        Ok(None) => Lookup::Missing,
+    let found = state.cache.lookup(uid, || state.pool.with(|client| store::order(client, uid)));
+    let reply = match found {
+        Ok(Some(order)) => found_order(request, &order, html),
+        Ok(None) if html => Reply::html(404, pages::not_found(uid)),
+        Ok(None) => Reply::json(404, json!({ "error": "order not found", "order_uid": uid })),
         Err(e) => {
-            error!("event=order_read_failed order_uid={uid} error={e:#}");
-            Lookup::Failed
+            error!("event=order_read_failed order_uid={uid} error={e}");
+            let reason = "the database is unavailable; try again shortly";
+            let reply = if html { Reply::html(503, pages::unavailable(reason)) } else { Reply::json(503, json!({ "error": reason })) };
+            reply.with("Retry-After", "1")
         }
-    }
+    };
+    vary(reply)
 }
 
-fn order_json(state: &State, uid: &str) -> Reply {
-    match lookup(state, uid) {
-        Lookup::Found(order) => Reply { status: 200, content_type: JSON, body: order.to_json(), allow: None },
-        Lookup::Missing => Reply::json(404, json!({ "error": "order not found", "order_uid": uid })),
-        Lookup::Invalid(reason) => Reply::json(400, json!({ "error": reason })),
-        Lookup::NotReady => Reply::json(503, json!({ "error": "the cache is still being filled; try again shortly" })),
-        Lookup::Failed => Reply::json(503, json!({ "error": "the database is unavailable; try again shortly" })),
-    }
+fn found_order(request: &Request, order: &CachedOrder, html: bool) -> Reply {
+    let reply = if header(request, "If-None-Match").is_some_and(|tags| etag_matches(tags, &order.etag)) {
+        Reply { status: 304, headers: Vec::new(), body: Arc::from(&[][..]) }
+    } else if html {
+        match serde_json::from_slice::<Order>(&order.json) {
+            Ok(parsed) => Reply::html(200, pages::order(&parsed)),
+            Err(e) => {
+                error!("event=cached_order_unreadable order_uid={} error={e}", order.uid);
+                Reply::text(500, "internal error\n")
+            }
+        }
+    } else {
+        Reply { status: 200, headers: vec![("Content-Type", JSON.to_string())], body: order.json.clone() }
+    };
+    // The HTML page is derived from the same JSON, so one validator serves both; the
+    // Vary header keeps caches from mixing them up.
+    let etag = if html { format!("W/{}", order.etag) } else { order.etag.clone() };
+    reply.with("ETag", etag).with("Cache-Control", ORDER_CACHE_CONTROL)
 }
 
-fn order_page(state: &State, uid: &str) -> Reply {
-    match lookup(state, uid) {
-        Lookup::Found(order) => Reply::html(200, pages::order(&order)),
-        Lookup::Missing => Reply::html(404, pages::not_found(uid)),
-        Lookup::Invalid(reason) => Reply::html(400, pages::bad_request(uid, &reason)),
-        Lookup::NotReady => Reply::html(503, pages::unavailable("The service is still starting.")),
-        Lookup::Failed => Reply::html(503, pages::unavailable("The database is unavailable.")),
-    }
+/// Whether `If-None-Match` names `etag` (weak comparison, as RFC 9110 asks for GET).
+fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    if_none_match.split(',').map(str::trim).any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
+}
+
+/// Whether the client ranks `text/html` above `application/json`: browsers do, curl
+/// (`*/*`) and API clients do not.
+fn prefers_html(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let ranges: Vec<(&str, f32)> = accept
+        .split(',')
+        .filter_map(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().filter(|m| !m.is_empty())?;
+            let q = parts.find_map(|p| p.strip_prefix("q=")).and_then(|q| q.parse().ok()).unwrap_or(1.0);
+            Some((media, q))
+        })
+        .collect();
+    let quality = |media: &str| {
+        let kind = media.split('/').next().unwrap_or_default();
+        let find = |want: &str| ranges.iter().find(|(m, _)| m.eq_ignore_ascii_case(want)).map(|(_, q)| *q);
+        find(media).or_else(|| find(&format!("{kind}/*"))).or_else(|| find("*/*")).unwrap_or(0.0)
+    };
+    quality("text/html") > quality("application/json")
 }
 
 fn readiness(state: &State) -> Reply {
@@ -177,7 +268,7 @@ pub struct Server {
 impl Server {
     /// Binds `addr` and starts `workers` threads answering requests.
     pub fn start(addr: SocketAddr, workers: usize, state: Arc<State>, shutdown: Shutdown) -> anyhow::Result<Server> {
-        let listener = TcpListener::bind(addr).with_context(|| format!("listen on {addr}"))?;
+        let listener = listen(addr).with_context(|| format!("listen on {addr}"))?;
         let addr = listener.local_addr().context("read listening address")?;
         let server = Arc::new(
             tiny_http::Server::from_listener(listener, None).map_err(|e| anyhow::anyhow!("start HTTP server: {e}"))?,
@@ -212,6 +303,18 @@ impl Server {
     }
 }
 
+/// A listening socket with TCP_NODELAY set, which the sockets it accepts inherit on
+/// Linux. Without it, Nagle's algorithm holds back the second write of each response
+/// until the client's delayed ACK, about 40 ms, on every keep-alive request.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
     loop {
         match server.recv() {
@@ -223,72 +326,140 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
 }
 
 fn handle(state: &State, request: Request) {
-    let reply = respond(state, request.method(), request.url());
-    let mut response = Response::from_data(reply.body)
-        .with_status_code(reply.status)
-        .with_header(header("Content-Type", reply.content_type));
-    if let Some(allow) = reply.allow {
-        response.add_header(header("Allow", allow));
-    }
-    if let Err(e) = request.respond(response) {
+    let reply = respond(state, &request);
+    if let Err(e) = request.respond(into_response(reply)) {
         // The client went away; nothing to do for it.
         log::debug!("event=http_write_failed error={e}");
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names and values are valid")
+/// The reply with the security headers, as tiny_http sends it. The body is shared, not
+/// copied: a cache hit writes the cached bytes.
+pub fn into_response(reply: Reply) -> Response<Cursor<Arc<[u8]>>> {
+    let headers = reply
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .chain(SECURITY_HEADERS)
+        .filter_map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).ok())
+        .collect();
+    let len = reply.body.len();
+    Response::new(StatusCode(reply.status), headers, Cursor::new(reply.body), Some(len), None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Limits;
     use std::time::Duration;
+    use tiny_http::TestRequest;
 
-    /// A state whose database is never reached: these routes answer before a lookup.
+    /// A state whose database is never reachable: these routes answer without it, or
+    /// show how its absence is answered.
     fn state() -> State {
         let health = Arc::new(Health::default());
         health.set_cache_warm();
         State {
-            cache: Arc::new(Cache::new(10)),
+            cache: Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO })),
             pool: Arc::new(Pool::new("postgres://nobody@127.0.0.1:1/none", Duration::from_millis(100), 1)),
             health,
         }
     }
 
-    fn get(state: &State, url: &str) -> Reply {
-        respond(state, &Method::Get, url)
+    fn canonical() -> Order {
+        model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap()
+    }
+
+    fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request {
+        let mut r = TestRequest::new().with_method(method).with_path(path);
+        for (n, v) in headers {
+            r = r.with_header(Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap());
+        }
+        r.into()
+    }
+
+    fn get(state: &State, path: &str) -> Reply {
+        respond(state, &request(Method::Get, path, &[]))
+    }
+
+    fn body(r: &Reply) -> &str {
+        std::str::from_utf8(&r.body).unwrap()
+    }
+
+    const FIREFOX: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+
+    #[test]
+    fn cached_order_is_its_json_with_etag_and_cache_control() {
+        let s = state();
+        s.cache.publish([canonical()]);
+        let r = get(&s, "/order/b563feb7b2b84b6test");
+        assert_eq!((r.status, r.header("Content-Type")), (200, Some(JSON)));
+        assert_eq!(&r.body[..], canonical().to_json().as_slice());
+        assert_eq!(r.header("Cache-Control"), Some("no-cache"));
+        assert_eq!(r.header("Vary"), Some("Accept"));
+        assert_eq!(r.header("ETag").unwrap().len(), 26);
     }
 
     #[test]
-    fn cached_order_is_served_as_json() {
+    fn matching_if_none_match_is_304_without_body() {
         let s = state();
-        let order = model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap();
-        s.cache.insert_all([order.clone()]);
-        let r = get(&s, "/order/b563feb7b2b84b6test");
-        assert_eq!((r.status, r.content_type), (200, "application/json"));
-        assert_eq!(r.body, order.to_json());
+        s.cache.publish([canonical()]);
+        let etag = get(&s, "/order/b563feb7b2b84b6test").header("ETag").unwrap().to_string();
+        let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", &format!("\"x\", {etag}"))]));
+        assert_eq!((r.status, r.body.len()), (304, 0));
+        assert_eq!(r.header("ETag"), Some(etag.as_str()));
+        let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", "\"other\"")]));
+        assert_eq!(r.status, 200);
+    }
+
+    #[test]
+    fn browsers_get_the_page_and_api_clients_json() {
+        let s = state();
+        s.cache.publish([canonical()]);
+        let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("Accept", FIREFOX)]));
+        assert_eq!((r.status, r.header("Content-Type")), (200, Some(HTML)));
+        assert!(body(&r).contains("<td>Kiryat Mozkin</td>"));
+        assert!(r.header("ETag").unwrap().starts_with("W/\""));
+        for accept in ["*/*", "application/json", "application/json, text/html;q=0.5"] {
+            let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("Accept", accept)]));
+            assert_eq!(r.header("Content-Type"), Some(JSON), "{accept}");
+        }
+    }
+
+    #[test]
+    fn accept_ranking() {
+        assert!(prefers_html(Some(FIREFOX)));
+        assert!(prefers_html(Some("text/html")));
+        assert!(prefers_html(Some("text/*;q=0.9, application/json;q=0.5")));
+        assert!(!prefers_html(Some("*/*")));
+        assert!(!prefers_html(None));
+        assert!(!prefers_html(Some("text/html;q=0.4, */*;q=0.5")));
     }
 
     #[test]
     fn impossible_uids_are_400_with_a_json_reason() {
         let s = state();
         let r = get(&s, "/order/");
-        assert_eq!((r.status, String::from_utf8(r.body).unwrap()), (400, r#"{"error":"order_uid is empty"}"#.into()));
-        let r = get(&s, &format!("/order/{}", "a".repeat(65)));
-        assert_eq!(r.status, 400);
-        let r = get(&s, "/order/a%2Fb");
-        assert_eq!(r.status, 400);
+        assert_eq!((r.status, body(&r)), (400, r#"{"error":"order_uid is empty"}"#));
+        assert_eq!(get(&s, &format!("/order/{}", "a".repeat(65))).status, 400);
+        assert_eq!(get(&s, "/order/a%2Fb").status, 400);
         let r = get(&s, "/?uid=%3Cscript%3E");
-        assert_eq!((r.status, r.content_type), (400, HTML));
-        assert!(String::from_utf8(r.body).unwrap().contains("value=\"&lt;script&gt;\""));
+        assert_eq!((r.status, r.header("Content-Type")), (400, Some(HTML)));
+        assert!(body(&r).contains("value=\"&lt;script&gt;\""));
+    }
+
+    #[test]
+    fn form_submission_redirects_to_the_order() {
+        let r = get(&state(), "/?uid=+b563feb7b2b84b6test+");
+        assert_eq!((r.status, r.header("Location")), (303, Some("/order/b563feb7b2b84b6test")));
     }
 
     #[test]
     fn database_failure_on_a_miss_is_503() {
         let r = get(&state(), "/order/unknown1");
         assert_eq!(r.status, 503);
-        assert_eq!(String::from_utf8(r.body).unwrap(), r#"{"error":"the database is unavailable; try again shortly"}"#);
+        assert_eq!(body(&r), r#"{"error":"the database is unavailable; try again shortly"}"#);
+        assert_eq!(r.header("Retry-After"), Some("1"));
     }
 
     #[test]
@@ -299,25 +470,49 @@ mod tests {
     }
 
     #[test]
-    fn index_stylesheet_and_unknown_paths() {
+    fn assets_come_only_from_the_compiled_in_list() {
         let s = state();
-        let r = get(&s, "/");
-        assert_eq!((r.status, r.content_type), (200, HTML));
-        assert!(String::from_utf8(r.body).unwrap().contains("<form class=\"lookup\" method=\"get\" action=\"/\">"));
         let r = get(&s, "/assets/style.css");
-        assert_eq!((r.status, r.content_type, r.body.as_slice()), (200, CSS, STYLE_CSS));
-        assert_eq!(get(&s, "/nope").status, 404);
-        assert_eq!(get(&s, "/assets/../Cargo.toml").status, 404);
+        assert_eq!((r.status, r.header("Content-Type")), (200, Some("text/css; charset=utf-8")));
+        assert_eq!(&r.body[..], include_bytes!("../assets/style.css"));
+        for path in ["/assets/../Cargo.toml", "/assets/%2e%2e/Cargo.toml", "/assets/", "/assets/style.css/..", "/nope"] {
+            assert_eq!(get(&s, path).status, 404, "{path}");
+        }
     }
 
     #[test]
     fn writes_are_405_with_allow() {
         let s = state();
-        for url in ["/", "/order/abc", "/healthz"] {
-            let r = respond(&s, &Method::Post, url);
-            assert_eq!((r.status, r.allow), (405, Some("GET, HEAD")), "{url}");
+        for url in ["/", "/order/abc", "/healthz", "/assets/style.css"] {
+            let r = respond(&s, &request(Method::Post, url, &[]));
+            assert_eq!((r.status, r.header("Allow")), (405, Some("GET, HEAD")), "{url}");
         }
-        assert_eq!(respond(&s, &Method::Delete, "/elsewhere").status, 404);
+        assert_eq!(respond(&s, &request(Method::Delete, "/elsewhere", &[])).status, 404);
+    }
+
+    #[test]
+    fn oversize_url_and_headers_are_414_and_431() {
+        let s = state();
+        assert_eq!(get(&s, &format!("/order/{}", "a".repeat(MAX_URL_BYTES))).status, 414);
+        let big = "x".repeat(MAX_HEADER_BYTES);
+        assert_eq!(respond(&s, &request(Method::Get, "/", &[("X-Big", &big)])).status, 431);
+    }
+
+    #[test]
+    fn every_response_carries_the_security_headers() {
+        let response = into_response(Reply::text(404, "not found\n"));
+        let names: Vec<String> = response.headers().iter().map(|h| h.field.to_string()).collect();
+        for (name, _) in SECURITY_HEADERS {
+            assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

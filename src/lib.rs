@@ -104,17 +104,22 @@ impl Service {
 
         let (trigger, shutdown) = shutdown_channel();
         let health = Arc::new(Health::default());
-        let cache = Arc::new(Cache::new(config.cache.max_orders));
+        let cache = Arc::new(Cache::new(config.cache.limits()));
         let pool = Arc::new(Pool::new(&db.url, timeout, db.pool_size));
         let state = Arc::new(http::State { cache: cache.clone(), pool, health: health.clone() });
         let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
 
         let started = Instant::now();
         let recent = store::recent_orders(&mut client, config.cache.max_orders)?;
-        let warmed = recent.len();
-        cache.insert_all(recent);
+        let read = recent.len();
+        cache.warm(recent);
         health.set_cache_warm();
-        info!("event=cache_warmed orders={warmed} ms={}", started.elapsed().as_millis());
+        info!(
+            "event=cache_warmed orders={} read={read} bytes={} ms={}",
+            cache.len(),
+            cache.bytes(),
+            started.elapsed().as_millis()
+        );
         drop(client);
 
         let consumer = consumer::Consumer::new(&config, cache.clone(), health.clone(), shutdown)?;
@@ -133,8 +138,8 @@ impl Service {
         &self.health
     }
 
-    pub fn cached_orders(&self) -> usize {
-        self.cache.len()
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// Stops consuming (the batch in hand is written and committed first), then lets the

@@ -66,6 +66,17 @@ pub struct Item {
     pub status: i32,
 }
 
+/// A line in the list of recent orders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderSummary {
+    pub order_uid: String,
+    pub date_created: OffsetDateTime,
+    pub amount: i64,
+    pub currency: String,
+    pub items: i64,
+    pub ingested_at: OffsetDateTime,
+}
+
 /// A message as it came off the topic, with its position there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

@@ -12,7 +12,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, Transaction};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Delivery, Item, Message, Order, Payment, Rejection};
+use crate::model::{Delivery, Item, Message, Order, OrderSummary, Payment, Rejection};
 
 /// The files of `sql/`, applied in this order and recorded in `schema_version`.
 /// A test checks that every `sql/*.sql` file is listed here.
@@ -458,6 +458,30 @@ pub fn recent_orders(client: &mut Client, limit: usize) -> anyhow::Result<Vec<Or
         .query(&format!("SELECT {ORDER_COLUMNS} ORDER BY o.ingested_at DESC, o.order_uid LIMIT $1"), &[&limit])
         .context("read recent orders")?;
     with_items(client, rows)
+}
+
+/// The `limit` most recently ingested orders, in brief, newest first.
+pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<OrderSummary>> {
+    let rows = client
+        .query(
+            "SELECT o.order_uid, o.date_created, p.amount, p.currency, o.ingested_at,
+                    (SELECT count(*) FROM order_items i WHERE i.order_uid = o.order_uid)
+             FROM orders o JOIN payments p ON p.order_uid = o.order_uid
+             ORDER BY o.ingested_at DESC, o.order_uid LIMIT $1",
+            &[&limit],
+        )
+        .context("read recent orders")?;
+    Ok(rows
+        .iter()
+        .map(|r| OrderSummary {
+            order_uid: r.get(0),
+            date_created: r.get(1),
+            amount: r.get(2),
+            currency: r.get(3),
+            ingested_at: r.get(4),
+            items: r.get(5),
+        })
+        .collect())
 }
 
 /// One order by id, or None.

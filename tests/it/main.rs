@@ -5,3 +5,4 @@ mod support;
 
 mod ingest;
 mod pipeline;
+mod read_path;

@@ -1,6 +1,7 @@
 //! The whole pipeline: messages put on a real topic by a Kafka producer end up in
 //! PostgreSQL, in `rejected_messages`, and at the HTTP endpoints, across restarts.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use orders_svc::Service;
@@ -27,10 +28,12 @@ fn canonical_order_is_served_as_json_and_on_the_page() {
     let expected: serde_json::Value = serde_json::from_str(MODEL).unwrap();
     assert_eq!(r.json(), expected);
 
-    let page = get(addr, &format!("/?uid={UID}"));
+    let form = get(addr, &format!("/?uid={UID}"));
+    assert_eq!((form.status, form.header("Location")), (303, Some("/order/b563feb7b2b84b6test")));
+    let page = http_with(addr, "GET", &format!("/order/{UID}"), &[("Accept", "text/html")]);
     assert_eq!(page.status, 200);
     assert_eq!(page.header("Content-Type"), Some("text/html; charset=utf-8"));
-    for shown in ["WBILMTESTTRACK", "Test Testov", "+9720000000", "Kiryat Mozkin", "wbpay", "1817", "Mascaras", "Vivienne Sabo"] {
+    for shown in ["WBILMTESTTRACK", "Test Testov", "+9720000000", "Kiryat Mozkin", "wbpay", "1,817 USD", "Mascaras", "Vivienne Sabo"] {
         assert!(page.body.contains(&format!("<td>{shown}</td>")), "page lacks {shown}: {}", page.body);
     }
 
@@ -93,7 +96,7 @@ fn restart_serves_stored_orders_and_consumes_no_offset_twice() {
     assert_eq!(committed_offsets(&group, &topic, 1), vec![2]);
 
     let service = Service::start(config(&db, &topic, &group)).unwrap();
-    assert_eq!(service.cached_orders(), 1);
+    assert_eq!(service.cache().len(), 1);
     let r = get(service.http_addr(), &format!("/order/{UID}"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["payment"]["amount"], 1817);
@@ -122,18 +125,23 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
     let message = Message { topic: topic.clone(), partition: 0, offset: 0, key: None, payload: None };
     let order = model::decode(Some(MODEL.as_bytes()), &Default::default()).unwrap();
     store::write_batch(&mut db.client(), &[(&message, order)], &[]).unwrap();
-    assert_eq!(service.cached_orders(), 0);
+    assert_eq!(service.cache().len(), 0);
 
     let r = get(addr, &format!("/order/{UID}"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), serde_json::from_str::<serde_json::Value>(MODEL).unwrap());
+    assert_eq!(service.cache().len(), 1);
+    let r = get(addr, &format!("/order/{UID}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(service.cache().stats.db_reads.load(Ordering::Relaxed), 1);
 
     let r = get(addr, "/order/nosuchorder");
     assert_eq!(r.status, 404);
     assert_eq!(r.body, r#"{"error":"order not found","order_uid":"nosuchorder"}"#);
-    let r = get(addr, "/?uid=nosuchorder");
+    let r = http_with(addr, "GET", "/order/nosuchorder", &[("Accept", "text/html")]);
     assert_eq!(r.status, 404);
     assert!(r.body.contains("Order not found"), "{}", r.body);
+    assert!(r.body.contains("<form class=\"lookup\""), "{}", r.body);
 
     let r = get(addr, "/order/bad%20id");
     assert_eq!(r.status, 400);

@@ -200,9 +200,28 @@ impl HttpResponse {
 
 /// One HTTP/1.1 request on its own connection.
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
+    http_with(addr, method, path, &[])
+}
+
+/// One HTTP/1.1 request with extra headers, on its own connection.
+pub fn http_with(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    request(addr, method, path, headers, None)
+}
+
+/// One HTTP/1.1 request with headers and a body, on its own connection.
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).expect("connect to the service");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(body) = body {
+        head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or_default());
+    stream.write_all(head.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("read response");
     let text = String::from_utf8(raw).expect("response is UTF-8");

@@ -1,0 +1,121 @@
+//! The read path over real sockets: HEAD and conditional requests, misses that reach
+//! PostgreSQL once, the recent-orders list, and hostile values shown safely.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Barrier};
+
+use orders_svc::Service;
+use serde_json::Value;
+
+use crate::support::*;
+
+const UID: &str = "b563feb7b2b84b6test";
+
+fn started_with_canonical_order() -> (TestDb, Service) {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    produce(&topic, &[MODEL.as_bytes()]);
+    wait_until_served(service.http_addr(), &format!("/order/{UID}"));
+    (db, service)
+}
+
+/// HEAD answers with the GET's headers and no body; a matching If-None-Match is 304.
+#[test]
+fn head_and_conditional_get() {
+    let (_db, service) = started_with_canonical_order();
+    let addr = service.http_addr();
+    let full = get(addr, &format!("/order/{UID}"));
+    let head = http(addr, "HEAD", &format!("/order/{UID}"));
+    assert_eq!(head.status, 200);
+    assert_eq!(head.body, "");
+    assert_eq!(head.header("Content-Length"), Some(full.body.len().to_string().as_str()));
+    assert_eq!(head.header("ETag"), full.header("ETag"));
+
+    let etag = full.header("ETag").unwrap();
+    let r = http_with(addr, "GET", &format!("/order/{UID}"), &[("If-None-Match", etag)]);
+    assert_eq!((r.status, r.body.as_str()), (304, ""));
+    assert_eq!(full.header("Cache-Control"), Some("no-cache"));
+    assert_eq!(full.header("X-Content-Type-Options"), Some("nosniff"));
+    assert_eq!(full.header("Referrer-Policy"), Some("no-referrer"));
+    assert!(full.header("Content-Security-Policy").unwrap().starts_with("default-src 'none'"));
+    service.shutdown();
+}
+
+/// Many requests at once for an id that does not exist cause one database read, and
+/// repeating it within the negative memory causes none.
+#[test]
+fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
+    let (_db, service) = started_with_canonical_order();
+    let addr = service.http_addr();
+    let before = service.cache().stats.db_reads.load(Ordering::Relaxed);
+    let start = Arc::new(Barrier::new(32));
+    let threads: Vec<_> = (0..32)
+        .map(|_| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                get(addr, "/order/doesnotexist42").status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 404);
+    }
+    assert_eq!(get(addr, "/order/doesnotexist42").status, 404);
+    assert_eq!(service.cache().stats.db_reads.load(Ordering::Relaxed) - before, 1);
+    service.shutdown();
+}
+
+/// The consumer storing an id ends its memory as "not found" at once.
+#[test]
+fn storing_an_order_ends_its_negative_memory() {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let mut cfg = config(&db, &topic, &unique("group"));
+    cfg.cache.negative_ttl_ms = 600_000;
+    let service = Service::start(cfg).unwrap();
+    let addr = service.http_addr();
+    assert_eq!(get(addr, &format!("/order/{UID}")).status, 404);
+    produce(&topic, &[MODEL.as_bytes()]);
+    let r = wait_until_served(addr, &format!("/order/{UID}"));
+    assert_eq!(r.json()["order_uid"], UID);
+    service.shutdown();
+}
+
+/// `/` lists the most recently ingested orders, each a link to its page.
+#[test]
+fn index_lists_recent_orders() {
+    let (_db, service) = started_with_canonical_order();
+    let r = get(service.http_addr(), "/");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#), "{}", r.body);
+    assert!(r.body.contains("<td class=\"num\">1,817 USD</td>"), "{}", r.body);
+    service.shutdown();
+}
+
+/// Markup and quotes stored in an order come back as text in the page and exactly as
+/// sent in the JSON.
+#[test]
+fn hostile_values_are_escaped_in_html_and_exact_in_json() {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    let addr = service.http_addr();
+    let mut v: Value = serde_json::from_str(MODEL).unwrap();
+    v["delivery"]["name"] = "<script>alert('x')</script>".into();
+    v["delivery"]["address"] = "\"><img src=x onerror=alert(1)>".into();
+    v["items"][0]["brand"] = "Robert'); DROP TABLE orders;--".into();
+    produce(&topic, &[v.to_string().as_bytes()]);
+
+    let json = wait_until_served(addr, &format!("/order/{UID}"));
+    assert_eq!(json.json(), v);
+    let page = http_with(addr, "GET", &format!("/order/{UID}"), &[("Accept", "text/html")]);
+    assert!(page.body.contains("<td>&lt;script&gt;alert('x')&lt;/script&gt;</td>"), "{}", page.body);
+    assert!(page.body.contains("<td>&quot;&gt;&lt;img src=x onerror=alert(1)&gt;</td>"), "{}", page.body);
+    assert!(page.body.contains("<td>Robert'); DROP TABLE orders;--</td>"), "{}", page.body);
+    assert!(!page.body.contains("<script>"));
+    assert!(!page.body.contains("<img"));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
+    service.shutdown();
+}
