@@ -3,6 +3,7 @@
 
 mod support;
 
+mod browser;
 mod ingest;
 mod pipeline;
 mod read_path;

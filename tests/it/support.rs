@@ -222,17 +222,37 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &st
     head.push_str("\r\n");
     head.push_str(body.unwrap_or_default());
     stream.write_all(head.as_bytes()).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read response");
-    let text = String::from_utf8(raw).expect("response is UTF-8");
-    let (head, body) = text.split_once("\r\n\r\n").expect("response has a head");
+    // Read the head, then as many body bytes as Content-Length says (a peer may keep
+    // the connection open), or to the end without it.
+    let mut reader = std::io::BufReader::new(stream);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut reader, &mut line).expect("read response head");
+        if n == 0 || line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
     let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
+    let status = lines.next().expect("a status line").split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    HttpResponse { status, headers, body: body.to_string() }
+    let length = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("Content-Length")).map(|(_, v)| v.parse::<usize>().unwrap());
+    let mut body = Vec::new();
+    match length {
+        _ if method == "HEAD" || status == 304 => {}
+        Some(n) => {
+            body.resize(n, 0);
+            reader.read_exact(&mut body).expect("read response body");
+        }
+        None => {
+            reader.read_to_end(&mut body).expect("read response body");
+        }
+    }
+    HttpResponse { status, headers, body: String::from_utf8(body).expect("response is UTF-8") }
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
