@@ -22,11 +22,11 @@ use orders_svc::config::Config;
 use orders_svc::generate::Generator;
 use orders_svc::model::Order;
 use orders_svc::produce::Producer;
-use orders_svc::store;
-use postgres::{Client, NoTls};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
+use postgres::Client;
+
+#[path = "common.rs"]
+mod common;
+use common::{Database, brokers, create_topic, env_number};
 
 const SEED: u64 = 20_211_126;
 const PARTITIONS: i32 = 4;
@@ -35,8 +35,7 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let n = env_number("INGEST_N", 200_000);
     let n_batch1 = env_number("INGEST_BATCH1_N", 20_000).min(n);
-    let admin_url = std::env::var("ORDERS_TEST_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let brokers = std::env::var("ORDERS_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let brokers = brokers();
     let run = format!("bench_ingest_{}", std::process::id());
 
     println!("bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions");
@@ -46,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     println!("  rows: {n} orders, {n} deliveries, {n} payments, {items} items");
 
     // Reference 1: psql \copy of the same rows.
-    let copy_db = Database::create(&admin_url, &format!("{run}_copy"))?;
+    let copy_db = Database::create(&format!("{run}_copy"))?;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-ingest");
     std::fs::create_dir_all(&dir)?;
     write_csv(&dir, &orders)?;
@@ -67,7 +66,7 @@ fn main() -> anyhow::Result<()> {
 
     // The messages, on a topic of their own.
     let topic = format!("{run}");
-    create_topic(&brokers, &topic)?;
+    create_topic(&topic, PARTITIONS)?;
     let producer = Producer::new(&brokers, &topic)?;
     let started = Instant::now();
     for order in &orders {
@@ -77,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     println!("  (produced {n} messages in {:.1} s)", started.elapsed().as_secs_f64());
 
     // The service as configured.
-    let db = Database::create(&admin_url, &format!("{run}_service"))?;
+    let db = Database::create(&format!("{run}_service"))?;
     let mut config = service_config(&db, &brokers, &topic, "bench-service");
     if let Some(batch) = std::env::var("INGEST_BATCH").ok().and_then(|v| v.parse().ok()) {
         config.ingest.batch_max_messages = batch;
@@ -86,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
 
     // Reference 2: the service writing one message per transaction.
-    let db1 = Database::create(&admin_url, &format!("{run}_batch1"))?;
+    let db1 = Database::create(&format!("{run}_batch1"))?;
     let mut config = service_config(&db1, &brokers, &topic, "bench-batch1");
     config.ingest.batch_max_messages = 1;
     let batch1_rate = time_ingest(&db1, config, n_batch1, "orders-svc, batch 1:")?;
@@ -95,10 +94,6 @@ fn main() -> anyhow::Result<()> {
     println!("  orders-svc / psql \\copy  = {:.2}  (target: at least 0.50)", service_rate / copy_rate);
     println!("  orders-svc / batch 1     = {:.1}  (target: at least 10)", service_rate / batch1_rate);
     Ok(())
-}
-
-fn env_number(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Starts the service on `db` and measures its rate from the first stored order to the
@@ -148,50 +143,10 @@ fn service_config(db: &Database, brokers: &str, topic: &str, group: &str) -> Con
     config
 }
 
-struct Database {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    fn create(admin_url: &str, name: &str) -> anyhow::Result<Database> {
-        let mut admin = Client::connect(admin_url, NoTls)
-            .with_context(|| format!("connect to {admin_url}; start the stack with scripts/stack up"))?;
-        admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
-        admin.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        let base = admin_url.rsplit_once('/').map_or(admin_url, |(b, _)| b);
-        let db = Database { admin_url: admin_url.into(), name: name.into(), url: format!("{base}/{name}") };
-        store::migrate(&mut db.client()?)?;
-        Ok(db)
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.url, NoTls)?)
-    }
-}
-
-impl Drop for Database {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = Client::connect(&self.admin_url, NoTls) {
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
-        }
-    }
-}
-
 fn check_count(db: &Database, n: usize) -> anyhow::Result<()> {
     let got: i64 = db.client()?.query_one("SELECT count(*) FROM orders", &[])?.get(0);
     if got as usize != n {
         bail!("expected {n} orders, found {got}");
-    }
-    Ok(())
-}
-
-fn create_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
-    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
-    for result in futures_executor::block_on(admin.create_topics([&new], &AdminOptions::new()))? {
-        result.map_err(|(t, e)| anyhow::anyhow!("create topic {t}: {e}"))?;
     }
     Ok(())
 }

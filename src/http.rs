@@ -1,7 +1,8 @@
 //! The HTTP side: routing, status codes and headers, and the tiny_http worker pool.
 //! `respond` turns a request into a `Reply` and is tested without sockets.
 
-use std::io::Cursor;
+use std::borrow::Cow;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -11,7 +12,7 @@ use log::{error, info, warn};
 use maud::Markup;
 use serde_json::json;
 use socket2::{Domain, Protocol, Socket, Type};
-use tiny_http::{Header, Method, Request, Response, StatusCode};
+use tiny_http::{Method, Request, StatusCode};
 
 use crate::cache::{Cache, CachedOrder};
 use crate::model::{self, Order};
@@ -29,7 +30,7 @@ pub struct State {
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
     pub body: Arc<[u8]>,
 }
 
@@ -43,15 +44,15 @@ pub const MAX_URL_BYTES: usize = 8 * 1024;
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Sent with every response. The pages load one stylesheet from this origin and run no
-/// script, so the policy allows nothing else.
-const SECURITY_HEADERS: [(&str, &str); 4] = [
+/// script, so the policy allows nothing else; `frame-ancestors 'none'` also keeps them
+/// out of frames.
+const SECURITY_HEADERS: [(&str, &str); 3] = [
     (
         "Content-Security-Policy",
         "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     ),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
-    ("X-Frame-Options", "DENY"),
 ];
 
 /// The static files, compiled in from `assets/`: nothing else is served as a file,
@@ -63,8 +64,8 @@ const ASSETS: &[(&str, &str, &[u8])] = &[("style.css", "text/css; charset=utf-8"
 const ORDER_CACHE_CONTROL: &str = "no-cache";
 
 impl Reply {
-    fn new(status: u16, content_type: &str, body: impl Into<Arc<[u8]>>) -> Reply {
-        Reply { status, headers: vec![("Content-Type", content_type.to_string())], body: body.into() }
+    fn new(status: u16, content_type: &'static str, body: impl Into<Arc<[u8]>>) -> Reply {
+        Reply { status, headers: vec![("Content-Type", content_type.into())], body: body.into() }
     }
     fn json(status: u16, value: serde_json::Value) -> Reply {
         Reply::new(status, JSON, value.to_string().into_bytes())
@@ -75,12 +76,12 @@ impl Reply {
     fn text(status: u16, text: &str) -> Reply {
         Reply::new(status, TEXT, text.as_bytes())
     }
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    fn with(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
     }
 }
 
@@ -182,7 +183,7 @@ fn found_order(request: &Request, order: &CachedOrder, html: bool) -> Reply {
             }
         }
     } else {
-        Reply { status: 200, headers: vec![("Content-Type", JSON.to_string())], body: order.json.clone() }
+        Reply { status: 200, headers: vec![("Content-Type", JSON.into())], body: order.json.clone() }
     };
     // The HTML page is derived from the same JSON, so one validator serves both; the
     // Vary header keeps caches from mixing them up.
@@ -327,24 +328,62 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
 
 fn handle(state: &State, request: Request) {
     let reply = respond(state, &request);
-    if let Err(e) = request.respond(into_response(reply)) {
+    let bytes = encode(&reply, *request.method() == Method::Head, &http_date());
+    // The whole response in one write: tiny_http would write each header in pieces,
+    // each through a lock. Whether the connection stays open was settled when the
+    // request was read (HTTP/1.0, `Connection: close`), as with `Request::respond`.
+    let mut writer = request.into_writer();
+    if let Err(e) = writer.write_all(&bytes).and_then(|()| writer.flush()) {
         // The client went away; nothing to do for it.
         log::debug!("event=http_write_failed error={e}");
     }
 }
 
-/// The reply with the security headers, as tiny_http sends it. The body is shared, not
-/// copied: a cache hit writes the cached bytes.
-pub fn into_response(reply: Reply) -> Response<Cursor<Arc<[u8]>>> {
-    let headers = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_str()))
-        .chain(SECURITY_HEADERS)
-        .filter_map(|(n, v)| Header::from_bytes(n.as_bytes(), v.as_bytes()).ok())
-        .collect();
-    let len = reply.body.len();
-    Response::new(StatusCode(reply.status), headers, Cursor::new(reply.body), Some(len), None)
+/// The reply as HTTP/1.1 bytes, with `Date`, the security headers and `Content-Length`.
+/// A HEAD reply has the GET's headers and no body; a 304 has neither body nor length.
+pub fn encode(reply: &Reply, head_only: bool, date: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512 + reply.body.len());
+    let reason = StatusCode(reply.status).default_reason_phrase();
+    let mut line = |name: &str, value: &str| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    };
+    line("Date", date);
+    for (name, value) in &reply.headers {
+        line(name, value);
+    }
+    for (name, value) in SECURITY_HEADERS {
+        line(name, value);
+    }
+    let no_body = reply.status == 304;
+    if !no_body {
+        line("Content-Length", &reply.body.len().to_string());
+    }
+    let mut response = format!("HTTP/1.1 {} {reason}\r\n", reply.status).into_bytes();
+    response.append(&mut out);
+    response.extend_from_slice(b"\r\n");
+    if !(head_only || no_body) {
+        response.extend_from_slice(&reply.body);
+    }
+    response
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn http_date() -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != second {
+            *last = (second, httpdate::fmt_http_date(now));
+        }
+        last.1.clone()
+    })
 }
 
 #[cfg(test)]
@@ -371,6 +410,7 @@ mod tests {
     }
 
     fn request(method: Method, path: &str, headers: &[(&str, &str)]) -> Request {
+        use tiny_http::Header;
         let mut r = TestRequest::new().with_method(method).with_path(path);
         for (n, v) in headers {
             r = r.with_header(Header::from_bytes(n.as_bytes(), v.as_bytes()).unwrap());
@@ -499,12 +539,32 @@ mod tests {
     }
 
     #[test]
-    fn every_response_carries_the_security_headers() {
-        let response = into_response(Reply::text(404, "not found\n"));
-        let names: Vec<String> = response.headers().iter().map(|h| h.field.to_string()).collect();
-        for (name, _) in SECURITY_HEADERS {
-            assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
-        }
+    fn encoded_response_has_date_security_headers_and_length() {
+        let date = "Sat, 21 Nov 2026 20:00:00 GMT";
+        let bytes = encode(&Reply::text(404, "not found\n"), false, date);
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "HTTP/1.1 404 Not Found\r\n\
+             Date: Sat, 21 Nov 2026 20:00:00 GMT\r\n\
+             Content-Type: text/plain; charset=utf-8\r\n\
+             Content-Security-Policy: default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'\r\n\
+             X-Content-Type-Options: nosniff\r\n\
+             Referrer-Policy: no-referrer\r\n\
+             Content-Length: 10\r\n\
+             \r\n\
+             not found\n"
+        );
+    }
+
+    #[test]
+    fn head_keeps_the_length_and_drops_the_body_and_304_has_neither() {
+        let date = "Sat, 21 Nov 2026 20:00:00 GMT";
+        let head = String::from_utf8(encode(&Reply::text(200, "hello"), true, date)).unwrap();
+        assert!(head.ends_with("Content-Length: 5\r\n\r\n"), "{head}");
+        let not_modified = Reply { status: 304, headers: Vec::new(), body: Arc::from(&b""[..]) };
+        let text = String::from_utf8(encode(&not_modified, false, date)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 304 Not Modified\r\n"));
+        assert!(!text.contains("Content-Length"));
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! bench/http: `GET /order/<uid>` served by orders-svc from its cache, measured with
+//! wrk against two references in the same run serving the same bytes:
+//!
+//! - a bare tiny_http server with the same number of workers, answering from a
+//!   HashMap: the library's ceiling;
+//! - nginx serving the JSON as static files: the machine's ceiling.
+//!
+//! Then misses: unknown ids, with the database reads they caused.
+//!
+//! Run with `bench/run http` (brings up the local stack first; needs wrk and nginx,
+//! which it installs with apt-get when missing). Settings from the environment:
+//! HTTP_ORDERS (default 10000), HTTP_SECONDS (10), HTTP_CONNECTIONS (64), HTTP_WORKERS
+//! (4, the service's default, for both servers), HTTP_WRK_THREADS (1).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use orders_svc::Service;
+use orders_svc::config::Config;
+use orders_svc::generate::Generator;
+use orders_svc::model::{Message, Order};
+use orders_svc::store;
+use tiny_http::{Header, Response};
+
+#[path = "common.rs"]
+mod common;
+use common::{Database, brokers, create_topic, env_number};
+
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let n = env_number("HTTP_ORDERS", 10_000);
+    let seconds = env_number("HTTP_SECONDS", 10);
+    let connections = env_number("HTTP_CONNECTIONS", 64);
+    let workers = env_number("HTTP_WORKERS", 4);
+    let wrk_threads = env_number("HTTP_WRK_THREADS", 1);
+    let brokers = brokers();
+    let run = format!("bench_http_{}", std::process::id());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-http");
+    std::fs::create_dir_all(&dir)?;
+
+    println!("bench/http: {n} stored orders, wrk {seconds} s with {connections} connections and {wrk_threads} wrk threads, {workers} workers each");
+    let mut generator = Generator::new(7, 3);
+    let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
+    let uids: Vec<&str> = orders.iter().map(|o| o.order_uid.as_str()).collect();
+    std::fs::write(dir.join("uids.txt"), uids.join("\n") + "\n")?;
+    let unknown: Vec<String> = (0..n).map(|i| format!("unknown{i:08}")).collect();
+    std::fs::write(dir.join("unknown.txt"), unknown.join("\n") + "\n")?;
+    std::fs::write(dir.join("random.lua"), WRK_SCRIPT)?;
+
+    // orders-svc, its cache warmed from PostgreSQL.
+    let db = Database::create(&run)?;
+    {
+        let mut client = db.client()?;
+        let message = Message { topic: run.clone(), partition: 0, offset: 0, key: None, payload: None };
+        let batch: Vec<(&Message, Order)> = orders.iter().map(|o| (&message, o.clone())).collect();
+        store::write_batch(&mut client, &batch, &[])?;
+        create_topic(&run, 1)?;
+
+        let mut config = Config::default();
+        config.database.url = db.url.clone();
+        config.kafka.brokers = brokers.clone();
+        config.kafka.topic = run.clone();
+        config.kafka.group_id = run.clone();
+        config.http.addr = "127.0.0.1:0".parse()?;
+        config.http.workers = workers;
+        let service = Service::start(config)?;
+        let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
+
+        // Misses: ids PostgreSQL does not have.
+        let reads_before = service.cache().stats.db_reads.load(std::sync::atomic::Ordering::Relaxed);
+        let miss = wrk(&dir, wrk_threads, service.http_addr().to_string(), "unknown.txt", seconds, connections)?;
+        let reads = service.cache().stats.db_reads.load(std::sync::atomic::Ordering::Relaxed) - reads_before;
+        service.shutdown();
+
+        // Reference: bare tiny_http with the same bytes.
+        let bodies: HashMap<String, Arc<[u8]>> = orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
+        let bare = BareServer::start(bodies, workers)?;
+        let tiny = wrk(&dir, wrk_threads, bare.addr.clone(), "uids.txt", seconds, connections)?;
+        bare.stop();
+
+        // Reference: nginx with the same bytes as files.
+        let nginx = Nginx::start(&dir, &orders)?;
+        let static_files = wrk(&dir, wrk_threads, nginx.addr.clone(), "uids.txt", seconds, connections)?;
+        drop(nginx);
+
+        println!();
+        println!("  {:<28} {:>12} {:>10} {:>10}", "GET /order/<uid>", "requests/s", "p50", "p99");
+        for (name, r) in [("orders-svc (cache hits)", &svc), ("bare tiny_http", &tiny), ("nginx static files", &static_files), ("orders-svc (unknown ids)", &miss)] {
+            println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", r.rps, r.p50_ms, r.p99_ms);
+        }
+        println!();
+        println!("  orders-svc / bare tiny_http = {:.2}  (target: at least 0.90)", svc.rps / tiny.rps);
+        println!("  orders-svc / nginx          = {:.2}", svc.rps / static_files.rps);
+        println!("  orders-svc p99 at {connections} connections = {:.3} ms  (target: under 1 ms)", svc.p99_ms);
+        println!(
+            "  unknown ids: {} requests over {} distinct ids caused {reads} database reads",
+            miss.requests,
+            unknown.len()
+        );
+        if svc.errors + tiny.errors + static_files.errors + miss.errors > 0 {
+            println!("  socket errors or non-2xx/404 answers: svc {} tiny {} nginx {} miss {}", svc.errors, tiny.errors, static_files.errors, miss.errors);
+        }
+    }
+    Ok(())
+}
+
+/// Each request asks for a random id from the file named by UIDS.
+const WRK_SCRIPT: &str = r#"
+local ids = {}
+for line in io.lines(os.getenv("UIDS")) do ids[#ids + 1] = line end
+math.randomseed(os.time() + math.floor(os.clock() * 1000000))
+request = function()
+  return wrk.format("GET", "/order/" .. ids[math.random(#ids)])
+end
+"#;
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    errors: u64,
+}
+
+fn wrk(dir: &Path, threads: usize, addr: String, ids: &str, seconds: usize, connections: usize) -> anyhow::Result<WrkResult> {
+    let out = Command::new("wrk")
+        .args([&format!("-t{threads}"), &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
+        .arg(dir.join("random.lua"))
+        .arg(format!("http://{addr}"))
+        .env("UIDS", dir.join(ids))
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    let field = |prefix: &str| text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()));
+    let rps: f64 = field("Requests/sec:").context("wrk printed no Requests/sec")?.parse()?;
+    let p50_ms = parse_latency(&field("50%").context("wrk printed no 50%")?)?;
+    let p99_ms = parse_latency(&field("99%").context("wrk printed no 99%")?)?;
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let errors = field("Non-2xx or 3xx responses:").map_or(0, |n| n.parse().unwrap_or(0))
+        + text.lines().filter(|l| l.trim().starts_with("Socket errors:")).count() as u64;
+    Ok(WrkResult { rps, p50_ms, p99_ms, requests, errors })
+}
+
+/// wrk prints latencies as `512.00us`, `1.23ms` or `1.01s`.
+fn parse_latency(text: &str) -> anyhow::Result<f64> {
+    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        bail!("unknown latency {text:?}")
+    };
+    Ok(number.parse::<f64>()? * factor)
+}
+
+/// tiny_http alone, with the service's listening socket and worker count.
+struct BareServer {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    addr: String,
+}
+
+impl BareServer {
+    fn start(bodies: HashMap<String, Arc<[u8]>>, workers: usize) -> anyhow::Result<BareServer> {
+        let listener = orders_svc::http::listen("127.0.0.1:0".parse()?)?;
+        let addr = listener.local_addr()?.to_string();
+        let server = Arc::new(tiny_http::Server::from_listener(listener, None).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let bodies = Arc::new(bodies);
+        let json = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..]).unwrap();
+        let workers = (0..workers)
+            .map(|_| {
+                let (server, bodies, json) = (server.clone(), bodies.clone(), json.clone());
+                std::thread::spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        let uid = request.url().trim_start_matches("/order/");
+                        let response = match bodies.get(uid) {
+                            Some(body) => Response::new(200.into(), vec![json.clone()], std::io::Cursor::new(body.clone()), Some(body.len()), None),
+                            None => Response::new(404.into(), vec![], std::io::Cursor::new(Arc::from(&b""[..])), Some(0), None),
+                        };
+                        let _ = request.respond(response);
+                    }
+                })
+            })
+            .collect();
+        Ok(BareServer { server, workers, addr })
+    }
+
+    fn stop(self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+/// nginx on a free port, serving `www/order/<uid>` files as application/json.
+struct Nginx {
+    child: Child,
+    addr: String,
+}
+
+impl Nginx {
+    fn start(dir: &Path, orders: &[Order]) -> anyhow::Result<Nginx> {
+        let www: PathBuf = dir.join("www/order");
+        std::fs::create_dir_all(&www)?;
+        for o in orders {
+            std::fs::write(www.join(&o.order_uid), o.to_json())?;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        let conf = format!(
+            "daemon off;\nworker_processes auto;\nuser root;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; default_type application/json; sendfile on; tcp_nodelay on; keepalive_requests 1000000;\n\
+               client_body_temp_path {dir}/tmp; proxy_temp_path {dir}/tmp; fastcgi_temp_path {dir}/tmp; uwsgi_temp_path {dir}/tmp; scgi_temp_path {dir}/tmp;\n\
+               server {{ listen {addr}; root {dir}/www; location /order/ {{ }} }} }}\n",
+            dir = dir.display()
+        );
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start nginx (apt-get install nginx)")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return Ok(Nginx { child, addr });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("nginx did not start; see {}/nginx-error.log", dir.display())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT is nginx's graceful stop; the master takes its workers with it.
+        let _ = Command::new("kill").args(["-QUIT", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
