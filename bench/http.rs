@@ -22,7 +22,7 @@ use anyhow::{Context, bail};
 use orders_svc::Service;
 use orders_svc::config::Config;
 use orders_svc::generate::Generator;
-use orders_svc::model::{Message, Order};
+use orders_svc::model::{Encoded, Message, Order};
 use orders_svc::store;
 use tiny_http::{Header, Response};
 
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
     {
         let mut client = db.client()?;
         let message = Message { topic: run.clone(), partition: 0, offset: 0, key: None, payload: None };
-        let batch: Vec<(&Message, Order)> = orders.iter().map(|o| (&message, o.clone())).collect();
+        let batch: Vec<(&Message, Encoded)> = orders.iter().map(|o| (&message, o.clone().encode())).collect();
         store::write_batch(&mut client, &batch, &[])?;
         create_topic(&run, 1)?;
 

@@ -14,9 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use sha2::{Digest, Sha256};
 
-use crate::model::Order;
+use crate::model::{Encoded, Order};
 
 /// An order as the HTTP side sends it.
 #[derive(Debug)]
@@ -28,11 +27,14 @@ pub struct CachedOrder {
 }
 
 impl CachedOrder {
-    pub fn new(order: &Order) -> CachedOrder {
-        let json: Arc<[u8]> = order.to_json().into();
-        let digest = Sha256::digest(&json);
-        let etag = format!("\"{}\"", digest[..12].iter().map(|b| format!("{b:02x}")).collect::<String>());
-        CachedOrder { uid: order.order_uid.clone(), json, etag }
+    pub fn new(encoded: &Encoded) -> CachedOrder {
+        let mut etag = String::with_capacity(26);
+        etag.push('"');
+        for b in &encoded.sha256[..12] {
+            etag.push_str(&format!("{b:02x}"));
+        }
+        etag.push('"');
+        CachedOrder { uid: encoded.order.order_uid.clone(), json: encoded.json.clone(), etag }
     }
 
     /// What an entry is charged against `max_bytes`: its JSON, its key and validator,
@@ -128,8 +130,8 @@ impl Cache {
     /// The consumer's write: orders PostgreSQL has just committed replace whatever the
     /// cache had for them, end any memory of their absence, and make reads in flight for
     /// them forget their (possibly older) result.
-    pub fn publish(&self, orders: impl IntoIterator<Item = Order>) {
-        let fresh: Vec<Arc<CachedOrder>> = orders.into_iter().map(|o| Arc::new(CachedOrder::new(&o))).collect();
+    pub fn publish<'a>(&self, orders: impl IntoIterator<Item = &'a Encoded>) {
+        let fresh: Vec<Arc<CachedOrder>> = orders.into_iter().map(|e| Arc::new(CachedOrder::new(e))).collect();
         if fresh.is_empty() {
             return;
         }
@@ -159,10 +161,11 @@ impl Cache {
     /// Fills the cache at start; `orders` newest first, so the newest are kept when
     /// they do not all fit.
     pub fn warm(&self, orders: Vec<Order>) {
+        let fresh: Vec<Arc<CachedOrder>> = orders.into_iter().rev().map(|o| Arc::new(CachedOrder::new(&o.encode()))).collect();
         let mut inner = self.inner.write();
-        for order in orders.iter().rev() {
+        for order in fresh {
             let tick = self.tick();
-            self.put(&mut inner, Arc::new(CachedOrder::new(order)), tick);
+            self.put(&mut inner, order, tick);
         }
     }
 
@@ -232,7 +235,7 @@ impl Cache {
 
         self.stats.db_reads.fetch_add(1, Ordering::Relaxed);
         let result = match load() {
-            Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order)))),
+            Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{e:#}")),
         };
@@ -316,6 +319,10 @@ mod tests {
         o
     }
 
+    fn enc(uid: &str) -> Encoded {
+        order(uid).encode()
+    }
+
     fn cache(max_orders: usize) -> Cache {
         Cache::new(Limits { max_orders, max_bytes: usize::MAX, negative_ttl: Duration::from_secs(60) })
     }
@@ -331,7 +338,7 @@ mod tests {
     #[test]
     fn published_order_is_served_as_its_json() {
         let c = cache(10);
-        c.publish([order("a")]);
+        c.publish(&[enc("a")]);
         let got = hit(&c, "a").unwrap();
         assert_eq!(&got.json[..], order("a").to_json().as_slice());
         assert_eq!(got.etag.len(), 26);
@@ -341,11 +348,11 @@ mod tests {
     #[test]
     fn newer_version_replaces_older_and_changes_the_etag() {
         let c = cache(10);
-        c.publish([order("a")]);
+        c.publish(&[enc("a")]);
         let first = hit(&c, "a").unwrap();
         let mut changed = order("a");
         changed.delivery.city = "Haifa".into();
-        c.publish([changed]);
+        c.publish(&[changed.encode()]);
         let second = hit(&c, "a").unwrap();
         assert_ne!(first.etag, second.etag);
         assert!(std::str::from_utf8(&second.json).unwrap().contains("\"city\":\"Haifa\""));
@@ -355,13 +362,13 @@ mod tests {
     #[test]
     fn least_recently_used_goes_first() {
         let c = cache(3);
-        c.publish([order("a"), order("b"), order("c")]);
+        c.publish(&[enc("a"), enc("b"), enc("c")]);
         hit(&c, "a");
-        c.publish([order("d")]);
+        c.publish(&[enc("d")]);
         assert!(c.contains("a") && c.contains("c") && c.contains("d"));
         assert!(!c.contains("b"));
         hit(&c, "c");
-        c.publish([order("e")]);
+        c.publish(&[enc("e")]);
         assert!(!c.contains("a"));
         assert_eq!(c.len(), 3);
         assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 2);
@@ -369,9 +376,9 @@ mod tests {
 
     #[test]
     fn byte_bound_holds() {
-        let one = CachedOrder::new(&order("a")).size();
+        let one = CachedOrder::new(&enc("a")).size();
         let c = Cache::new(Limits { max_orders: 100, max_bytes: one * 2 + one / 2, negative_ttl: Duration::ZERO });
-        c.publish([order("a"), order("b"), order("c")]);
+        c.publish(&[enc("a"), enc("b"), enc("c")]);
         assert_eq!(c.len(), 2);
         assert!(c.bytes() <= one * 2 + one / 2);
         assert!(!c.contains("a"));
@@ -399,7 +406,7 @@ mod tests {
         assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
         assert!(c.lookup("x", never).unwrap().is_none());
         assert_eq!(c.stats.negative_hits.load(Ordering::Relaxed), 1);
-        c.publish([order("x")]);
+        c.publish(&[enc("x")]);
         assert_eq!(hit(&c, "x").unwrap().uid, "x");
     }
 
@@ -447,7 +454,7 @@ mod tests {
         let got = c
             .lookup("a", || {
                 // The consumer commits and publishes a newer version while we read.
-                c.publish([newer.clone()]);
+                c.publish(&[newer.clone().encode()]);
                 Ok(Some(order("a")))
             })
             .unwrap()

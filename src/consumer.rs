@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::model::{self, Message, Order, Rules};
+use crate::model::{self, Encoded, Message, Rules};
 use crate::store::{self, BatchResult, DeadLetter};
 use crate::{Health, Shutdown};
 
@@ -126,9 +126,7 @@ impl Consumer {
             self.commit_offsets(&batch);
             let timings = [decoded - started, written - decoded, written.elapsed()];
             log_batch(&batch, &result, timings);
-            let stored = result.stored;
-            let mut orders: Vec<Option<Order>> = orders.into_iter().map(|(_, o)| Some(o)).collect();
-            self.cache.publish(stored.into_iter().filter_map(|i| orders[i].take()));
+            self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
         }
         self.commit_pending();
         info!("event=consumer_stopped");
@@ -179,7 +177,7 @@ impl Consumer {
 
     /// Writes the batch, retrying with capped exponential backoff until it commits.
     /// Returns None only when shutdown is signalled while the database is failing.
-    fn write_with_retry(&mut self, orders: &[(&Message, Order)], dead: &[DeadLetter]) -> Option<BatchResult> {
+    fn write_with_retry(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> Option<BatchResult> {
         let mut delay = self.config.ingest.retry_initial();
         let mut attempt = 1u32;
         loop {
@@ -205,7 +203,7 @@ impl Consumer {
         }
     }
 
-    fn write_once(&mut self, orders: &[(&Message, Order)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
+    fn write_once(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
         let db = match &mut self.db {
             Some(client) => client,
             None => {
@@ -257,12 +255,13 @@ impl Consumer {
 }
 
 /// Decodes each message into an order or a dead letter with its reason.
-fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Order)>, Vec<DeadLetter>) {
+/// Each order is encoded here, once, for both the database and the cache.
+fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Encoded)>, Vec<DeadLetter>) {
     let mut orders = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
     for m in batch {
         match model::decode(m.payload.as_deref(), rules) {
-            Ok(order) => orders.push((m, order)),
+            Ok(order) => orders.push((m, order.encode())),
             Err(rejection) => {
                 warn!(
                     "event=message_rejected topic={} partition={} offset={} rule={} detail={:?}",

@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn cached_order_is_its_json_with_etag_and_cache_control() {
         let s = state();
-        s.cache.publish([canonical()]);
+        s.cache.publish(&[canonical().encode()]);
         let r = get(&s, "/order/b563feb7b2b84b6test");
         assert_eq!((r.status, r.header("Content-Type")), (200, Some(JSON)));
         assert_eq!(&r.body[..], canonical().to_json().as_slice());
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn matching_if_none_match_is_304_without_body() {
         let s = state();
-        s.cache.publish([canonical()]);
+        s.cache.publish(&[canonical().encode()]);
         let etag = get(&s, "/order/b563feb7b2b84b6test").header("ETag").unwrap().to_string();
         let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", &format!("\"x\", {etag}"))]));
         assert_eq!((r.status, r.body.len()), (304, 0));
@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn browsers_get_the_page_and_api_clients_json() {
         let s = state();
-        s.cache.publish([canonical()]);
+        s.cache.publish(&[canonical().encode()]);
         let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("Accept", FIREFOX)]));
         assert_eq!((r.status, r.header("Content-Type")), (200, Some(HTML)));
         assert!(body(&r).contains("<td>Kiryat Mozkin</td>"));

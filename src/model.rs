@@ -178,44 +178,62 @@ pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection>
 /// The field checks and the cross-field rules, on an order that has every field.
 pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     check_uid(&o.order_uid).map_err(|detail| Rejection::new("order_uid", detail))?;
-    for (field, value) in text_fields(o) {
-        let chars = value.chars().count();
-        if chars > MAX_TEXT_LEN {
-            return Err(Rejection::new("text_length", format!("{field} is {chars} characters, at most {MAX_TEXT_LEN} allowed")));
-        }
-        if value.contains('\0') {
-            return Err(Rejection::new("text_nul", format!("{field} contains a NUL character")));
+    // Field names are formatted only for the message of a broken rule: valid orders,
+    // the common case, allocate nothing here.
+    let d = &o.delivery;
+    let p = &o.payment;
+    let top: [(&str, &str); 20] = [
+        ("track_number", &o.track_number), ("entry", &o.entry), ("locale", &o.locale),
+        ("internal_signature", &o.internal_signature), ("customer_id", &o.customer_id),
+        ("delivery_service", &o.delivery_service), ("shardkey", &o.shardkey), ("oof_shard", &o.oof_shard),
+        ("delivery.name", &d.name), ("delivery.phone", &d.phone), ("delivery.zip", &d.zip),
+        ("delivery.city", &d.city), ("delivery.address", &d.address), ("delivery.region", &d.region),
+        ("delivery.email", &d.email), ("payment.transaction", &p.transaction),
+        ("payment.request_id", &p.request_id), ("payment.currency", &p.currency),
+        ("payment.provider", &p.provider), ("payment.bank", &p.bank),
+    ];
+    for (field, value) in top {
+        check_text(value, || field.to_string())?;
+    }
+    for (n, i) in o.items.iter().enumerate() {
+        for (k, v) in [("track_number", &i.track_number), ("rid", &i.rid), ("name", &i.name), ("size", &i.size), ("brand", &i.brand)] {
+            check_text(v, || format!("items[{n}].{k}"))?;
         }
     }
-    let p = &o.payment;
     if !(p.currency.len() == 3 && p.currency.bytes().all(|b| b.is_ascii_alphabetic())) {
         return Err(Rejection::new("currency", format!("payment.currency is {:?}, expected three letters", p.currency)));
     }
     if o.items.is_empty() {
         return Err(Rejection::new("items", "the order has no items"));
     }
-    let mut money = vec![
-        ("payment.amount".to_string(), p.amount),
-        ("payment.delivery_cost".to_string(), p.delivery_cost),
-        ("payment.goods_total".to_string(), p.goods_total),
-        ("payment.custom_fee".to_string(), p.custom_fee),
+    if let Some((n, i)) = o.items.iter().enumerate().find(|(_, i)| !(0..=100).contains(&i.sale)) {
+        return Err(Rejection::new("sale", format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
+    }
+    let negative = |field: String, value: i64| Rejection::new("money", format!("{field} is {value}, money cannot be negative"));
+    let payment_money = [
+        ("payment.amount", p.amount),
+        ("payment.delivery_cost", p.delivery_cost),
+        ("payment.goods_total", p.goods_total),
+        ("payment.custom_fee", p.custom_fee),
     ];
-    let mut positive = vec![("sm_id".to_string(), o.sm_id), ("payment.payment_dt".to_string(), p.payment_dt)];
+    if let Some((field, value)) = payment_money.into_iter().find(|(_, v)| *v < 0) {
+        return Err(negative(field.to_string(), value));
+    }
     for (n, i) in o.items.iter().enumerate() {
-        if !(0..=100).contains(&i.sale) {
-            return Err(Rejection::new("sale", format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
+        if let Some((k, v)) = [("price", i.price), ("total_price", i.total_price)].into_iter().find(|(_, v)| *v < 0) {
+            return Err(negative(format!("items[{n}].{k}"), v));
         }
-        money.push((format!("items[{n}].price"), i.price));
-        money.push((format!("items[{n}].total_price"), i.total_price));
-        positive.push((format!("items[{n}].chrt_id"), i.chrt_id));
-        positive.push((format!("items[{n}].nm_id"), i.nm_id));
-        positive.push((format!("items[{n}].status"), i.status.into()));
     }
-    if let Some((field, value)) = money.iter().find(|(_, v)| *v < 0) {
-        return Err(Rejection::new("money", format!("{field} is {value}, money cannot be negative")));
+    let not_positive =
+        |field: String, value: i64| Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0"));
+    if let Some((field, value)) = [("sm_id", o.sm_id), ("payment.payment_dt", p.payment_dt)].into_iter().find(|(_, v)| *v <= 0) {
+        return Err(not_positive(field.to_string(), value));
     }
-    if let Some((field, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-        return Err(Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0")));
+    for (n, i) in o.items.iter().enumerate() {
+        let ids = [("chrt_id", i.chrt_id), ("nm_id", i.nm_id), ("status", i64::from(i.status))];
+        if let Some((k, v)) = ids.into_iter().find(|(_, v)| *v <= 0) {
+            return Err(not_positive(format!("items[{n}].{k}"), v));
+        }
     }
 
     if rules.payment_transaction && p.transaction != o.order_uid {
@@ -254,29 +272,19 @@ fn show_sum(sum: Option<i64>) -> String {
     sum.map_or_else(|| "more than a 64-bit integer holds".to_string(), |s| s.to_string())
 }
 
-/// Every text field but `order_uid` (which has its own rule), with its path.
-fn text_fields(o: &Order) -> Vec<(String, &str)> {
-    let d = &o.delivery;
-    let p = &o.payment;
-    let mut fields: Vec<(String, &str)> = [
-        ("track_number", &o.track_number), ("entry", &o.entry), ("locale", &o.locale),
-        ("internal_signature", &o.internal_signature), ("customer_id", &o.customer_id),
-        ("delivery_service", &o.delivery_service), ("shardkey", &o.shardkey), ("oof_shard", &o.oof_shard),
-        ("delivery.name", &d.name), ("delivery.phone", &d.phone), ("delivery.zip", &d.zip),
-        ("delivery.city", &d.city), ("delivery.address", &d.address), ("delivery.region", &d.region),
-        ("delivery.email", &d.email), ("payment.transaction", &p.transaction),
-        ("payment.request_id", &p.request_id), ("payment.currency", &p.currency),
-        ("payment.provider", &p.provider), ("payment.bank", &p.bank),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.as_str()))
-    .collect();
-    for (n, i) in o.items.iter().enumerate() {
-        for (k, v) in [("track_number", &i.track_number), ("rid", &i.rid), ("name", &i.name), ("size", &i.size), ("brand", &i.brand)] {
-            fields.push((format!("items[{n}].{k}"), v.as_str()));
+/// The length and NUL rules for one text field; `field` names it in the message.
+fn check_text(value: &str, field: impl FnOnce() -> String) -> Result<(), Rejection> {
+    // A string of at most MAX_TEXT_LEN bytes has at most that many characters.
+    if value.len() > MAX_TEXT_LEN {
+        let chars = value.chars().count();
+        if chars > MAX_TEXT_LEN {
+            return Err(Rejection::new("text_length", format!("{} is {chars} characters, at most {MAX_TEXT_LEN} allowed", field())));
         }
     }
-    fields
+    if value.contains('\0') {
+        return Err(Rejection::new("text_nul", format!("{} contains a NUL character", field())));
+    }
+    Ok(())
 }
 
 /// Checks that `uid` can be an order id: 1–64 characters of `[A-Za-z0-9_-]`.
@@ -300,6 +308,24 @@ fn normalize_time(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000).expect("a truncated nanosecond is in range")
 }
 
+/// An order with its canonical JSON and that JSON's SHA-256, computed once: the store
+/// keeps the digest to recognise redeliveries, the cache serves the JSON and derives its
+/// ETag from the digest.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub order: Order,
+    pub json: std::sync::Arc<[u8]>,
+    pub sha256: [u8; 32],
+}
+
+impl Encoded {
+    pub fn new(order: Order) -> Encoded {
+        let json: std::sync::Arc<[u8]> = order.to_json().into();
+        let sha256 = Sha256::digest(&json).into();
+        Encoded { order, json, sha256 }
+    }
+}
+
 impl Order {
     /// The order's JSON as served over HTTP.
     pub fn to_json(&self) -> Vec<u8> {
@@ -310,6 +336,11 @@ impl Order {
     /// recognised without comparing every column.
     pub fn fingerprint(&self) -> [u8; 32] {
         Sha256::digest(self.to_json()).into()
+    }
+
+    /// The order encoded once for storing and serving.
+    pub fn encode(self) -> Encoded {
+        Encoded::new(self)
     }
 }
 

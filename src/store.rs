@@ -12,7 +12,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, Transaction};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Delivery, Item, Message, Order, OrderSummary, Payment, Rejection};
+use crate::model::{Delivery, Encoded, Item, Message, Order, OrderSummary, Payment, Rejection};
 
 /// The files of `sql/`, applied in this order and recorded in `schema_version`.
 /// A test checks that every `sql/*.sql` file is listed here.
@@ -131,20 +131,20 @@ pub struct BatchResult {
 /// letters. Any other error is returned, nothing is committed, and the caller retries.
 pub fn write_batch(
     client: &mut Client,
-    orders: &[(&Message, Order)],
+    orders: &[(&Message, Encoded)],
     dead: &[DeadLetter],
 ) -> anyhow::Result<BatchResult> {
     // A later message for the same order wins over an earlier one in the same batch.
     let mut latest: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
-    for (i, (_, order)) in orders.iter().enumerate() {
-        latest.insert(order.order_uid.as_str(), i);
+    for (i, (_, encoded)) in orders.iter().enumerate() {
+        latest.insert(encoded.order.order_uid.as_str(), i);
     }
     let mut keep: Vec<usize> = latest.into_values().collect();
     keep.sort_unstable();
     let superseded = orders.len() - keep.len();
 
     let mut tx = client.transaction().context("begin batch")?;
-    let all: Vec<&Order> = keep.iter().map(|&i| &orders[i].1).collect();
+    let all: Vec<&Encoded> = keep.iter().map(|&i| &orders[i].1).collect();
     let mut result = match write_orders(&mut tx, &all) {
         Ok(counts) => BatchResult { stored: keep, dead_letters: dead.to_vec(), ..counts },
         Err(e) if is_data_error(&e) => {
@@ -163,15 +163,16 @@ pub fn write_batch(
 
 fn write_one_by_one(
     tx: &mut Transaction<'_>,
-    orders: &[(&Message, Order)],
+    orders: &[(&Message, Encoded)],
     keep: Vec<usize>,
     dead: &[DeadLetter],
 ) -> anyhow::Result<BatchResult> {
     let mut result = BatchResult { dead_letters: dead.to_vec(), ..BatchResult::default() };
     for i in keep {
-        let (message, order) = &orders[i];
+        let (message, encoded) = &orders[i];
+        let order = &encoded.order;
         let mut savepoint = tx.transaction().context("savepoint")?;
-        match write_orders(&mut savepoint, &[order]) {
+        match write_orders(&mut savepoint, &[encoded]) {
             Ok(counts) => {
                 savepoint.commit().context("release savepoint")?;
                 result.inserted += counts.inserted;
@@ -196,12 +197,12 @@ fn write_one_by_one(
 }
 
 /// Inserts new orders and replaces changed ones. Returns the counts, with `stored` empty.
-fn write_orders(tx: &mut Transaction<'_>, orders: &[&Order]) -> Result<BatchResult, postgres::Error> {
+fn write_orders(tx: &mut Transaction<'_>, orders: &[&Encoded]) -> Result<BatchResult, postgres::Error> {
     let mut counts = BatchResult::default();
     if orders.is_empty() {
         return Ok(counts);
     }
-    let uids: Vec<&str> = orders.iter().map(|o| o.order_uid.as_str()).collect();
+    let uids: Vec<&str> = orders.iter().map(|e| e.order.order_uid.as_str()).collect();
     let existing: HashMap<String, Vec<u8>> = tx
         .query("SELECT order_uid, content_sha256 FROM orders WHERE order_uid = ANY($1)", &[&uids])?
         .into_iter()
@@ -209,16 +210,16 @@ fn write_orders(tx: &mut Transaction<'_>, orders: &[&Order]) -> Result<BatchResu
         .collect();
     let mut to_write = Vec::with_capacity(orders.len());
     let mut to_replace = Vec::new();
-    for &order in orders {
-        let fingerprint = order.fingerprint();
+    for &encoded in orders {
+        let order = &encoded.order;
         match existing.get(&order.order_uid) {
-            Some(old) if old.as_slice() == fingerprint => counts.unchanged += 1,
+            Some(old) if old.as_slice() == encoded.sha256 => counts.unchanged += 1,
             Some(_) => {
                 info!("event=order_replaced order_uid={}", order.order_uid);
                 to_replace.push(order.order_uid.as_str());
-                to_write.push((order, fingerprint));
+                to_write.push((order, encoded.sha256));
             }
-            None => to_write.push((order, fingerprint)),
+            None => to_write.push((order, encoded.sha256)),
         }
     }
     counts.replaced = to_replace.len();
@@ -434,14 +435,15 @@ pub fn replay(
     if dead.payload.len() as i64 != dead.payload_size {
         return Ok(Replay::Truncated);
     }
-    let order = match decode(&dead.payload) {
-        Ok(order) => order,
+    let encoded = match decode(&dead.payload) {
+        Ok(order) => order.encode(),
         Err(rejection) => return Ok(Replay::StillRejected(rejection)),
     };
-    write_orders(&mut tx, &[&order]).with_context(|| format!("store order {} of dead letter {id}", order.order_uid))?;
+    let uid = encoded.order.order_uid.clone();
+    write_orders(&mut tx, &[&encoded]).with_context(|| format!("store order {uid} of dead letter {id}"))?;
     tx.execute("UPDATE rejected_messages SET replayed_at = now() WHERE id = $1", &[&id])?;
     tx.commit().context("commit replay")?;
-    Ok(Replay::Stored(order.order_uid))
+    Ok(Replay::Stored(uid))
 }
 
 const ORDER_COLUMNS: &str = "o.order_uid, o.track_number, o.entry, o.locale, o.internal_signature, \

@@ -124,7 +124,7 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
 
     let message = Message { topic: topic.clone(), partition: 0, offset: 0, key: None, payload: None };
     let order = model::decode(Some(MODEL.as_bytes()), &Default::default()).unwrap();
-    store::write_batch(&mut db.client(), &[(&message, order)], &[]).unwrap();
+    store::write_batch(&mut db.client(), &[(&message, order.encode())], &[]).unwrap();
     assert_eq!(service.cache().len(), 0);
 
     let r = get(addr, &format!("/order/{UID}"));
