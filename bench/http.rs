@@ -72,9 +72,9 @@ fn main() -> anyhow::Result<()> {
         let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
 
         // Misses: ids PostgreSQL does not have.
-        let reads_before = service.cache().stats.db_reads.load(std::sync::atomic::Ordering::Relaxed);
+        let reads_before = service.cache().stats.db_reads.get();
         let miss = wrk(&dir, wrk_threads, service.http_addr().to_string(), "unknown.txt", seconds, connections)?;
-        let reads = service.cache().stats.db_reads.load(std::sync::atomic::Ordering::Relaxed) - reads_before;
+        let reads = service.cache().stats.db_reads.get() - reads_before;
         service.shutdown();
 
         // Reference: bare tiny_http with the same bytes.

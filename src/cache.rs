@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
+use prometheus::IntCounter;
 
 use crate::model::{Encoded, Order};
 
@@ -46,13 +47,25 @@ impl CachedOrder {
 }
 
 /// Counters, for `/metrics` and the benchmarks.
-#[derive(Debug, Default)]
 pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub negative_hits: AtomicU64,
-    pub db_reads: AtomicU64,
-    pub evictions: AtomicU64,
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub negative_hits: IntCounter,
+    pub db_reads: IntCounter,
+    pub evictions: IntCounter,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        Stats {
+            hits: counter("orders_cache_hits_total", "Order lookups answered from the cache."),
+            misses: counter("orders_cache_misses_total", "Order lookups the cache could not answer."),
+            negative_hits: counter("orders_cache_negative_hits_total", "Misses answered 404 from the memory of unknown ids."),
+            db_reads: counter("orders_cache_db_reads_total", "Misses that read PostgreSQL (one per id, however many waited)."),
+            evictions: counter("orders_cache_evictions_total", "Orders evicted to keep within the bounds."),
+        }
+    }
 }
 
 pub struct Limits {
@@ -193,7 +206,7 @@ impl Cache {
             }
             let entry = inner.map.remove(&key).expect("present");
             inner.bytes -= entry.value.size();
-            self.stats.evictions.fetch_add(1, Ordering::Relaxed);
+            self.stats.evictions.inc();
         }
     }
 
@@ -206,12 +219,12 @@ impl Cache {
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
     ) -> Result<Option<Arc<CachedOrder>>, String> {
         if let Some(hit) = self.get(uid) {
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.hits.inc();
             return Ok(Some(hit));
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.stats.misses.inc();
         if self.remembered_missing(uid) {
-            self.stats.negative_hits.fetch_add(1, Ordering::Relaxed);
+            self.stats.negative_hits.inc();
             return Ok(None);
         }
         let (flight, leader) = {
@@ -233,7 +246,7 @@ impl Cache {
             return result.clone().expect("set before notify");
         }
 
-        self.stats.db_reads.fetch_add(1, Ordering::Relaxed);
+        self.stats.db_reads.inc();
         let result = match load() {
             Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
             Ok(None) => Ok(None),
@@ -342,7 +355,7 @@ mod tests {
         let got = hit(&c, "a").unwrap();
         assert_eq!(&got.json[..], order("a").to_json().as_slice());
         assert_eq!(got.etag.len(), 26);
-        assert_eq!(c.stats.hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.hits.get(), 1);
     }
 
     #[test]
@@ -371,7 +384,7 @@ mod tests {
         c.publish(&[enc("e")]);
         assert!(!c.contains("a"));
         assert_eq!(c.len(), 3);
-        assert_eq!(c.stats.evictions.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats.evictions.get(), 2);
     }
 
     #[test]
@@ -397,7 +410,7 @@ mod tests {
         let got = c.lookup("a", || Ok(Some(order("a")))).unwrap().unwrap();
         assert_eq!(got.uid, "a");
         assert_eq!(hit(&c, "a").unwrap().uid, "a");
-        assert_eq!(c.stats.db_reads.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.db_reads.get(), 1);
     }
 
     #[test]
@@ -405,7 +418,7 @@ mod tests {
         let c = cache(10);
         assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
         assert!(c.lookup("x", never).unwrap().is_none());
-        assert_eq!(c.stats.negative_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.negative_hits.get(), 1);
         c.publish(&[enc("x")]);
         assert_eq!(hit(&c, "x").unwrap().uid, "x");
     }
@@ -415,7 +428,7 @@ mod tests {
         let c = cache(10);
         assert_eq!(c.lookup("x", || Err(anyhow::anyhow!("down"))).unwrap_err(), "down");
         assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
-        assert_eq!(c.stats.db_reads.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats.db_reads.get(), 2);
     }
 
     #[test]

@@ -15,10 +15,11 @@ use log::{debug, info, warn};
 use postgres::Client;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
-use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message as _, Offset, Statistics, TopicPartitionList};
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
 use crate::store::{self, BatchResult, DeadLetter};
 use crate::{Health, Shutdown};
@@ -30,6 +31,7 @@ pub struct Consumer {
     consumer: BaseConsumer<GroupContext>,
     config: Config,
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
     shutdown: Shutdown,
     db: Option<Client>,
     /// Offsets of written batches whose commit to Kafka has not succeeded yet.
@@ -42,13 +44,28 @@ pub struct Consumer {
 /// inside `poll`.
 pub struct GroupContext {
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
     /// Counts revocations, so the loop can tell that partitions it held were taken away
     /// while it was collecting a batch.
     revocations: AtomicU64,
     assigned: AtomicUsize,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's statistics, every `statistics.interval.ms`: the lag of each
+    /// assigned partition, from the broker's high watermark and the committed offset.
+    fn stats(&self, statistics: Statistics) {
+        self.metrics.consumer_lag.reset();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                // Partition -1 is librdkafka's own bookkeeping; -1 lag means unknown.
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -62,6 +79,7 @@ impl ConsumerContext for GroupContext {
         let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
         self.assigned.store(assigned, Ordering::SeqCst);
         self.health.set_assigned_partitions(assigned);
+        self.metrics.assigned_partitions.set(assigned as i64);
         match rebalance {
             Rebalance::Assign(tpl) => info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl)),
             Rebalance::Revoke(_) => {}
@@ -77,9 +95,16 @@ fn partitions(tpl: &TopicPartitionList) -> String {
 
 impl Consumer {
     /// Joins the consumer group and subscribes to the topic. Nothing is read yet.
-    pub fn new(config: &Config, cache: Arc<Cache>, health: Arc<Health>, shutdown: Shutdown) -> anyhow::Result<Consumer> {
+    pub fn new(
+        config: &Config,
+        cache: Arc<Cache>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<Consumer> {
         let k = &config.kafka;
-        let context = GroupContext { health, revocations: AtomicU64::new(0), assigned: AtomicUsize::new(0) };
+        let context =
+            GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0), assigned: AtomicUsize::new(0) };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
             .set("group.id", &k.group_id)
@@ -90,6 +115,7 @@ impl Consumer {
             .set("auto.offset.reset", k.auto_offset_reset.as_str())
             .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", k.session_timeout_ms.to_string())
+            .set("statistics.interval.ms", "5000")
             .create_with_context(context)
             .context("create Kafka consumer")?;
         consumer.subscribe(&[&k.topic]).with_context(|| format!("subscribe to topic {}", k.topic))?;
@@ -98,6 +124,7 @@ impl Consumer {
             consumer,
             config: config.clone(),
             cache,
+            metrics,
             shutdown,
             db: None,
             uncommitted: BTreeMap::new(),
@@ -125,6 +152,7 @@ impl Consumer {
             let written = Instant::now();
             self.commit_offsets(&batch);
             let timings = [decoded - started, written - decoded, written.elapsed()];
+            self.record(&batch, &result, timings);
             log_batch(&batch, &result, timings);
             self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
         }
@@ -189,6 +217,7 @@ impl Consumer {
                     return Some(result);
                 }
                 Err(e) => {
+                    self.metrics.db_retries.inc();
                     warn!("event=batch_write_failed attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
                     if self.db.as_ref().is_some_and(Client::is_closed) {
                         self.db = None;
@@ -212,6 +241,21 @@ impl Consumer {
             }
         };
         store::write_batch(db, orders, dead)
+    }
+
+    fn record(&self, batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
+        let m = &self.metrics;
+        m.messages_consumed.inc_by(batch.len() as u64);
+        m.orders_stored.with_label_values(&["inserted"]).inc_by(result.inserted as u64);
+        m.orders_stored.with_label_values(&["replaced"]).inc_by(result.replaced as u64);
+        m.orders_stored.with_label_values(&["unchanged"]).inc_by(result.unchanged as u64);
+        for dead in &result.dead_letters {
+            m.messages_rejected.with_label_values(&[dead.rule.as_str()]).inc();
+        }
+        m.batch_messages.observe(batch.len() as f64);
+        for (phase, took) in ["decode", "write", "commit"].into_iter().zip(timings) {
+            m.batch_seconds.with_label_values(&[phase]).observe(took.as_secs_f64());
+        }
     }
 
     /// Commits, per partition, one past the highest offset of the batch. A commit that
@@ -263,10 +307,10 @@ fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Enc
         match model::decode(m.payload.as_deref(), rules) {
             Ok(order) => orders.push((m, order.encode())),
             Err(rejection) => {
-                warn!(
-                    "event=message_rejected topic={} partition={} offset={} rule={} detail={:?}",
-                    m.topic, m.partition, m.offset, rejection.rule, rejection.detail
-                );
+                // The detail can quote the message, and so a person's name or address:
+                // it goes to the dead letter, and to the log only at debug level.
+                warn!("event=message_rejected topic={} partition={} offset={} rule={}", m.topic, m.partition, m.offset, rejection.rule);
+                debug!("event=message_rejected offset={} detail={:?}", m.offset, rejection.detail);
                 dead.push(DeadLetter::new(m, rejection, rules.max_message_bytes));
             }
         }

@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request, StatusCode};
 
 use crate::cache::{Cache, CachedOrder};
+use crate::metrics::Metrics;
 use crate::model::{self, Order};
 use crate::store::{self, Pool};
 use crate::{Health, Shutdown, pages};
@@ -24,6 +25,7 @@ pub struct State {
     pub cache: Arc<Cache>,
     pub pool: Arc<Pool>,
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A response before it is written to a socket.
@@ -100,7 +102,7 @@ pub fn respond(state: &State, request: &Request) -> Reply {
         return Reply::text(431, "request headers too large\n");
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let known = matches!(path, "/" | "/healthz" | "/readyz") || path.starts_with("/order/") || path.starts_with("/assets/");
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics") || path.starts_with("/order/") || path.starts_with("/assets/");
     if !known {
         return Reply::text(404, "not found\n");
     }
@@ -110,6 +112,7 @@ pub fn respond(state: &State, request: &Request) -> Reply {
     match path {
         "/healthz" => Reply::json(200, json!({ "status": "alive" })),
         "/readyz" => readiness(state),
+        "/metrics" => Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render(&state.cache).into_bytes()),
         "/" => match query_param(query, "uid") {
             Some(uid) if !uid.trim().is_empty() => lookup_form(uid.trim()),
             _ => index(state),
@@ -220,7 +223,8 @@ fn prefers_html(accept: Option<&str>) -> bool {
 fn readiness(state: &State) -> Reply {
     let mut waiting = Vec::new();
     if !state.health.cache_warm() {
-        waiting.push("cache: still loading orders from PostgreSQL".to_string());
+        let why = state.health.startup_problem().unwrap_or_else(|| "loading orders from PostgreSQL".into());
+        waiting.push(format!("cache: {why}"));
     }
     if let Err(e) = state.pool.with(|client| Ok(client.simple_query("SELECT 1")?)) {
         waiting.push(format!("database: {e:#}"));
@@ -327,7 +331,10 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
 }
 
 fn handle(state: &State, request: Request) {
+    let started = std::time::Instant::now();
+    let route = route(request.url());
     let reply = respond(state, &request);
+    let status = reply.status;
     let bytes = encode(&reply, *request.method() == Method::Head, &http_date());
     // The whole response in one write: tiny_http would write each header in pieces,
     // each through a lock. Whether the connection stays open was settled when the
@@ -336,6 +343,40 @@ fn handle(state: &State, request: Request) {
     if let Err(e) = writer.write_all(&bytes).and_then(|()| writer.flush()) {
         // The client went away; nothing to do for it.
         log::debug!("event=http_write_failed error={e}");
+    }
+    drop(writer);
+    state.metrics.http_requests.with_label_values(&[route, status_label(status)]).inc();
+    state.metrics.http_seconds.observe(started.elapsed().as_secs_f64());
+}
+
+/// The route a request went to, for metrics: a fixed set of names, never the raw path.
+fn route(url: &str) -> &'static str {
+    let path = url.split_once('?').map_or(url, |(p, _)| p);
+    match path {
+        "/" if url.contains("uid=") => "lookup",
+        "/" => "index",
+        "/healthz" => "healthz",
+        "/readyz" => "readyz",
+        "/metrics" => "metrics",
+        _ if path.starts_with("/order/") => "order",
+        _ if path.starts_with("/assets/") => "asset",
+        _ => "other",
+    }
+}
+
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        303 => "303",
+        304 => "304",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        414 => "414",
+        431 => "431",
+        500 => "500",
+        503 => "503",
+        _ => "other",
     }
 }
 
@@ -398,8 +439,10 @@ mod tests {
     fn state() -> State {
         let health = Arc::new(Health::default());
         health.set_cache_warm();
+        let cache = Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO }));
         State {
-            cache: Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO })),
+            metrics: Arc::new(Metrics::new(&cache)),
+            cache,
             pool: Arc::new(Pool::new("postgres://nobody@127.0.0.1:1/none", Duration::from_millis(100), 1)),
             health,
         }
@@ -573,6 +616,30 @@ mod tests {
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
+    }
+
+    #[test]
+    fn metrics_are_the_prometheus_text_format() {
+        let s = state();
+        s.cache.publish(&[canonical().encode()]);
+        get(&s, "/order/b563feb7b2b84b6test");
+        let r = get(&s, "/metrics");
+        assert_eq!((r.status, r.header("Content-Type")), (200, Some("text/plain; version=0.0.4; charset=utf-8")));
+        let text = body(&r);
+        assert!(text.contains("\norders_cache_hits_total 1\n"), "{text}");
+        assert!(text.contains("\norders_cache_entries 1\n"), "{text}");
+        assert!(text.contains("# TYPE orders_batch_messages histogram"), "{text}");
+    }
+
+    #[test]
+    fn routes_are_named_for_metrics_without_raw_paths() {
+        assert_eq!(route("/order/abc"), "order");
+        assert_eq!(route("/?uid=x"), "lookup");
+        assert_eq!(route("/"), "index");
+        assert_eq!(route("/assets/style.css"), "asset");
+        assert_eq!(route("/wp-admin"), "other");
+        assert_eq!(status_label(431), "431");
+        assert_eq!(status_label(418), "other");
     }
 
     #[test]

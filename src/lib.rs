@@ -4,9 +4,10 @@
 
 pub mod cache;
 pub mod config;
-pub mod generate;
 pub mod consumer;
+pub mod generate;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod produce;
@@ -21,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use log::{error, info};
+use log::{error, info, warn};
 
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::store::Pool;
 
 /// What `/readyz` reports, set by the threads that know.
@@ -33,6 +35,8 @@ pub struct Health {
     cache_warm: AtomicBool,
     consumer_joined: AtomicBool,
     assigned_partitions: AtomicUsize,
+    /// Why the start is not done yet, while the consumer thread waits for PostgreSQL.
+    startup_problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -40,7 +44,14 @@ impl Health {
         self.cache_warm.load(Ordering::SeqCst)
     }
     pub fn set_cache_warm(&self) {
+        *self.startup_problem.lock() = None;
         self.cache_warm.store(true, Ordering::SeqCst);
+    }
+    pub fn startup_problem(&self) -> Option<String> {
+        self.startup_problem.lock().clone()
+    }
+    pub fn set_startup_problem(&self, problem: String) {
+        *self.startup_problem.lock() = Some(problem);
     }
     /// True once the consumer has had its first assignment, even of zero partitions
     /// (a group can have more members than the topic has partitions).
@@ -91,43 +102,54 @@ pub struct Service {
     trigger: ShutdownTrigger,
     health: Arc<Health>,
     cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
-    /// Applies migrations, starts answering HTTP, fills the cache from PostgreSQL (order
-    /// requests wait for it), then starts consuming.
-    pub fn start(config: Config) -> anyhow::Result<Service> {
-        let db = &config.database;
-        let timeout = Duration::from_secs(db.connect_timeout_secs);
-        let mut client = store::connect(&db.url, timeout)?;
-        store::migrate(&mut client)?;
-
+    /// Starts answering HTTP and returns. The consumer thread then connects to
+    /// PostgreSQL (retrying with backoff while it is not there), applies the migrations,
+    /// fills the cache, and consumes. Meanwhile `/healthz` answers and `/readyz` says
+    /// what the service waits for; order requests wait for the cache.
+    pub fn spawn(config: Config) -> anyhow::Result<Service> {
         let (trigger, shutdown) = shutdown_channel();
         let health = Arc::new(Health::default());
         let cache = Arc::new(Cache::new(config.cache.limits()));
-        let pool = Arc::new(Pool::new(&db.url, timeout, db.pool_size));
-        let state = Arc::new(http::State { cache: cache.clone(), pool, health: health.clone() });
+        let metrics = Arc::new(Metrics::new(&cache));
+        let db = &config.database;
+        let pool = Arc::new(Pool::new(&db.url, Duration::from_secs(db.connect_timeout_secs), db.pool_size));
+        let state = Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
         let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
 
-        let started = Instant::now();
-        let recent = store::recent_orders(&mut client, config.cache.max_orders)?;
-        let read = recent.len();
-        cache.warm(recent);
-        health.set_cache_warm();
-        info!(
-            "event=cache_warmed orders={} read={read} bytes={} ms={}",
-            cache.len(),
-            cache.bytes(),
-            started.elapsed().as_millis()
-        );
-        drop(client);
-
-        let consumer = consumer::Consumer::new(&config, cache.clone(), health.clone(), shutdown)?;
+        // Created here so that a bad Kafka setting stops the start; it reaches no broker
+        // yet, so a broker that is not up does not.
+        let consumer = consumer::Consumer::new(&config, cache.clone(), health.clone(), metrics.clone(), shutdown.clone())?;
+        let (cache_for_thread, health_for_thread) = (cache.clone(), health.clone());
         let consumer = thread::Builder::new()
             .name("consumer".into())
-            .spawn(move || consumer.run())
+            .spawn(move || {
+                if prepare(&config, &cache_for_thread, &health_for_thread, &shutdown) {
+                    consumer.run();
+                }
+            })
             .context("spawn consumer thread")?;
-        Ok(Service { http, consumer, trigger, health, cache })
+        Ok(Service { http, consumer, trigger, health, cache, metrics })
+    }
+
+    /// `spawn`, then waits until the cache is filled, for callers (tests, benchmarks)
+    /// that want to use the service at once. Fails after `limit` with what it waited for.
+    pub fn start(config: Config) -> anyhow::Result<Service> {
+        let limit = Duration::from_secs(60);
+        let service = Service::spawn(config)?;
+        let started = Instant::now();
+        while !service.health.cache_warm() {
+            if started.elapsed() > limit {
+                let problem = service.health.startup_problem().unwrap_or_else(|| "no reason given".into());
+                service.shutdown();
+                anyhow::bail!("the service was not ready after {limit:?}: {problem}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(service)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -142,6 +164,10 @@ impl Service {
         &self.cache
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Stops consuming (the batch in hand is written and committed first), then lets the
     /// HTTP workers finish their requests, and joins every thread.
     pub fn shutdown(mut self) {
@@ -152,5 +178,43 @@ impl Service {
         }
         self.http.stop();
         info!("event=shutdown_complete ms={}", started.elapsed().as_millis());
+    }
+}
+
+/// Connects to PostgreSQL, applies the migrations and fills the cache, retrying with
+/// capped exponential backoff until it succeeds. False if shutdown came first.
+fn prepare(config: &Config, cache: &Cache, health: &Health, shutdown: &Shutdown) -> bool {
+    let db = &config.database;
+    let mut delay = config.ingest.retry_initial();
+    let mut attempt = 1u32;
+    loop {
+        let started = Instant::now();
+        let loaded = store::connect(&db.url, Duration::from_secs(db.connect_timeout_secs)).and_then(|mut client| {
+            store::migrate(&mut client)?;
+            store::recent_orders(&mut client, config.cache.max_orders)
+        });
+        match loaded {
+            Ok(recent) => {
+                let read = recent.len();
+                cache.warm(recent);
+                health.set_cache_warm();
+                info!(
+                    "event=cache_warmed orders={} read={read} bytes={} ms={}",
+                    cache.len(),
+                    cache.bytes(),
+                    started.elapsed().as_millis()
+                );
+                return true;
+            }
+            Err(e) => {
+                warn!("event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
+                health.set_startup_problem(format!("waiting for PostgreSQL (attempt {attempt}): {e:#}"));
+            }
+        }
+        if shutdown.sleep(delay) {
+            return false;
+        }
+        delay = (delay * 2).min(config.ingest.retry_max());
+        attempt += 1;
     }
 }

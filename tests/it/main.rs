@@ -5,5 +5,6 @@ mod support;
 
 mod browser;
 mod ingest;
+mod operations;
 mod pipeline;
 mod read_path;

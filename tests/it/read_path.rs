@@ -1,7 +1,6 @@
 //! The read path over real sockets: HEAD and conditional requests, misses that reach
 //! PostgreSQL once, the recent-orders list, and hostile values shown safely.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier};
 
 use orders_svc::Service;
@@ -48,7 +47,7 @@ fn head_and_conditional_get() {
 fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
     let (_db, service) = started_with_canonical_order();
     let addr = service.http_addr();
-    let before = service.cache().stats.db_reads.load(Ordering::Relaxed);
+    let before = service.cache().stats.db_reads.get();
     let start = Arc::new(Barrier::new(32));
     let threads: Vec<_> = (0..32)
         .map(|_| {
@@ -63,7 +62,7 @@ fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
         assert_eq!(t.join().unwrap(), 404);
     }
     assert_eq!(get(addr, "/order/doesnotexist42").status, 404);
-    assert_eq!(service.cache().stats.db_reads.load(Ordering::Relaxed) - before, 1);
+    assert_eq!(service.cache().stats.db_reads.get() - before, 1);
     service.shutdown();
 }
 

@@ -1,0 +1,112 @@
+//! The service's Prometheus metrics: what the consumer, the cache and the HTTP side
+//! count, and their rendering as the text format for `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::cache::Cache;
+
+pub struct Metrics {
+    registry: Registry,
+    pub messages_consumed: IntCounter,
+    pub orders_stored: IntCounterVec,
+    pub messages_rejected: IntCounterVec,
+    pub db_retries: IntCounter,
+    pub batch_messages: Histogram,
+    pub batch_seconds: HistogramVec,
+    pub consumer_lag: IntGaugeVec,
+    pub assigned_partitions: IntGauge,
+    pub http_requests: IntCounterVec,
+    pub http_seconds: Histogram,
+    cache_entries: IntGauge,
+    cache_bytes: IntGauge,
+}
+
+impl Metrics {
+    /// The metrics, registered together with the cache's counters and, on Linux, the
+    /// process's own (`process_resident_memory_bytes`, CPU, open files).
+    pub fn new(cache: &Cache) -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let m = Metrics {
+            messages_consumed: counter("orders_messages_consumed_total", "Messages taken from the topic and written (as orders or dead letters)."),
+            orders_stored: IntCounterVec::new(
+                Opts::new("orders_stored_total", "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered)."),
+                &["outcome"],
+            )
+            .expect("valid metric"),
+            messages_rejected: IntCounterVec::new(
+                Opts::new("orders_messages_rejected_total", "Messages kept as dead letters, by the rule they broke."),
+                &["rule"],
+            )
+            .expect("valid metric"),
+            db_retries: counter("orders_db_retries_total", "Batch writes that failed and were retried."),
+            batch_messages: Histogram::with_opts(
+                HistogramOpts::new("orders_batch_messages", "Messages per written batch.")
+                    .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]),
+            )
+            .expect("valid metric"),
+            batch_seconds: HistogramVec::new(
+                HistogramOpts::new("orders_batch_seconds", "Time per batch, by phase: decode, write (the transaction), commit (the offsets).")
+                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+                &["phase"],
+            )
+            .expect("valid metric"),
+            consumer_lag: IntGaugeVec::new(
+                Opts::new("orders_consumer_lag_messages", "Messages on each assigned partition not yet committed, as librdkafka last saw it."),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
+            assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.").expect("valid metric"),
+            http_requests: IntCounterVec::new(Opts::new("orders_http_requests_total", "HTTP requests, by route and status."), &["route", "status"])
+                .expect("valid metric"),
+            http_seconds: Histogram::with_opts(
+                HistogramOpts::new("orders_http_request_seconds", "Time from a request's arrival at a worker to its response written.")
+                    .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+            cache_entries: IntGauge::new("orders_cache_entries", "Orders in the cache.").expect("valid metric"),
+            cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.").expect("valid metric"),
+            registry,
+        };
+        let s = &cache.stats;
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(m.messages_consumed.clone()),
+            Box::new(m.orders_stored.clone()),
+            Box::new(m.messages_rejected.clone()),
+            Box::new(m.db_retries.clone()),
+            Box::new(m.batch_messages.clone()),
+            Box::new(m.batch_seconds.clone()),
+            Box::new(m.consumer_lag.clone()),
+            Box::new(m.assigned_partitions.clone()),
+            Box::new(m.http_requests.clone()),
+            Box::new(m.http_seconds.clone()),
+            Box::new(m.cache_entries.clone()),
+            Box::new(m.cache_bytes.clone()),
+            Box::new(s.hits.clone()),
+            Box::new(s.misses.clone()),
+            Box::new(s.negative_hits.clone()),
+            Box::new(s.db_reads.clone()),
+            Box::new(s.evictions.clone()),
+        ];
+        for c in collectors {
+            m.registry.register(c).expect("each metric registered once");
+        }
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process metrics registered once");
+        m
+    }
+
+    /// The text exposition format, with the cache's size read now.
+    pub fn render(&self, cache: &Cache) -> String {
+        self.cache_entries.set(cache.len() as i64);
+        self.cache_bytes.set(cache.bytes() as i64);
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("metrics encode to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

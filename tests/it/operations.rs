@@ -1,0 +1,121 @@
+//! What an operator relies on: starting before PostgreSQL is up, metrics that count
+//! what happened, and several instances sharing one topic.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use orders_svc::Service;
+use orders_svc::generate::Generator;
+use orders_svc::model::Order;
+
+use crate::support::*;
+
+/// Started while PostgreSQL is unreachable, the service answers liveness at once,
+/// readiness says it waits for PostgreSQL, and it becomes ready and ingests once the
+/// database is there.
+#[test]
+fn starts_before_postgres_and_waits_for_it() {
+    let db = TestDb::new();
+    let proxy = DbProxy::start();
+    proxy.cut();
+    let topic = create_topic(1);
+    let mut cfg = config(&db, &topic, &unique("group"));
+    cfg.database.url = proxy.url(&db);
+    cfg.database.connect_timeout_secs = 1;
+    cfg.ingest.retry_max_ms = 300;
+    let service = Service::spawn(cfg).unwrap();
+    let addr = service.http_addr();
+
+    assert_eq!(get(addr, "/healthz").status, 200);
+    let r = wait_for("readiness to name PostgreSQL", Duration::from_secs(10), || {
+        let r = get(addr, "/readyz");
+        r.body.contains("waiting for PostgreSQL").then_some(r)
+    });
+    assert_eq!(r.status, 503);
+    assert_eq!(get(addr, "/order/b563feb7b2b84b6test").status, 503);
+
+    proxy.restore();
+    wait_until_served(addr, "/readyz");
+    produce(&topic, &[MODEL.as_bytes()]);
+    let r = wait_until_served(addr, "/order/b563feb7b2b84b6test");
+    assert_eq!(r.json()["payment"]["amount"], 1817);
+    service.shutdown();
+}
+
+/// After a stream with valid orders, a redelivery and a bad message, `/metrics` counts
+/// each, by outcome and by rule, and counts the HTTP requests by route and status.
+#[test]
+fn metrics_count_what_happened() {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let group = unique("group");
+    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let addr = service.http_addr();
+    let mut generator = Generator::new(5, 2);
+    let a = generator.order().to_json();
+    let b = generator.order().to_json();
+    produce(&topic, &[&a, &b, &a, b"not json"]);
+    wait_for("the stream", Duration::from_secs(30), || (committed_offsets(&group, &topic, 1) == vec![4]).then_some(()));
+    get(addr, "/order/nosuchorder1");
+
+    let text = get(addr, "/metrics").body;
+    for line in [
+        "orders_messages_consumed_total 4",
+        "orders_stored_total{outcome=\"inserted\"} 2",
+        "orders_stored_total{outcome=\"unchanged\"} 1",
+        "orders_messages_rejected_total{rule=\"json\"} 1",
+        "orders_db_retries_total 0",
+        "orders_cache_entries 2",
+        "orders_assigned_partitions 1",
+        "orders_http_requests_total{route=\"order\",status=\"404\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no line {line:?} in\n{text}");
+    }
+    assert!(text.contains("orders_batch_seconds_bucket{phase=\"write\""), "{text}");
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    service.shutdown();
+}
+
+/// Two instances in one consumer group split a 4-partition topic: 2,000 orders are
+/// each stored once, both instances consume, and each serves every order, its own
+/// from its cache and the other's from PostgreSQL.
+#[test]
+fn two_instances_share_the_partitions_and_serve_every_order() {
+    let db = TestDb::new();
+    let topic = create_topic(4);
+    let group = unique("group");
+    let first = Service::start(config(&db, &topic, &group)).unwrap();
+    let second = Service::start(config(&db, &topic, &group)).unwrap();
+    wait_for("both instances to hold partitions", Duration::from_secs(60), || {
+        let (a, b) = (first.health().assigned_partitions(), second.health().assigned_partitions());
+        (a > 0 && b > 0 && a + b == 4).then_some(())
+    });
+
+    let mut generator = Generator::new(99, 3);
+    let orders: Vec<Order> = (0..2000).map(|_| generator.order()).collect();
+    let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
+    produce(&topic, &payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    wait_for("2,000 orders", Duration::from_secs(60), || (db.count("SELECT count(*) FROM orders") == 2000).then_some(()));
+    wait_for("all offsets", Duration::from_secs(30), || {
+        (committed_offsets(&group, &topic, 4).iter().sum::<i64>() == 2000).then_some(())
+    });
+
+    let stored: HashSet<String> =
+        db.client().query("SELECT order_uid FROM orders", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(stored.len(), 2000);
+    assert!(orders.iter().all(|o| stored.contains(&o.order_uid)));
+    let consumed = |s: &Service| s.metrics().messages_consumed.get();
+    assert_eq!(consumed(&first) + consumed(&second), 2000);
+    assert!(consumed(&first) > 0 && consumed(&second) > 0);
+
+    for service in [&first, &second] {
+        for order in orders.iter().step_by(50) {
+            let r = get(service.http_addr(), &format!("/order/{}", order.order_uid));
+            assert_eq!(r.status, 200);
+            assert_eq!(r.json()["order_uid"], order.order_uid.as_str());
+        }
+        assert!(service.cache().stats.db_reads.get() > 0, "every instance served some orders from PostgreSQL");
+    }
+    first.shutdown();
+    second.shutdown();
+}
