@@ -48,6 +48,12 @@ impl Generator {
         self.next() % n
     }
 
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        let unit = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        unit < p
+    }
+
     fn pick<T: Copy>(&mut self, list: &[T]) -> T {
         list[self.below(list.len() as u64) as usize]
     }
@@ -126,6 +132,47 @@ impl Generator {
     }
 }
 
+/// The kinds of bad message `invalid` makes, each named for the rule that rejects it.
+/// (`size` is left out: a message over the limit is over most producers' limit too.)
+pub const INVALID_KINDS: &[&str] = &[
+    "empty", "utf8", "json", "schema", "date_created", "order_uid", "text_length", "text_nul", "currency", "items",
+    "money", "sale", "positive", "payment_transaction", "item_track_number", "goods_total", "amount",
+];
+
+impl Generator {
+    /// A bad message of a kind from `INVALID_KINDS`, and that kind.
+    pub fn invalid(&mut self) -> (&'static str, Vec<u8>) {
+        use serde_json::json;
+        let kind = self.pick(INVALID_KINDS);
+        let order = self.order();
+        let mut v = serde_json::to_value(&order).expect("an order is JSON");
+        match kind {
+            "empty" => return (kind, Vec::new()),
+            "utf8" => return (kind, b"{\"order_uid\": \"\xff\xfe\"}".to_vec()),
+            "json" => {
+                let json = order.to_json();
+                return (kind, json[..json.len() / 2].to_vec());
+            }
+            "schema" => v["payment"]["amount"] = json!(order.payment.amount.to_string()),
+            "date_created" => v["date_created"] = json!("26.11.2021 06:22"),
+            "order_uid" => v["order_uid"] = json!(format!("{} <x>", order.order_uid)),
+            "text_length" => v["delivery"]["address"] = json!("x".repeat(300)),
+            "text_nul" => v["delivery"]["city"] = json!("Kazan\u{0}"),
+            "currency" => v["payment"]["currency"] = json!("RUBLE"),
+            "items" => v["items"] = json!([]),
+            "money" => v["payment"]["custom_fee"] = json!(-100),
+            "sale" => v["items"][0]["sale"] = json!(150),
+            "positive" => v["items"][0]["nm_id"] = json!(0),
+            "payment_transaction" => v["payment"]["transaction"] = json!("someone-else"),
+            "item_track_number" => v["items"][0]["track_number"] = json!("WBILOTHER"),
+            "goods_total" => v["payment"]["goods_total"] = json!(order.payment.goods_total + 1),
+            "amount" => v["payment"]["amount"] = json!(order.payment.amount + 1),
+            other => unreachable!("no such kind {other}"),
+        }
+        (kind, v.to_string().into_bytes())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +196,19 @@ mod tests {
         let c: Vec<Order> = { let mut g = Generator::new(43, 3); (0..10).map(|_| g.order()).collect() };
         assert_eq!(a, b);
         assert_ne!(a[0].order_uid, c[0].order_uid);
+    }
+
+    #[test]
+    fn each_invalid_kind_is_rejected_by_the_rule_of_its_name() {
+        let mut g = Generator::new(3, 3);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let (kind, payload) = g.invalid();
+            let rejection = decode(Some(&payload), &Rules::default()).unwrap_err();
+            assert_eq!(rejection.rule, kind, "{}", rejection.detail);
+            seen.insert(kind);
+        }
+        assert_eq!(seen.len(), INVALID_KINDS.len());
     }
 
     #[test]

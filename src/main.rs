@@ -1,6 +1,7 @@
 //! The `orders-svc` binary: parses the command line, loads the config, starts the
 //! service, waits for SIGINT or SIGTERM and shuts down in order.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -15,8 +16,7 @@ use std::time::Duration;
 use orders_svc::rejected::{self, Target};
 use orders_svc::{Service, store};
 use orders_svc::config::Config;
-use orders_svc::generate::Generator;
-use orders_svc::produce::Producer;
+use orders_svc::produce::{self, Plan, Producer};
 
 #[derive(Parser)]
 #[command(version, about = "Takes orders from Kafka, keeps them in PostgreSQL, serves them over HTTP")]
@@ -45,12 +45,29 @@ enum Command {
         /// Most items in a generated order (at least one).
         #[arg(long, default_value_t = 5)]
         max_items: u64,
+        /// Share of generated messages that are bad on purpose (0 to 1), each kind of
+        /// bad message in turn.
+        #[arg(long, default_value_t = 0.0, value_parser = share)]
+        invalid_rate: f64,
+        /// Messages per second at most (default: as fast as the broker takes them).
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Write the uids of the valid orders to FILE instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        uids: Option<PathBuf>,
         /// Brokers to send to (default: kafka.brokers from the config).
         #[arg(long)]
         brokers: Option<String>,
         /// Topic to send to (default: kafka.topic from the config).
         #[arg(long)]
         topic: Option<String>,
+    },
+    /// Ask a running service whether it is ready (GET /readyz on http.addr); exit 0 if
+    /// so, 1 with the reason if not. For container healthchecks.
+    Probe {
+        /// Path to ask instead of /readyz, such as /healthz.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
     },
     /// Inspect and replay the messages kept in `rejected_messages`.
     Rejected {
@@ -86,7 +103,6 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            error!("{e:#}");
             eprintln!("orders-svc: {e:#}");
             ExitCode::FAILURE
         }
@@ -100,17 +116,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         None => serve(config),
-        Some(Command::Produce { files, count, seed, max_items, brokers, topic }) => {
+        Some(Command::Produce { files, count, seed, max_items, invalid_rate, rate, uids, brokers, topic }) => {
             let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
             let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
             let producer = Producer::new(&brokers, &topic)?;
             match count {
                 Some(count) => {
-                    let mut generator = Generator::new(seed, max_items);
-                    for _ in 0..count {
-                        let order = generator.order();
-                        producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
-                    }
+                    let mut out: Box<dyn Write> = match &uids {
+                        Some(path) => Box::new(std::io::BufWriter::new(
+                            std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+                        )),
+                        None => Box::new(std::io::stdout().lock()),
+                    };
+                    let plan = Plan { count, seed, max_items, invalid_rate, rate };
+                    let sent = produce::send_generated(&producer, &plan, &mut out)?;
+                    out.flush().context("write uids")?;
+                    info!("event=generated valid={} invalid={} seed={seed}", sent.valid, sent.invalid);
                 }
                 None => {
                     for file in &files {
@@ -120,6 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let delivered = producer.flush()?;
             info!("event=produced messages={delivered} topic={topic} brokers={brokers}");
+            Ok(())
+        }
+        Some(Command::Probe { path }) => {
+            let (status, body) = orders_svc::http::probe(config.http.addr, &path, Duration::from_secs(3))?;
+            if status != 200 {
+                anyhow::bail!("{path} answered {status}: {}", body.trim());
+            }
             Ok(())
         }
         Some(Command::Rejected { action }) => {
@@ -140,7 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("install signal handlers")?;
     info!("event=starting version={}", env!("CARGO_PKG_VERSION"));
-    let service = Service::start(config)?;
+    let service = Service::spawn(config)?;
     info!("event=started http={}", service.http_addr());
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     info!("event=stopping signal={signal}");
@@ -153,6 +181,14 @@ fn serve(config: Config) -> anyhow::Result<()> {
     });
     service.shutdown();
     Ok(())
+}
+
+/// A share: a number from 0 to 1.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to 1, found {text:?}")),
+    }
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -103,3 +103,85 @@ impl Producer {
         Ok(self.deliveries.ok.load(Ordering::Relaxed))
     }
 }
+
+/// What `produce --count` sends.
+pub struct Plan {
+    pub count: u64,
+    pub seed: u64,
+    pub max_items: u64,
+    /// Share of messages that are bad on purpose, each kind in turn at random.
+    pub invalid_rate: f64,
+    /// Messages per second at most; None for as fast as the broker takes them.
+    pub rate: Option<u64>,
+}
+
+/// What a generated stream contained.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub valid: u64,
+    pub invalid: u64,
+}
+
+/// Sends `plan.count` generated messages, writing the uid of each valid order to `uids`
+/// and progress to stderr: a bar with the rate on a terminal, a line every two seconds
+/// otherwise. The same seed gives the same messages.
+pub fn send_generated(producer: &Producer, plan: &Plan, uids: &mut dyn std::io::Write) -> anyhow::Result<Sent> {
+    use std::io::IsTerminal;
+    use std::time::Instant;
+
+    use crate::generate::Generator;
+    // Bad messages, and which messages are bad, come from generators of their own, so
+    // that the valid orders of a seed are the same whatever the invalid rate.
+    let mut generator = Generator::new(plan.seed, plan.max_items);
+    let mut bad = Generator::new(plan.seed ^ 0xbad, plan.max_items);
+    let mut dice = Generator::new(plan.seed ^ 0x5eed, 1);
+    let terminal = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut last_report = started;
+    let mut sent = Sent::default();
+    for i in 0..plan.count {
+        if let Some(rate) = plan.rate.filter(|r| *r > 0) {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        if dice.chance(plan.invalid_rate) {
+            let (kind, payload) = bad.invalid();
+            self::send_invalid(producer, kind, &payload)?;
+            sent.invalid += 1;
+        } else {
+            let order = generator.order();
+            producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+            writeln!(uids, "{}", order.order_uid).context("write uid")?;
+            sent.valid += 1;
+        }
+        let now = Instant::now();
+        let every = if terminal { Duration::from_millis(100) } else { Duration::from_secs(2) };
+        if now - last_report >= every || i + 1 == plan.count {
+            last_report = now;
+            report(i + 1, plan.count, now - started, terminal);
+        }
+    }
+    if terminal {
+        eprintln!();
+    }
+    Ok(sent)
+}
+
+/// Bad messages are keyed by their kind, so they are easy to find among dead letters.
+fn send_invalid(producer: &Producer, kind: &str, payload: &[u8]) -> anyhow::Result<()> {
+    producer.send(Some(format!("invalid-{kind}").as_bytes()), payload)
+}
+
+fn report(done: u64, total: u64, elapsed: Duration, terminal: bool) {
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-3);
+    if terminal {
+        const WIDTH: u64 = 30;
+        let filled = (done * WIDTH / total.max(1)) as usize;
+        let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH as usize - filled));
+        eprint!("\r[{bar}] {done}/{total} {:>3}% {rate:>8.0} msg/s", done * 100 / total.max(1));
+    } else {
+        eprintln!("produced={done}/{total} rate={rate:.0}/s elapsed_s={:.1}", elapsed.as_secs_f64());
+    }
+}

@@ -119,3 +119,41 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
     first.shutdown();
     second.shutdown();
 }
+
+/// `produce --count N --invalid-rate R`: every valid order it reports is stored, and
+/// every bad message is a dead letter under the rule its kind names (its key says the
+/// kind). The same seed gives the same split.
+#[test]
+fn generated_stream_with_bad_messages_ends_where_each_belongs() {
+    use orders_svc::produce::{Plan, Producer, Sent, send_generated};
+    let db = TestDb::new();
+    let topic = create_topic(2);
+    let group = unique("group");
+    let service = Service::start(config(&db, &topic, &group)).unwrap();
+
+    let producer = Producer::new(&brokers(), &topic).unwrap();
+    let mut uids = Vec::new();
+    let plan = Plan { count: 500, seed: 8, max_items: 5, invalid_rate: 0.2, rate: None };
+    let sent = send_generated(&producer, &plan, &mut uids).unwrap();
+    assert_eq!(producer.flush().unwrap(), 500);
+    assert_eq!(sent, Sent { valid: 404, invalid: 96 });
+
+    wait_for("every message written", Duration::from_secs(60), || {
+        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 500).then_some(())
+    });
+    let uids = String::from_utf8(uids).unwrap();
+    assert_eq!(uids.lines().count(), 404);
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 404);
+    let mut client = db.client();
+    for uid in uids.lines().step_by(20) {
+        assert_eq!(client.query("SELECT 1 FROM orders WHERE order_uid = $1", &[&uid]).unwrap().len(), 1, "{uid}");
+    }
+    let rows = client.query("SELECT message_key, rule FROM rejected_messages", &[]).unwrap();
+    assert_eq!(rows.len(), 96);
+    for row in rows {
+        let key = String::from_utf8(row.get::<_, Vec<u8>>(0)).unwrap();
+        let rule: String = row.get(1);
+        assert_eq!(key, format!("invalid-{rule}"));
+    }
+    service.shutdown();
+}
