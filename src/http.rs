@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request, StatusCode};
 
 use crate::cache::{Cache, CachedOrder};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ROUTES, STATUSES};
 use crate::model::{self, Order};
 use crate::store::{self, Pool};
 use crate::{Health, Shutdown, pages};
@@ -226,7 +226,7 @@ fn readiness(state: &State) -> Reply {
         let why = state.health.startup_problem().unwrap_or_else(|| "loading orders from PostgreSQL".into());
         waiting.push(format!("cache: {why}"));
     }
-    if let Err(e) = state.pool.with(|client| Ok(client.simple_query("SELECT 1")?)) {
+    if let Err(e) = state.pool.with(store::ping) {
         waiting.push(format!("database: {e:#}"));
     }
     if !state.health.consumer_joined() {
@@ -363,14 +363,15 @@ fn handle(state: &State, request: Request) {
         log::debug!("event=http_write_failed error={e}");
     }
     drop(writer);
-    state.metrics.http_requests.with_label_values(&[route, status_label(status)]).inc();
+    state.metrics.count_request(route, status_index(status));
     state.metrics.http_seconds.observe(started.elapsed().as_secs_f64());
 }
 
-/// The route a request went to, for metrics: a fixed set of names, never the raw path.
-fn route(url: &str) -> &'static str {
+/// The route a request went to, for metrics, as an index into `metrics::ROUTES`: a
+/// fixed set of names, never the raw path.
+fn route(url: &str) -> usize {
     let path = url.split_once('?').map_or(url, |(p, _)| p);
-    match path {
+    let name = match path {
         "/" if url.contains("uid=") => "lookup",
         "/" => "index",
         "/healthz" => "healthz",
@@ -379,23 +380,14 @@ fn route(url: &str) -> &'static str {
         _ if path.starts_with("/order/") => "order",
         _ if path.starts_with("/assets/") => "asset",
         _ => "other",
-    }
+    };
+    ROUTES.iter().position(|r| *r == name).expect("every name is in ROUTES")
 }
 
-fn status_label(status: u16) -> &'static str {
-    match status {
-        200 => "200",
-        303 => "303",
-        304 => "304",
-        400 => "400",
-        404 => "404",
-        405 => "405",
-        414 => "414",
-        431 => "431",
-        500 => "500",
-        503 => "503",
-        _ => "other",
-    }
+/// The status as an index into `metrics::STATUSES`; statuses not listed count as other.
+fn status_index(status: u16) -> usize {
+    let code = status.to_string();
+    STATUSES.iter().position(|s| *s == code).unwrap_or(STATUSES.len() - 1)
 }
 
 /// The reply as HTTP/1.1 bytes, with `Date`, the security headers and `Content-Length`.
@@ -651,13 +643,14 @@ mod tests {
 
     #[test]
     fn routes_are_named_for_metrics_without_raw_paths() {
-        assert_eq!(route("/order/abc"), "order");
-        assert_eq!(route("/?uid=x"), "lookup");
-        assert_eq!(route("/"), "index");
-        assert_eq!(route("/assets/style.css"), "asset");
-        assert_eq!(route("/wp-admin"), "other");
-        assert_eq!(status_label(431), "431");
-        assert_eq!(status_label(418), "other");
+        let name = |url: &str| ROUTES[route(url)];
+        assert_eq!(name("/order/abc"), "order");
+        assert_eq!(name("/?uid=x"), "lookup");
+        assert_eq!(name("/"), "index");
+        assert_eq!(name("/assets/style.css"), "asset");
+        assert_eq!(name("/wp-admin"), "other");
+        assert_eq!(STATUSES[status_index(431)], "431");
+        assert_eq!(STATUSES[status_index(418)], "other");
     }
 
     #[test]

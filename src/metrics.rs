@@ -8,6 +8,11 @@ use prometheus::{
 
 use crate::cache::Cache;
 
+/// The routes and statuses HTTP requests are counted by. Their counters are looked up
+/// once, here, not per request: a labelled lookup hashes under a lock.
+pub const ROUTES: [&str; 8] = ["order", "index", "lookup", "asset", "healthz", "readyz", "metrics", "other"];
+pub const STATUSES: [&str; 11] = ["200", "303", "304", "400", "404", "405", "414", "431", "500", "503", "other"];
+
 pub struct Metrics {
     registry: Registry,
     pub messages_consumed: IntCounter,
@@ -19,6 +24,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub http_requests: IntCounterVec,
+    http_by_route_status: Vec<std::sync::OnceLock<IntCounter>>,
     pub http_seconds: Histogram,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
@@ -62,6 +68,7 @@ impl Metrics {
             assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.").expect("valid metric"),
             http_requests: IntCounterVec::new(Opts::new("orders_http_requests_total", "HTTP requests, by route and status."), &["route", "status"])
                 .expect("valid metric"),
+            http_by_route_status: (0..ROUTES.len() * STATUSES.len()).map(|_| std::sync::OnceLock::new()).collect(),
             http_seconds: Histogram::with_opts(
                 HistogramOpts::new("orders_http_request_seconds", "Time from a request's arrival at a worker to its response written.")
                     .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
@@ -99,6 +106,15 @@ impl Metrics {
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("process metrics registered once");
         m
+    }
+
+    /// Counts one request; `route` and `status` index `ROUTES` and `STATUSES`. Each
+    /// pair's counter is looked up on its first request and kept, so pairs never seen
+    /// stay out of the output.
+    pub fn count_request(&self, route: usize, status: usize) {
+        self.http_by_route_status[route * STATUSES.len() + status]
+            .get_or_init(|| self.http_requests.with_label_values(&[ROUTES[route], STATUSES[status]]))
+            .inc();
     }
 
     /// The text exposition format, with the cache's size read now.

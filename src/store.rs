@@ -45,6 +45,12 @@ fn describe(config: &postgres::Config) -> String {
     )
 }
 
+/// A round trip to the server, for readiness.
+pub fn ping(client: &mut Client) -> anyhow::Result<()> {
+    client.simple_query("SELECT 1").context("ping PostgreSQL")?;
+    Ok(())
+}
+
 /// Applies the migrations not yet recorded in `schema_version`, in one transaction.
 /// Returns how many were applied; a second start applies none.
 pub fn migrate(client: &mut Client) -> anyhow::Result<usize> {
