@@ -116,6 +116,9 @@ impl Consumer {
             .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
             .set("session.timeout.ms", k.session_timeout_ms.to_string())
             .set("statistics.interval.ms", "5000")
+            // librdkafka's default is 5 minutes: a topic created, recreated or given more
+            // partitions while the service runs would wait that long to be consumed.
+            .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)
             .context("create Kafka consumer")?;
         consumer.subscribe(&[&k.topic]).with_context(|| format!("subscribe to topic {}", k.topic))?;

@@ -51,13 +51,19 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(brokers: &str, topic: &str) -> anyhow::Result<Producer> {
+        Producer::with_settings(brokers, topic, &[])
+    }
+
+    /// A producer with extra librdkafka settings, such as `batch.num.messages`.
+    pub fn with_settings(brokers: &str, topic: &str, settings: &[(&str, &str)]) -> anyhow::Result<Producer> {
         let deliveries = Arc::new(Deliveries::default());
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create_with_context(Context_(deliveries.clone()))
-            .context("create Kafka producer")?;
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5");
+        for (key, value) in settings {
+            config.set(*key, *value);
+        }
+        let producer =
+            config.create_with_context(Context_(deliveries.clone())).context("create Kafka producer")?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 

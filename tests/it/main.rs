@@ -8,3 +8,4 @@ mod ingest;
 mod operations;
 mod pipeline;
 mod read_path;
+mod reliability;

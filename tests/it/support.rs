@@ -16,7 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub const MODEL: &str = include_str!("../../demo/model.json");
 
-const HOW_TO_START: &str = "start the local stack with `scripts/stack up` (or run the whole suite with `scripts/test`)";
+pub const HOW_TO_START: &str = "start the local stack with `scripts/stack up` (or run the whole suite with `scripts/test`)";
 
 pub fn admin_url() -> String {
     std::env::var("ORDERS_TEST_ADMIN_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -338,3 +338,37 @@ impl DbProxy {
     }
 }
 
+
+/// Creates a topic on the given brokers (see `create_topic` for the stack's).
+pub fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("create Kafka admin client");
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let results = futures_executor::block_on(admin.create_topics([&topic], &AdminOptions::new()))
+        .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("create topic {topic}: {e}"));
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends raw bytes as a request and returns the status of the answer, or None when the
+/// server closed the connection without one.
+pub fn raw_status(addr: SocketAddr, request: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).expect("connect to the service");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request).ok()?;
+    let mut head = [0u8; 12];
+    let mut read = 0;
+    while read < head.len() {
+        match stream.read(&mut head[read..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => read += n,
+        }
+    }
+    std::str::from_utf8(&head[..read]).ok()?.split(' ').nth(1)?.parse().ok()
+}
