@@ -118,3 +118,36 @@ fn hostile_values_are_escaped_in_html_and_exact_in_json() {
     assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
     service.shutdown();
 }
+
+/// Many clients connecting at the same moment, each keeping its connection open, are
+/// all answered (tiny_http, unpatched, could leave one waiting until another closed).
+#[test]
+fn connections_arriving_together_are_all_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    let (_db, service) = started_with_canonical_order();
+    let addr = service.http_addr();
+    for round in 0..5 {
+        let start = Arc::new(Barrier::new(64));
+        let clients: Vec<_> = (0..64)
+            .map(|_| {
+                let start = start.clone();
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+                    stream.write_all(format!("GET /order/{UID} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+                    let mut status = String::new();
+                    let answered = BufReader::new(stream.try_clone().unwrap()).read_line(&mut status).is_ok();
+                    (answered, status, stream)
+                })
+            })
+            .collect();
+        // Keep every connection open until all have answered, as keep-alive clients do.
+        let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        for (answered, status, _) in &results {
+            assert!(answered, "round {round}: a connection got no answer within 10 s");
+            assert_eq!(status.trim_end(), "HTTP/1.1 200 OK", "round {round}");
+        }
+    }
+    service.shutdown();
+}
