@@ -3,6 +3,9 @@
 //! loopback. Reports the resident memory of the service over time (it must level off
 //! once the cache is full), errors (5xx, broken connections), and read latency.
 //!
+//! Readers ask for orders among the 40,000 most recently produced (lookups favour recent
+//! orders), produced at least two seconds earlier.
+//!
 //! Run with `bench/run soak`. Settings from the environment: SOAK_SECONDS (300),
 //! SOAK_ORDERS_PER_SEC (1000), SOAK_READS_PER_SEC (5000), SOAK_CACHE_ORDERS (50000:
 //! small enough that the cache fills within the run).
@@ -23,6 +26,9 @@ mod common;
 use common::{Database, brokers, create_topic, env_number};
 
 const READERS: usize = 8;
+/// Readers ask for one of this many most recently produced orders: fewer than the cache
+/// holds, so reads are mostly hits, while ingest keeps the cache evicting.
+const RECENT: usize = 40_000;
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -119,9 +125,11 @@ fn main() -> anyhow::Result<()> {
                     if readable == 0 {
                         continue;
                     }
+                    // Lookups favour recent orders: one of the RECENT newest readable ones.
                     let uid = {
                         let all = uids.lock().unwrap();
-                        all[random.order().sm_id as usize * 7919 % readable].clone()
+                        let back = (random.order().sm_id as usize * 7919 + done as usize) % readable.min(RECENT);
+                        all[readable - 1 - back].clone()
                     };
                     let asked = Instant::now();
                     match get(&mut connection, &addr, &uid) {

@@ -13,16 +13,17 @@ pub fn list(client: &mut Client, limit: i64) -> anyhow::Result<String> {
     let letters = store::dead_letters(client, limit)?;
     let mut out = String::new();
     writeln!(out, "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  detail", "id", "rejected_at", "topic/partition@offset", "rule", "bytes", "replayed")?;
-    for d in &letters {
+    for stored in &letters {
+        let d = &stored.letter;
         writeln!(
             out,
             "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  {}",
-            d.id,
-            short_time(d.rejected_at),
+            stored.id,
+            short_time(stored.rejected_at),
             format!("{}/{}@{}", d.topic, d.partition, d.offset),
             d.rule,
             d.payload_size,
-            if d.replayed_at.is_some() { "yes" } else { "no" },
+            if stored.replayed_at.is_some() { "yes" } else { "no" },
             clip(&d.detail, 80)
         )?;
     }
@@ -38,12 +39,13 @@ pub fn show(client: &mut Client, id: i64) -> anyhow::Result<String> {
     Ok(describe(&d))
 }
 
-fn describe(d: &StoredDeadLetter) -> String {
+fn describe(stored: &StoredDeadLetter) -> String {
+    let d = &stored.letter;
     let mut out = String::new();
-    let _ = writeln!(out, "id:           {}", d.id);
+    let _ = writeln!(out, "id:           {}", stored.id);
     let _ = writeln!(out, "position:     {}/{}@{}", d.topic, d.partition, d.offset);
-    let _ = writeln!(out, "rejected_at:  {}", short_time(d.rejected_at));
-    let _ = writeln!(out, "replayed_at:  {}", d.replayed_at.map_or("-".to_string(), short_time));
+    let _ = writeln!(out, "rejected_at:  {}", short_time(stored.rejected_at));
+    let _ = writeln!(out, "replayed_at:  {}", stored.replayed_at.map_or("-".to_string(), short_time));
     let _ = writeln!(out, "rule:         {}", d.rule);
     let _ = writeln!(out, "detail:       {}", d.detail);
     let _ = writeln!(out, "key:          {}", d.key.as_deref().map_or("-".to_string(), printable));

@@ -348,19 +348,11 @@ fn db_message(e: &postgres::Error) -> String {
     }
 }
 
-/// A row of `rejected_messages`.
+/// A row of `rejected_messages`: the dead letter, its id, and when.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
     pub id: i64,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub payload_size: i64,
-    pub payload_sha256: Vec<u8>,
-    pub rule: String,
-    pub detail: String,
+    pub letter: DeadLetter,
     pub rejected_at: time::OffsetDateTime,
     pub replayed_at: Option<time::OffsetDateTime>,
 }
@@ -369,17 +361,21 @@ const DEAD_LETTER_COLUMNS: &str = "id, topic, partition, \"offset\", message_key
      payload_sha256, rule, detail, rejected_at, replayed_at FROM rejected_messages";
 
 fn dead_letter_from_row(row: &Row) -> StoredDeadLetter {
+    let sha256: Vec<u8> = row.get(7);
     StoredDeadLetter {
         id: row.get(0),
-        topic: row.get(1),
-        partition: row.get(2),
-        offset: row.get(3),
-        key: row.get(4),
-        payload: row.get(5),
-        payload_size: row.get(6),
-        payload_sha256: row.get(7),
-        rule: row.get(8),
-        detail: row.get(9),
+        letter: DeadLetter {
+            topic: row.get(1),
+            partition: row.get(2),
+            offset: row.get(3),
+            key: row.get(4),
+            payload: row.get(5),
+            payload_size: row.get(6),
+            // Written from a SHA-256 digest; another length would be a corrupt row.
+            payload_sha256: sha256.try_into().unwrap_or([0; 32]),
+            rule: row.get(8),
+            detail: row.get(9),
+        },
         rejected_at: row.get(10),
         replayed_at: row.get(11),
     }
@@ -432,12 +428,13 @@ pub fn replay(
     let row = tx
         .query_opt(&format!("SELECT {DEAD_LETTER_COLUMNS} WHERE id = $1 FOR UPDATE"), &[&id])
         .with_context(|| format!("read dead letter {id}"))?;
-    let Some(dead) = row.as_ref().map(dead_letter_from_row) else {
+    let Some(stored) = row.as_ref().map(dead_letter_from_row) else {
         return Ok(Replay::NotFound);
     };
-    if dead.replayed_at.is_some() {
+    if stored.replayed_at.is_some() {
         return Ok(Replay::AlreadyReplayed);
     }
+    let dead = &stored.letter;
     if dead.payload.len() as i64 != dead.payload_size {
         return Ok(Replay::Truncated);
     }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use orders_svc::Service;
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -152,12 +151,8 @@ fn base64_decode(text: &str) -> Vec<u8> {
 /// fields on the page the browser lands on, styled by the stylesheet.
 #[test]
 fn chromium_looks_up_the_canonical_order_through_the_form() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    let (_db, service) = service_with_canonical_order();
     let addr = service.http_addr();
-    produce(&topic, &[MODEL.as_bytes()]);
-    wait_until_served(addr, "/order/b563feb7b2b84b6test");
 
     let browser = Browser::start();
     browser.goto(&format!("http://{addr}/"));

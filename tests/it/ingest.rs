@@ -1,5 +1,6 @@
 //! Ingest that loses nothing: validation rules and dead letters, redelivery and
-//! replacement, a database refusing one order, a database outage, and replay.
+//! replacement, a database refusing one order, and replay. (A database outage is in
+//! `reliability`.)
 
 use std::time::Duration;
 
@@ -144,59 +145,6 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
         row.get::<_, String>(2),
         "new row for relation \"payments\" violates check constraint \"refuse_bank\" (23514)"
     );
-    service.shutdown();
-}
-
-/// PostgreSQL goes away in the middle of a stream: no offset is committed past the
-/// failed write, cached orders are still served, readiness says why, and when the
-/// database returns every order is stored exactly once.
-#[test]
-fn database_outage_mid_stream_loses_nothing_and_doubles_nothing() {
-    let db = TestDb::new();
-    let proxy = DbProxy::start();
-    let topic = create_topic(2);
-    let group = unique("group");
-    let mut cfg = config(&db, &topic, &group);
-    cfg.database.url = proxy.url(&db);
-    cfg.database.connect_timeout_secs = 1;
-    cfg.ingest.retry_max_ms = 500;
-    let service = Service::start(cfg).unwrap();
-    let addr = service.http_addr();
-
-    let mut generator = Generator::new(21, 3);
-    let orders: Vec<Order> = (0..500).map(|_| generator.order()).collect();
-    let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
-    let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-
-    produce(&topic, &payloads[..200]);
-    wait_for("the first 200 orders", Duration::from_secs(30), || (db.count("SELECT count(*) FROM orders") == 200).then_some(()));
-    wait_for("their offsets", Duration::from_secs(30), || {
-        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 200).then_some(())
-    });
-
-    proxy.cut();
-    produce(&topic, &payloads[200..]);
-    // Give the consumer time to take the new messages and fail to write them.
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(db.count("SELECT count(*) FROM orders"), 200);
-    assert_eq!(committed_offsets(&group, &topic, 2).iter().sum::<i64>(), 200);
-    let r = get(addr, &format!("/order/{}", orders[0].order_uid));
-    assert_eq!(r.status, 200);
-    assert_eq!(r.json(), json_of(&orders[0]));
-    let r = get(addr, "/readyz");
-    assert_eq!(r.status, 503);
-    assert!(r.json()["waiting_for"][0].as_str().unwrap().starts_with("database: "), "{}", r.body);
-
-    proxy.restore();
-    wait_for("all 500 orders", Duration::from_secs(60), || (db.count("SELECT count(*) FROM orders") == 500).then_some(()));
-    wait_for("all offsets", Duration::from_secs(30), || {
-        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 500).then_some(())
-    });
-    let items: usize = orders.iter().map(|o| o.items.len()).sum();
-    assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
-    assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 0);
-    let r = get(addr, &format!("/order/{}", orders[499].order_uid));
-    assert_eq!(r.json(), json_of(&orders[499]));
     service.shutdown();
 }
 

@@ -10,19 +10,10 @@ use crate::support::*;
 
 const UID: &str = "b563feb7b2b84b6test";
 
-fn started_with_canonical_order() -> (TestDb, Service) {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
-    produce(&topic, &[MODEL.as_bytes()]);
-    wait_until_served(service.http_addr(), &format!("/order/{UID}"));
-    (db, service)
-}
-
 /// HEAD answers with the GET's headers and no body; a matching If-None-Match is 304.
 #[test]
 fn head_and_conditional_get() {
-    let (_db, service) = started_with_canonical_order();
+    let (_db, service) = service_with_canonical_order();
     let addr = service.http_addr();
     let full = get(addr, &format!("/order/{UID}"));
     let head = http(addr, "HEAD", &format!("/order/{UID}"));
@@ -45,7 +36,7 @@ fn head_and_conditional_get() {
 /// repeating it within the negative memory causes none.
 #[test]
 fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
-    let (_db, service) = started_with_canonical_order();
+    let (_db, service) = service_with_canonical_order();
     let addr = service.http_addr();
     let before = service.cache().stats.db_reads.get();
     let start = Arc::new(Barrier::new(32));
@@ -85,7 +76,7 @@ fn storing_an_order_ends_its_negative_memory() {
 /// `/` lists the most recently ingested orders, each a link to its page.
 #[test]
 fn index_lists_recent_orders() {
-    let (_db, service) = started_with_canonical_order();
+    let (_db, service) = service_with_canonical_order();
     let r = get(service.http_addr(), "/");
     assert_eq!(r.status, 200);
     assert!(r.body.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#), "{}", r.body);
@@ -124,7 +115,7 @@ fn hostile_values_are_escaped_in_html_and_exact_in_json() {
 #[test]
 fn connections_arriving_together_are_all_answered() {
     use std::io::{BufRead, BufReader, Write};
-    let (_db, service) = started_with_canonical_order();
+    let (_db, service) = service_with_canonical_order();
     let addr = service.http_addr();
     for round in 0..5 {
         let start = Arc::new(Barrier::new(64));

@@ -295,12 +295,8 @@ fn postgres_gone_for_15_seconds_mid_ingest() {
 /// normal client, also while 1,000 idle connections are held open.
 #[test]
 fn hostile_http_gets_clean_4xx_and_the_service_stays_up() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    let (_db, service) = service_with_canonical_order();
     let addr = service.http_addr();
-    produce(&topic, &[MODEL.as_bytes()]);
-    wait_until_served(addr, "/order/b563feb7b2b84b6test");
 
     let get_raw = |target: &[u8]| {
         let mut request = b"GET ".to_vec();

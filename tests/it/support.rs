@@ -143,6 +143,17 @@ pub fn config(db: &TestDb, topic: &str, group: &str) -> Config {
     config
 }
 
+/// A service on a database and topic of its own, with the canonical order stored and
+/// served.
+pub fn service_with_canonical_order() -> (TestDb, orders_svc::Service) {
+    let db = TestDb::new();
+    let topic = create_topic(1);
+    let service = orders_svc::Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    produce(&topic, &[MODEL.as_bytes()]);
+    wait_until_served(service.http_addr(), "/order/b563feb7b2b84b6test");
+    (db, service)
+}
+
 pub fn produce(topic: &str, payloads: &[&[u8]]) {
     let producer = orders_svc::produce::Producer::new(&brokers(), topic).expect("producer");
     for payload in payloads {
