@@ -159,7 +159,7 @@ fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
     let (mut o, mut d, mut p, mut i) = (String::new(), String::new(), String::new(), String::new());
     for x in orders {
         let created = x.date_created.format(&time::format_description::well_known::Rfc3339)?;
-        let fingerprint: String = x.fingerprint().iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint: String = x.clone().encode().sha256.iter().map(|b| format!("{b:02x}")).collect();
         writeln!(
             o,
             "{},{},{},{},{},{},{},{},{},{},{},\\x{}",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -48,7 +48,6 @@ pub struct GroupContext {
     /// Counts revocations, so the loop can tell that partitions it held were taken away
     /// while it was collecting a batch.
     revocations: AtomicU64,
-    assigned: AtomicUsize,
 }
 
 impl ClientContext for GroupContext {
@@ -77,7 +76,6 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
-        self.assigned.store(assigned, Ordering::SeqCst);
         self.health.set_assigned_partitions(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
         match rebalance {
@@ -104,7 +102,7 @@ impl Consumer {
     ) -> anyhow::Result<Consumer> {
         let k = &config.kafka;
         let context =
-            GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0), assigned: AtomicUsize::new(0) };
+            GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0) };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
             .set("group.id", &k.group_id)

@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{Method, Request, StatusCode};
 
 use crate::cache::{Cache, CachedOrder};
-use crate::metrics::{Metrics, ROUTES, STATUSES};
+use crate::metrics::{Metrics, ROUTES, STATUS_CODES, STATUSES};
 use crate::model::{self, Order};
 use crate::store::{self, Pool};
 use crate::{Health, Shutdown, pages};
@@ -386,8 +386,7 @@ fn route(url: &str) -> usize {
 
 /// The status as an index into `metrics::STATUSES`; statuses not listed count as other.
 fn status_index(status: u16) -> usize {
-    let code = status.to_string();
-    STATUSES.iter().position(|s| *s == code).unwrap_or(STATUSES.len() - 1)
+    STATUS_CODES.iter().position(|&code| code == status).unwrap_or(STATUSES.len() - 1)
 }
 
 /// The reply as HTTP/1.1 bytes, with `Date`, the security headers and `Content-Length`.
@@ -651,6 +650,9 @@ mod tests {
         assert_eq!(name("/wp-admin"), "other");
         assert_eq!(STATUSES[status_index(431)], "431");
         assert_eq!(STATUSES[status_index(418)], "other");
+        for (i, code) in STATUS_CODES.iter().enumerate() {
+            assert_eq!(STATUSES[i], code.to_string());
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::cache::Cache;
 /// once, here, not per request: a labelled lookup hashes under a lock.
 pub const ROUTES: [&str; 8] = ["order", "index", "lookup", "asset", "healthz", "readyz", "metrics", "other"];
 pub const STATUSES: [&str; 11] = ["200", "303", "304", "400", "404", "405", "414", "431", "500", "503", "other"];
+/// The statuses of `STATUSES` as numbers, in the same order; any other counts as "other".
+pub const STATUS_CODES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
 
 pub struct Metrics {
     registry: Registry,
