@@ -99,9 +99,11 @@ impl Producer {
         self.deliveries.ends.lock().clone()
     }
 
-    /// Waits until every queued message is acknowledged; fails if any was refused.
+    /// Waits until every queued message is acknowledged (for at most 5 minutes: one
+    /// message per record batch against a loaded local broker can take minutes for tens
+    /// of thousands); fails if any was refused.
     pub fn flush(&self) -> anyhow::Result<u64> {
-        self.producer.flush(Duration::from_secs(30)).context("flush producer")?;
+        self.producer.flush(Duration::from_secs(300)).context("flush producer")?;
         let failed = self.deliveries.failed.load(Ordering::Relaxed);
         if failed > 0 {
             bail!("{failed} messages were not delivered to topic {}", self.topic);
