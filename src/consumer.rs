@@ -5,13 +5,13 @@
 //! the transaction holding its message (as an order or as a dead letter) has committed,
 //! and a failed write is retried until it succeeds, so no offset ever passes it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use postgres::Client;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
@@ -48,21 +48,50 @@ pub struct GroupContext {
     /// Counts revocations, so the loop can tell that partitions it held were taken away
     /// while it was collecting a batch.
     revocations: AtomicU64,
+    /// Partitions whose end is behind this consumer's position, as last reported.
+    beyond_end: parking_lot::Mutex<BTreeSet<(String, i32)>>,
 }
 
 impl ClientContext for GroupContext {
     /// librdkafka's statistics, every `statistics.interval.ms`: the lag of each
-    /// assigned partition, from the broker's high watermark and the committed offset.
+    /// assigned partition, from the broker's high watermark and the committed offset,
+    /// and any partition whose end is behind the position this consumer fetches from.
     fn stats(&self, statistics: Statistics) {
         self.metrics.consumer_lag.reset();
+        self.metrics.position_beyond_end.reset();
+        let mut beyond = BTreeSet::new();
         for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
+            for (&partition, p) in &t.partitions {
                 // Partition -1 is librdkafka's own bookkeeping; -1 lag means unknown.
-                if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                if partition < 0 {
+                    continue;
+                }
+                let labels = [topic.as_str(), &partition.to_string()];
+                if p.consumer_lag >= 0 {
+                    self.metrics.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
+                }
+                // A broker that lost messages this consumer already read (one with memory
+                // storage restarted, or the topic recreated) may answer fetches past its
+                // end with nothing at all, rather than with an out-of-range error that
+                // would reset the position: without this, the consumer waits in silence.
+                if p.fetch_state == "active" && p.hi_offset >= 0 && p.next_offset > p.hi_offset {
+                    self.metrics.position_beyond_end.with_label_values(&labels).set(1);
+                    if !self.beyond_end.lock().contains(&(topic.clone(), partition)) {
+                        error!(
+                            "event=partition_position_beyond_end topic={topic} partition={partition} position={} end={} \
+                             hint=\"the broker has fewer messages than this consumer already read: it lost them \
+                             (a broker with memory storage restarted?) or the topic was recreated. Messages below \
+                             the position are not read. Restart orders-svc to read the partition from its \
+                             committed offset, or from its start if the broker has none; orders already stored \
+                             are recognised and left unchanged\"",
+                            p.next_offset, p.hi_offset
+                        );
+                    }
+                    beyond.insert((topic.clone(), partition));
                 }
             }
         }
+        *self.beyond_end.lock() = beyond;
     }
 }
 
@@ -101,8 +130,12 @@ impl Consumer {
         shutdown: Shutdown,
     ) -> anyhow::Result<Consumer> {
         let k = &config.kafka;
-        let context =
-            GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0) };
+        let context = GroupContext {
+            health,
+            metrics: metrics.clone(),
+            revocations: AtomicU64::new(0),
+            beyond_end: parking_lot::Mutex::new(BTreeSet::new()),
+        };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
             .set("group.id", &k.group_id)

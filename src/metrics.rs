@@ -24,6 +24,7 @@ pub struct Metrics {
     pub batch_messages: Histogram,
     pub batch_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
+    pub position_beyond_end: IntGaugeVec,
     pub assigned_partitions: IntGauge,
     pub http_requests: IntCounterVec,
     http_by_route_status: Vec<std::sync::OnceLock<IntCounter>>,
@@ -67,6 +68,14 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
+            position_beyond_end: IntGaugeVec::new(
+                Opts::new(
+                    "orders_partition_position_beyond_end",
+                    "1 for each assigned partition whose end the broker reports behind this consumer's position.",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
             assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.").expect("valid metric"),
             http_requests: IntCounterVec::new(Opts::new("orders_http_requests_total", "HTTP requests, by route and status."), &["route", "status"])
                 .expect("valid metric"),
@@ -89,6 +98,7 @@ impl Metrics {
             Box::new(m.batch_messages.clone()),
             Box::new(m.batch_seconds.clone()),
             Box::new(m.consumer_lag.clone()),
+            Box::new(m.position_beyond_end.clone()),
             Box::new(m.assigned_partitions.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_seconds.clone()),
