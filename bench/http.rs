@@ -29,7 +29,7 @@ use tiny_http::{Header, Response};
 
 #[path = "common.rs"]
 mod common;
-use common::{Database, brokers, create_topic, env_number};
+use common::{brokers, create_topic_on, env_number, migrated_db};
 
 
 fn main() -> anyhow::Result<()> {
@@ -54,13 +54,13 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(dir.join("random.lua"), WRK_SCRIPT)?;
 
     // orders-svc, its cache warmed from PostgreSQL.
-    let db = Database::create(&run)?;
+    let db = migrated_db()?;
     {
-        let mut client = db.client()?;
+        let mut client = db.client();
         let message = Message { topic: run.clone(), partition: 0, offset: 0, key: None, payload: None };
         let batch: Vec<(&Message, Encoded)> = orders.iter().map(|o| (&message, o.clone().encode())).collect();
         store::write_batch(&mut client, &batch, &[])?;
-        create_topic(&run, 1)?;
+        create_topic_on(&brokers(), &run, 1);
 
         let mut config = Config::default();
         config.database.url = db.url.clone();

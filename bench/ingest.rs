@@ -26,7 +26,7 @@ use postgres::Client;
 
 #[path = "common.rs"]
 mod common;
-use common::{Database, brokers, create_topic, env_number};
+use common::{brokers, create_topic_on, env_number, migrated_db};
 
 const SEED: u64 = 20_211_126;
 const PARTITIONS: i32 = 4;
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
     println!("  rows: {n} orders, {n} deliveries, {n} payments, {items} items");
 
     // Reference 1: psql \copy of the same rows.
-    let copy_db = Database::create(&format!("{run}_copy"))?;
+    let copy_db = migrated_db()?;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-ingest");
     std::fs::create_dir_all(&dir)?;
     write_csv(&dir, &orders)?;
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
 
     // The messages, on a topic of their own.
     let topic = format!("{run}");
-    create_topic(&topic, PARTITIONS)?;
+    create_topic_on(&brokers(), &topic, PARTITIONS);
     let producer = Producer::new(&brokers, &topic)?;
     let started = Instant::now();
     for order in &orders {
@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     println!("  (produced {n} messages in {:.1} s)", started.elapsed().as_secs_f64());
 
     // The service as configured.
-    let db = Database::create(&format!("{run}_service"))?;
+    let db = migrated_db()?;
     let mut config = service_config(&db, &brokers, &topic, "bench-service");
     if let Some(batch) = std::env::var("INGEST_BATCH").ok().and_then(|v| v.parse().ok()) {
         config.ingest.batch_max_messages = batch;
@@ -85,7 +85,7 @@ fn main() -> anyhow::Result<()> {
     let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
 
     // Reference 2: the service writing one message per transaction.
-    let db1 = Database::create(&format!("{run}_batch1"))?;
+    let db1 = migrated_db()?;
     let mut config = service_config(&db1, &brokers, &topic, "bench-batch1");
     config.ingest.batch_max_messages = 1;
     let batch1_rate = time_ingest(&db1, config, n_batch1, "orders-svc, batch 1:")?;
@@ -98,10 +98,10 @@ fn main() -> anyhow::Result<()> {
 
 /// Starts the service on `db` and measures its rate from the first stored order to the
 /// `target`-th, so the consumer group's join time is reported apart.
-fn time_ingest(db: &Database, config: Config, target: usize, label: &str) -> anyhow::Result<f64> {
+fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) -> anyhow::Result<f64> {
     let started = Instant::now();
     let service = Service::start(config)?;
-    let mut client = db.client()?;
+    let mut client = db.client();
     let count = |client: &mut Client| -> anyhow::Result<usize> {
         Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get::<_, i64>(0) as usize)
     };
@@ -133,7 +133,7 @@ fn time_ingest(db: &Database, config: Config, target: usize, label: &str) -> any
     Ok(rate)
 }
 
-fn service_config(db: &Database, brokers: &str, topic: &str, group: &str) -> Config {
+fn service_config(db: &common::TestDb, brokers: &str, topic: &str, group: &str) -> Config {
     let mut config = Config::default();
     config.database.url = db.url.clone();
     config.kafka.brokers = brokers.into();
@@ -143,8 +143,8 @@ fn service_config(db: &Database, brokers: &str, topic: &str, group: &str) -> Con
     config
 }
 
-fn check_count(db: &Database, n: usize) -> anyhow::Result<()> {
-    let got: i64 = db.client()?.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+fn check_count(db: &common::TestDb, n: usize) -> anyhow::Result<()> {
+    let got: i64 = db.client().query_one("SELECT count(*) FROM orders", &[])?.get(0);
     if got as usize != n {
         bail!("expected {n} orders, found {got}");
     }

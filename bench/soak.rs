@@ -10,8 +10,6 @@
 //! SOAK_ORDERS_PER_SEC (1000), SOAK_READS_PER_SEC (5000), SOAK_CACHE_ORDERS (50000:
 //! small enough that the cache fills within the run).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +21,8 @@ use orders_svc::produce::Producer;
 
 #[path = "common.rs"]
 mod common;
-use common::{Database, brokers, create_topic, env_number};
+use common::support::http::Connection;
+use common::{brokers, create_topic_on, env_number, migrated_db};
 
 const READERS: usize = 8;
 /// Readers ask for one of this many most recently produced orders: fewer than the cache
@@ -41,8 +40,8 @@ fn main() -> anyhow::Result<()> {
         "bench/soak: {seconds} s, {orders_per_sec} orders/s produced, {reads_per_sec} reads/s over {READERS} keep-alive connections, cache of {cache_orders} orders"
     );
 
-    let db = Database::create(&run)?;
-    create_topic(&run, 4)?;
+    let db = migrated_db()?;
+    create_topic_on(&brokers(), &run, 4);
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-soak");
     std::fs::create_dir_all(&dir)?;
@@ -64,9 +63,10 @@ fn main() -> anyhow::Result<()> {
         .stderr(std::fs::File::create(dir.join("service.log"))?)
         .spawn()
         .context("start orders-svc")?;
-    let addr = format!("127.0.0.1:{port}");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let started = Instant::now();
-    while orders_svc::http::probe(addr.parse()?, "/readyz", Duration::from_secs(1)).map(|(s, _)| s) .ok() != Some(200) {
+    let ready = || Connection::open(addr, Duration::from_secs(1)).and_then(|mut c| c.get("/readyz")).map(|r| r.status);
+    while ready().ok() != Some(200) {
         if started.elapsed() > Duration::from_secs(60) {
             bail!("the service was not ready after 60 s; see {}", dir.join("service.log").display());
         }
@@ -106,13 +106,13 @@ fn main() -> anyhow::Result<()> {
     let not_found = Arc::new(AtomicU64::new(0));
     let readers: Vec<_> = (0..READERS)
         .map(|r| {
-            let (uids, stop, errors, not_found, addr) = (uids.clone(), stop.clone(), errors.clone(), not_found.clone(), addr.clone());
+            let (uids, stop, errors, not_found) = (uids.clone(), stop.clone(), errors.clone(), not_found.clone());
             let first_errors = first_errors.clone();
             let per_reader = reads_per_sec as f64 / READERS as f64;
             std::thread::spawn(move || -> Vec<u32> {
                 let mut latencies = Vec::new();
                 let mut random = Generator::new(r as u64, 1);
-                let mut connection: Option<(TcpStream, BufReader<TcpStream>)> = None;
+                let mut connection: Option<Connection> = None;
                 let start = Instant::now();
                 let mut done = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
                         all[readable - 1 - back].clone()
                     };
                     let asked = Instant::now();
-                    match get(&mut connection, &addr, &uid) {
+                    match get(&mut connection, addr, &uid) {
                         Ok(200) => latencies.push(asked.elapsed().as_micros() as u32),
                         Ok(404) => {
                             not_found.fetch_add(1, Ordering::Relaxed);
@@ -167,11 +167,11 @@ fn main() -> anyhow::Result<()> {
     let mut latencies: Vec<u32> = readers.into_iter().flat_map(|r| r.join().expect("reader thread")).collect();
     latencies.sort_unstable();
 
-    let metrics = orders_svc::http::probe(addr.parse()?, "/metrics", Duration::from_secs(3))?.1;
+    let metrics = common::support::get(addr, "/metrics").body;
     let metric = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default();
     Command::new("kill").arg(service.id().to_string()).status()?;
     let exit = service.wait()?;
-    let stored: i64 = db.client()?.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    let stored: i64 = db.client().query_one("SELECT count(*) FROM orders", &[])?.get(0);
 
     let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
     let (first, last) = (samples.first().map_or(0, |s| s.1), samples.last().map_or(0, |s| s.1));
@@ -200,38 +200,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// One keep-alive GET; reconnects when there is no connection.
-fn get(connection: &mut Option<(TcpStream, BufReader<TcpStream>)>, addr: &str, uid: &str) -> anyhow::Result<u16> {
+fn get(connection: &mut Option<Connection>, addr: std::net::SocketAddr, uid: &str) -> anyhow::Result<u16> {
     if connection.is_none() {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        *connection = Some((stream.try_clone()?, BufReader::new(stream)));
+        *connection = Some(Connection::open(addr, Duration::from_secs(5))?);
     }
-    let (writer, reader) = connection.as_mut().expect("connected");
-    write!(writer, "GET /order/{uid} HTTP/1.1\r\nHost: soak\r\n\r\n")?;
-    let mut status = 0;
-    let mut length = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            bail!("connection closed");
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some(code) = l.strip_prefix("HTTP/1.1 ") {
-            status = code.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
-        } else if let Some((name, value)) = l.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.trim().parse()?;
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    Ok(status)
+    let response = connection.as_mut().expect("connected").get(&format!("/order/{uid}"))?;
+    Ok(response.status)
 }
 
 fn resident_kib(pid: u32) -> anyhow::Result<u64> {

@@ -106,7 +106,9 @@ impl Browser {
     }
 
     fn screenshot(&self, name: &str) -> PathBuf {
-        let png = base64_decode(self.session("GET", "/screenshot", None).as_str().unwrap());
+        use base64::Engine as _;
+        let encoded = self.session("GET", "/screenshot", None);
+        let png = base64::engine::general_purpose::STANDARD.decode(encoded.as_str().unwrap()).expect("a base64 PNG");
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&dir).unwrap();
@@ -127,32 +129,12 @@ impl Drop for Browser {
     }
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => c - b'A',
-        b'a'..=b'z' => c - b'a' + 26,
-        b'0'..=b'9' => c - b'0' + 52,
-        b'+' => 62,
-        b'/' => 63,
-        _ => panic!("not base64: {c}"),
-    };
-    let bytes: Vec<u8> = text.bytes().filter(|&c| c != b'=' && !c.is_ascii_whitespace()).map(value).collect();
-    bytes
-        .chunks(4)
-        .flat_map(|chunk| {
-            let n = chunk.iter().enumerate().fold(0u32, |n, (i, &v)| n | (v as u32) << (18 - 6 * i));
-            let out = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-            out.into_iter().take(chunk.len() - 1)
-        })
-        .collect()
-}
-
 /// Load `/`, submit the canonical order id through the form, and find the order's
 /// fields on the page the browser lands on, styled by the stylesheet.
 #[test]
 fn chromium_looks_up_the_canonical_order_through_the_form() {
-    let (_db, service) = service_with_canonical_order();
-    let addr = service.http_addr();
+    let (_setup, service) = service_with_canonical_order();
+    let addr = service.addr();
 
     let browser = Browser::start();
     browser.goto(&format!("http://{addr}/"));
@@ -185,5 +167,4 @@ fn chromium_looks_up_the_canonical_order_through_the_form() {
 
     browser.goto(&format!("http://{addr}/order/nosuchorder"));
     assert_eq!(browser.texts("h1"), vec!["Order not found"]);
-    service.shutdown();
 }

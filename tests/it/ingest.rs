@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use orders_svc::Service;
 use orders_svc::generate::Generator;
 use orders_svc::model::{Order, Rules};
 use orders_svc::rejected::{self, Target};
@@ -28,12 +27,11 @@ fn changed(order: &Order, change: impl FnOnce(&mut Value)) -> Vec<u8> {
 /// right rule, and the committed offsets reach the end of every partition.
 #[test]
 fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
-    let db = TestDb::new();
-    let topic = create_topic(3);
-    let group = unique("group");
-    let mut cfg = config(&db, &topic, &group);
+    let setup = Setup::new(3);
+    let db = &setup.db;
+    let mut cfg = setup.config();
     cfg.validation.max_message_bytes = 10_000;
-    let service = Service::start(cfg).unwrap();
+    let service = Running::start(cfg.clone());
 
     let mut generator = Generator::new(11, 3);
     let valid: Vec<Order> = (0..30).map(|_| generator.order()).collect();
@@ -59,7 +57,7 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         ("amount", changed(&base, |v| v["payment"]["amount"] = json!(1)), "amount"),
     ];
 
-    let producer = orders_svc::produce::Producer::new(&brokers(), &topic).unwrap();
+    let producer = orders_svc::produce::Producer::new(&brokers(), &setup.topic).unwrap();
     for order in &valid {
         producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).unwrap();
     }
@@ -75,12 +73,9 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
     assert_eq!(producer.flush().unwrap(), 30 + 18 + 5 + 1);
 
     // Where the stream ends on each partition, from the broker's delivery reports.
-    let delivered = producer.delivered_ends();
-    let ends: Vec<i64> = (0..3).map(|p| delivered.get(&p).copied().unwrap_or(-1)).collect();
-    assert_eq!(ends.iter().filter(|&&e| e > 0).sum::<i64>(), 54);
-    wait_for("offsets committed to the end of each partition", Duration::from_secs(60), || {
-        (committed_offsets(&group, &topic, 3) == ends).then_some(())
-    });
+    let ends = per_partition(&producer.delivered_ends(), 3);
+    assert_eq!(ends.iter().sum::<i64>(), 54);
+    setup.wait_committed(&ends, Duration::from_secs(60));
 
     assert_eq!(db.count("SELECT count(*) FROM orders"), 30);
     let items: usize = valid.iter().map(|o| o.items.len()).sum();
@@ -98,20 +93,22 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         .unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (65_536, 100_000));
 
-    let addr = service.http_addr();
+    let addr = service.addr();
     let r = get(addr, &format!("/order/{}", valid[5].order_uid));
     assert_eq!(r.json()["delivery"]["city"], "Changed City");
     let r = get(addr, &format!("/order/{}", valid[0].order_uid));
     assert_eq!(r.json(), json_of(&valid[0]));
-    service.shutdown();
+    service.stop();
 
-    // A fresh start of the same group reads nothing again.
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    service.shutdown();
-    assert_eq!(db.count("SELECT count(*) FROM orders"), 30);
+    // A fresh start of the same group reads only what comes after: one new order, once.
+    let service = Running::start(cfg);
+    let extra = generator.order();
+    setup.produce(&[&extra.to_json()]);
+    wait_until_served(service.addr(), &format!("/order/{}", extra.order_uid));
+    assert_eq!(service.metrics().messages_consumed.get(), 1);
+    service.stop();
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 31);
     assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 18);
-    assert_eq!(committed_offsets(&group, &topic, 3), ends);
 }
 
 /// An order that passes validation but that the database refuses (here, a check
@@ -119,10 +116,9 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
 /// the rest of its batch is stored.
 #[test]
 fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let group = unique("group");
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let setup = Setup::new(1);
+    let db = &setup.db;
+    let _service = setup.start();
     db.client()
         .batch_execute("ALTER TABLE payments ADD CONSTRAINT refuse_bank CHECK (bank <> 'refused')")
         .unwrap();
@@ -131,9 +127,9 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
     let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
     orders[4].payment.bank = "refused".into();
     let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
-    produce(&topic, &payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    setup.produce(&payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
 
-    wait_for("offsets committed", Duration::from_secs(30), || (committed_offsets(&group, &topic, 1) == vec![10]).then_some(()));
+    setup.wait_committed(&[10], Duration::from_secs(30));
     assert_eq!(db.count("SELECT count(*) FROM orders"), 9);
     let row = db
         .client()
@@ -145,19 +141,17 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
         row.get::<_, String>(2),
         "new row for relation \"payments\" violates check constraint \"refuse_bank\" (23514)"
     );
-    service.shutdown();
 }
 
 /// A dead letter rejected by a cross-field rule is stored as an order once that rule
 /// is switched off and it is replayed; it is marked replayed and not replayed twice.
 #[test]
 fn replay_after_switching_the_rule_off_stores_the_order() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let group = unique("group");
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let setup = Setup::new(1);
+    let db = &setup.db;
+    let service = setup.start();
     let odd = MODEL.replace("\"amount\": 1817", "\"amount\": 1900");
-    produce(&topic, &[odd.as_bytes()]);
+    setup.produce(&[odd.as_bytes()]);
     wait_for("the dead letter", Duration::from_secs(30), || {
         (db.count("SELECT count(*) FROM rejected_messages") == 1).then_some(())
     });
@@ -176,10 +170,9 @@ fn replay_after_switching_the_rule_off_stores_the_order() {
     let out = rejected::replay(&mut client, Target::One(1), &lenient).unwrap();
     assert_eq!(out, "1: already replayed\n0 of 1 dead letters stored as orders\n");
 
-    let r = get(service.http_addr(), "/order/b563feb7b2b84b6test");
+    let r = get(service.addr(), "/order/b563feb7b2b84b6test");
     assert_eq!(r.json()["payment"]["amount"], 1900);
     let listing = rejected::list(&mut client, 10).unwrap();
     assert!(listing.contains("  amount  "), "{listing}");
     assert!(listing.ends_with("1 dead letters shown\n"), "{listing}");
-    service.shutdown();
 }

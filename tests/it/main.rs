@@ -1,8 +1,10 @@
 //! Integration tests against a real PostgreSQL and a real Kafka-compatible broker, as
 //! brought up by `scripts/stack up`. One binary, one module per area.
 
+#[path = "../support/mod.rs"]
 mod support;
 
+mod broker;
 mod browser;
 mod ingest;
 mod operations;

@@ -4,7 +4,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orders_svc::Service;
 use orders_svc::generate::Generator;
 use orders_svc::model::Order;
 
@@ -15,16 +14,15 @@ use crate::support::*;
 /// database is there.
 #[test]
 fn starts_before_postgres_and_waits_for_it() {
-    let db = TestDb::new();
+    let setup = Setup::new(1);
     let proxy = DbProxy::start();
     proxy.cut();
-    let topic = create_topic(1);
-    let mut cfg = config(&db, &topic, &unique("group"));
-    cfg.database.url = proxy.url(&db);
+    let mut cfg = setup.config();
+    cfg.database.url = proxy.url(&setup.db);
     cfg.database.connect_timeout_secs = 1;
     cfg.ingest.retry_max_ms = 300;
-    let service = Service::spawn(cfg).unwrap();
-    let addr = service.http_addr();
+    let service = Running::spawn(cfg);
+    let addr = service.addr();
 
     assert_eq!(get(addr, "/healthz").status, 200);
     let r = wait_for("readiness to name PostgreSQL", Duration::from_secs(10), || {
@@ -36,26 +34,23 @@ fn starts_before_postgres_and_waits_for_it() {
 
     proxy.restore();
     wait_until_served(addr, "/readyz");
-    produce(&topic, &[MODEL.as_bytes()]);
+    setup.produce(&[MODEL.as_bytes()]);
     let r = wait_until_served(addr, "/order/b563feb7b2b84b6test");
     assert_eq!(r.json()["payment"]["amount"], 1817);
-    service.shutdown();
 }
 
 /// After a stream with valid orders, a redelivery and a bad message, `/metrics` counts
 /// each, by outcome and by rule, and counts the HTTP requests by route and status.
 #[test]
 fn metrics_count_what_happened() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let group = unique("group");
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
-    let addr = service.http_addr();
+    let setup = Setup::new(1);
+    let service = setup.start();
+    let addr = service.addr();
     let mut generator = Generator::new(5, 2);
     let a = generator.order().to_json();
     let b = generator.order().to_json();
-    produce(&topic, &[&a, &b, &a, b"not json"]);
-    wait_for("the stream", Duration::from_secs(30), || (committed_offsets(&group, &topic, 1) == vec![4]).then_some(()));
+    setup.produce(&[&a, &b, &a, b"not json"]);
+    setup.wait_committed(&[4], Duration::from_secs(30));
     get(addr, "/order/nosuchorder1");
 
     let text = get(addr, "/metrics").body;
@@ -73,7 +68,10 @@ fn metrics_count_what_happened() {
     }
     assert!(text.contains("orders_batch_seconds_bucket{phase=\"write\""), "{text}");
     assert!(text.contains("process_resident_memory_bytes "), "{text}");
-    service.shutdown();
+    // The lag librdkafka reports, against the broker's true end of the partition.
+    assert_eq!(partition_ends(&brokers(), &setup.topic, 1), vec![4]);
+    let lag = format!("orders_consumer_lag_messages{{partition=\"0\",topic=\"{}\"}}", setup.topic);
+    wait_for("the lag to be reported as 0", Duration::from_secs(20), || (metric(addr, &lag) == Some(0.0)).then_some(()));
 }
 
 /// Two instances in one consumer group split a 4-partition topic: 2,000 orders are
@@ -81,11 +79,10 @@ fn metrics_count_what_happened() {
 /// from its cache and the other's from PostgreSQL.
 #[test]
 fn two_instances_share_the_partitions_and_serve_every_order() {
-    let db = TestDb::new();
-    let topic = create_topic(4);
-    let group = unique("group");
-    let first = Service::start(config(&db, &topic, &group)).unwrap();
-    let second = Service::start(config(&db, &topic, &group)).unwrap();
+    let setup = Setup::new(4);
+    let db = &setup.db;
+    let first = setup.start();
+    let second = setup.start();
     wait_for("both instances to hold partitions", Duration::from_secs(60), || {
         let (a, b) = (first.health().assigned_partitions(), second.health().assigned_partitions());
         (a > 0 && b > 0 && a + b == 4).then_some(())
@@ -94,30 +91,25 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
     let mut generator = Generator::new(99, 3);
     let orders: Vec<Order> = (0..2000).map(|_| generator.order()).collect();
     let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
-    produce(&topic, &payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
-    wait_for("2,000 orders", Duration::from_secs(60), || (db.count("SELECT count(*) FROM orders") == 2000).then_some(()));
-    wait_for("all offsets", Duration::from_secs(30), || {
-        (committed_offsets(&group, &topic, 4).iter().sum::<i64>() == 2000).then_some(())
-    });
+    let ends = per_partition(&setup.produce(&payloads.iter().map(Vec::as_slice).collect::<Vec<_>>()), 4);
+    setup.wait_committed(&ends, Duration::from_secs(60));
 
     let stored: HashSet<String> =
         db.client().query("SELECT order_uid FROM orders", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(stored.len(), 2000);
     assert!(orders.iter().all(|o| stored.contains(&o.order_uid)));
-    let consumed = |s: &Service| s.metrics().messages_consumed.get();
+    let consumed = |s: &Running| s.metrics().messages_consumed.get();
     assert_eq!(consumed(&first) + consumed(&second), 2000);
     assert!(consumed(&first) > 0 && consumed(&second) > 0);
 
     for service in [&first, &second] {
         for order in orders.iter().step_by(50) {
-            let r = get(service.http_addr(), &format!("/order/{}", order.order_uid));
+            let r = get(service.addr(), &format!("/order/{}", order.order_uid));
             assert_eq!(r.status, 200);
             assert_eq!(r.json()["order_uid"], order.order_uid.as_str());
         }
         assert!(service.cache().stats.db_reads.get() > 0, "every instance served some orders from PostgreSQL");
     }
-    first.shutdown();
-    second.shutdown();
 }
 
 /// `produce --count N --invalid-rate R`: every valid order it reports is stored, and
@@ -126,21 +118,18 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
 #[test]
 fn generated_stream_with_bad_messages_ends_where_each_belongs() {
     use orders_svc::produce::{Plan, Producer, Sent, send_generated};
-    let db = TestDb::new();
-    let topic = create_topic(2);
-    let group = unique("group");
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let setup = Setup::new(2);
+    let db = &setup.db;
+    let _service = setup.start();
 
-    let producer = Producer::new(&brokers(), &topic).unwrap();
+    let producer = Producer::new(&brokers(), &setup.topic).unwrap();
     let mut uids = Vec::new();
     let plan = Plan { count: 500, seed: 8, max_items: 5, invalid_rate: 0.2, rate: None };
     let sent = send_generated(&producer, &plan, &mut uids).unwrap();
     assert_eq!(producer.flush().unwrap(), 500);
     assert_eq!(sent, Sent { valid: 404, invalid: 96 });
 
-    wait_for("every message written", Duration::from_secs(60), || {
-        (committed_offsets(&group, &topic, 2).iter().sum::<i64>() == 500).then_some(())
-    });
+    setup.wait_committed(&per_partition(&producer.delivered_ends(), 2), Duration::from_secs(60));
     let uids = String::from_utf8(uids).unwrap();
     assert_eq!(uids.lines().count(), 404);
     assert_eq!(db.count("SELECT count(*) FROM orders"), 404);
@@ -155,5 +144,4 @@ fn generated_stream_with_bad_messages_ends_where_each_belongs() {
         let rule: String = row.get(1);
         assert_eq!(key, format!("invalid-{rule}"));
     }
-    service.shutdown();
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use orders_svc::Service;
 use orders_svc::model::{self, Message};
 use orders_svc::store;
 
@@ -15,12 +14,11 @@ const UID: &str = "b563feb7b2b84b6test";
 /// to what was sent, is shown on the page, and is stored in normalized rows.
 #[test]
 fn canonical_order_is_served_as_json_and_on_the_page() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
-    let addr = service.http_addr();
+    let setup = Setup::new(1);
+    let service = setup.start();
+    let addr = service.addr();
 
-    produce(&topic, &[MODEL.as_bytes()]);
+    setup.produce(&[MODEL.as_bytes()]);
 
     let r = wait_until_served(addr, &format!("/order/{UID}"));
     assert_eq!(r.header("Content-Type"), Some("application/json"));
@@ -36,27 +34,26 @@ fn canonical_order_is_served_as_json_and_on_the_page() {
         assert!(page.body.contains(&format!("<td>{shown}</td>")), "page lacks {shown}: {}", page.body);
     }
 
+    let db = &setup.db;
     assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
     assert_eq!(db.count("SELECT count(*) FROM deliveries"), 1);
     assert_eq!(db.count("SELECT count(*) FROM payments"), 1);
     assert_eq!(db.count("SELECT count(*) FROM order_items"), 1);
     assert_eq!(db.count("SELECT amount FROM payments"), 1817);
     assert_eq!(db.count("SELECT extract(epoch FROM date_created)::bigint FROM orders"), 1637907739);
-    service.shutdown();
 }
 
 /// A message that is not JSON is stored in `rejected_messages` with its reason and
 /// position, and the valid order after it on the same partition is still stored.
 #[test]
 fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    let setup = Setup::new(1);
+    let service = setup.start();
 
-    produce(&topic, &[b"this is not an order", MODEL.as_bytes()]);
+    setup.produce(&[b"this is not an order", MODEL.as_bytes()]);
 
-    wait_until_served(service.http_addr(), &format!("/order/{UID}"));
-    let mut client = db.client();
+    wait_until_served(service.addr(), &format!("/order/{UID}"));
+    let mut client = setup.db.client();
     let rows = client
         .query(
             "SELECT topic, partition, \"offset\", payload, payload_size, rule, detail FROM rejected_messages",
@@ -65,15 +62,14 @@ fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    assert_eq!(row.get::<_, String>(0), topic);
+    assert_eq!(row.get::<_, String>(0), setup.topic);
     assert_eq!(row.get::<_, i32>(1), 0);
     assert_eq!(row.get::<_, i64>(2), 0);
     assert_eq!(row.get::<_, Vec<u8>>(3), b"this is not an order");
     assert_eq!(row.get::<_, i64>(4), 20);
     assert_eq!(row.get::<_, String>(5), "json");
     assert_eq!(row.get::<_, String>(6), "expected ident at line 1 column 2");
-    assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
-    service.shutdown();
+    assert_eq!(setup.db.count("SELECT count(*) FROM orders"), 1);
 }
 
 /// After a stop and a start with the same group, the stored order is served from the
@@ -81,31 +77,31 @@ fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
 /// read twice into a duplicate row.
 #[test]
 fn restart_serves_stored_orders_and_consumes_no_offset_twice() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let group = unique("group");
+    let setup = Setup::new(1);
+    let db = &setup.db;
 
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
-    produce(&topic, &[MODEL.as_bytes(), b"{\"order_uid\": 1}"]);
-    wait_until_served(service.http_addr(), &format!("/order/{UID}"));
+    let service = setup.start();
+    setup.produce(&[MODEL.as_bytes(), b"{\"order_uid\": 1}"]);
+    wait_until_served(service.addr(), &format!("/order/{UID}"));
     wait_for("the dead letter", Duration::from_secs(30), || {
         (db.count("SELECT count(*) FROM rejected_messages") == 1).then_some(())
     });
-    service.shutdown();
-    assert_eq!(committed_offsets(&group, &topic, 1), vec![2]);
+    service.stop();
+    assert_eq!(setup.committed(), vec![2]);
 
-    let service = Service::start(config(&db, &topic, &group)).unwrap();
+    let service = setup.start();
     assert_eq!(service.cache().len(), 1);
-    let r = get(service.http_addr(), &format!("/order/{UID}"));
+    let r = get(service.addr(), &format!("/order/{UID}"));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["payment"]["amount"], 1817);
 
     let second = MODEL.replace(UID, "second0order0uid");
-    produce(&topic, &[second.as_bytes()]);
-    wait_until_served(service.http_addr(), "/order/second0order0uid");
-    service.shutdown();
+    setup.produce(&[second.as_bytes()]);
+    wait_until_served(service.addr(), "/order/second0order0uid");
+    assert_eq!(service.metrics().messages_consumed.get(), 1, "the restarted service read only the new message");
+    service.stop();
 
-    assert_eq!(committed_offsets(&group, &topic, 1), vec![3]);
+    assert_eq!(setup.committed(), vec![3]);
     assert_eq!(db.count("SELECT count(*) FROM orders"), 2);
     assert_eq!(db.count("SELECT count(*) FROM order_items"), 2);
     assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), 1);
@@ -116,14 +112,13 @@ fn restart_serves_stored_orders_and_consumes_no_offset_twice() {
 /// and 400 with JSON bodies.
 #[test]
 fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
-    let addr = service.http_addr();
+    let setup = Setup::new(1);
+    let service = setup.start();
+    let addr = service.addr();
 
-    let message = Message { topic: topic.clone(), partition: 0, offset: 0, key: None, payload: None };
+    let message = Message { topic: setup.topic.clone(), partition: 0, offset: 0, key: None, payload: None };
     let order = model::decode(Some(MODEL.as_bytes()), &Default::default()).unwrap();
-    store::write_batch(&mut db.client(), &[(&message, order.encode())], &[]).unwrap();
+    store::write_batch(&mut setup.db.client(), &[(&message, order.encode())], &[]).unwrap();
     assert_eq!(service.cache().len(), 0);
 
     let r = get(addr, &format!("/order/{UID}"));
@@ -145,7 +140,6 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
     let r = get(addr, "/order/bad%20id");
     assert_eq!(r.status, 400);
     assert_eq!(r.body, r#"{"error":"order_uid has '%'; only A-Z, a-z, 0-9, '_' and '-' are allowed"}"#);
-    service.shutdown();
 }
 
 /// Migrations are recorded once: a second start applies nothing.
@@ -163,13 +157,11 @@ fn migrations_apply_once() {
 /// group, the service is ready.
 #[test]
 fn health_and_readiness() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
-    let addr = service.http_addr();
+    let setup = Setup::new(1);
+    let service = setup.start();
+    let addr = service.addr();
     let r = get(addr, "/healthz");
     assert_eq!((r.status, r.body.as_str()), (200, r#"{"status":"alive"}"#));
     let r = wait_until_served(addr, "/readyz");
     assert_eq!(r.body, r#"{"ready":true}"#);
-    service.shutdown();
 }

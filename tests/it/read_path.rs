@@ -3,7 +3,6 @@
 
 use std::sync::{Arc, Barrier};
 
-use orders_svc::Service;
 use serde_json::Value;
 
 use crate::support::*;
@@ -13,8 +12,8 @@ const UID: &str = "b563feb7b2b84b6test";
 /// HEAD answers with the GET's headers and no body; a matching If-None-Match is 304.
 #[test]
 fn head_and_conditional_get() {
-    let (_db, service) = service_with_canonical_order();
-    let addr = service.http_addr();
+    let (_setup, service) = service_with_canonical_order();
+    let addr = service.addr();
     let full = get(addr, &format!("/order/{UID}"));
     let head = http(addr, "HEAD", &format!("/order/{UID}"));
     assert_eq!(head.status, 200);
@@ -29,15 +28,14 @@ fn head_and_conditional_get() {
     assert_eq!(full.header("X-Content-Type-Options"), Some("nosniff"));
     assert_eq!(full.header("Referrer-Policy"), Some("no-referrer"));
     assert!(full.header("Content-Security-Policy").unwrap().starts_with("default-src 'none'"));
-    service.shutdown();
 }
 
 /// Many requests at once for an id that does not exist cause one database read, and
 /// repeating it within the negative memory causes none.
 #[test]
 fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
-    let (_db, service) = service_with_canonical_order();
-    let addr = service.http_addr();
+    let (_setup, service) = service_with_canonical_order();
+    let addr = service.addr();
     let before = service.cache().stats.db_reads.get();
     let start = Arc::new(Barrier::new(32));
     let threads: Vec<_> = (0..32)
@@ -54,49 +52,44 @@ fn concurrent_misses_for_an_unknown_id_read_postgres_once() {
     }
     assert_eq!(get(addr, "/order/doesnotexist42").status, 404);
     assert_eq!(service.cache().stats.db_reads.get() - before, 1);
-    service.shutdown();
 }
 
 /// The consumer storing an id ends its memory as "not found" at once.
 #[test]
 fn storing_an_order_ends_its_negative_memory() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let mut cfg = config(&db, &topic, &unique("group"));
+    let setup = Setup::new(1);
+    let mut cfg = setup.config();
     cfg.cache.negative_ttl_ms = 600_000;
-    let service = Service::start(cfg).unwrap();
-    let addr = service.http_addr();
+    let service = Running::start(cfg);
+    let addr = service.addr();
     assert_eq!(get(addr, &format!("/order/{UID}")).status, 404);
-    produce(&topic, &[MODEL.as_bytes()]);
+    setup.produce(&[MODEL.as_bytes()]);
     let r = wait_until_served(addr, &format!("/order/{UID}"));
     assert_eq!(r.json()["order_uid"], UID);
-    service.shutdown();
 }
 
 /// `/` lists the most recently ingested orders, each a link to its page.
 #[test]
 fn index_lists_recent_orders() {
-    let (_db, service) = service_with_canonical_order();
-    let r = get(service.http_addr(), "/");
+    let (_setup, service) = service_with_canonical_order();
+    let r = get(service.addr(), "/");
     assert_eq!(r.status, 200);
     assert!(r.body.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#), "{}", r.body);
     assert!(r.body.contains("<td class=\"num\">1,817 USD</td>"), "{}", r.body);
-    service.shutdown();
 }
 
 /// Markup and quotes stored in an order come back as text in the page and exactly as
 /// sent in the JSON.
 #[test]
 fn hostile_values_are_escaped_in_html_and_exact_in_json() {
-    let db = TestDb::new();
-    let topic = create_topic(1);
-    let service = Service::start(config(&db, &topic, &unique("group"))).unwrap();
-    let addr = service.http_addr();
+    let setup = Setup::new(1);
+    let service = setup.start();
+    let addr = service.addr();
     let mut v: Value = serde_json::from_str(MODEL).unwrap();
     v["delivery"]["name"] = "<script>alert('x')</script>".into();
     v["delivery"]["address"] = "\"><img src=x onerror=alert(1)>".into();
     v["items"][0]["brand"] = "Robert'); DROP TABLE orders;--".into();
-    produce(&topic, &[v.to_string().as_bytes()]);
+    setup.produce(&[v.to_string().as_bytes()]);
 
     let json = wait_until_served(addr, &format!("/order/{UID}"));
     assert_eq!(json.json(), v);
@@ -106,8 +99,7 @@ fn hostile_values_are_escaped_in_html_and_exact_in_json() {
     assert!(page.body.contains("<td>Robert'); DROP TABLE orders;--</td>"), "{}", page.body);
     assert!(!page.body.contains("<script>"));
     assert!(!page.body.contains("<img"));
-    assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
-    service.shutdown();
+    assert_eq!(setup.db.count("SELECT count(*) FROM orders"), 1);
 }
 
 /// Many clients connecting at the same moment, each keeping its connection open, are
@@ -115,8 +107,8 @@ fn hostile_values_are_escaped_in_html_and_exact_in_json() {
 #[test]
 fn connections_arriving_together_are_all_answered() {
     use std::io::{BufRead, BufReader, Write};
-    let (_db, service) = service_with_canonical_order();
-    let addr = service.http_addr();
+    let (_setup, service) = service_with_canonical_order();
+    let addr = service.addr();
     for round in 0..5 {
         let start = Arc::new(Barrier::new(64));
         let clients: Vec<_> = (0..64)
@@ -140,5 +132,4 @@ fn connections_arriving_together_are_all_answered() {
             assert_eq!(status.trim_end(), "HTTP/1.1 200 OK", "round {round}");
         }
     }
-    service.shutdown();
 }

@@ -1,0 +1,111 @@
+//! The broker failing under the service: killed and restarted with its messages kept,
+//! and a broker with memory storage restarted empty beneath a running consumer.
+
+use std::time::{Duration, Instant};
+
+use orders_svc::generate::Generator;
+use orders_svc::model::Order;
+
+use crate::support::*;
+
+fn payloads(orders: &[Order]) -> Vec<Vec<u8>> {
+    orders.iter().map(Order::to_json).collect()
+}
+
+fn slices(payloads: &[Vec<u8>]) -> Vec<&[u8]> {
+    payloads.iter().map(Vec::as_slice).collect()
+}
+
+/// The broker (SQLite storage) killed with SIGKILL in the middle of an ingest of 6,000
+/// orders and started again: cached orders and `/healthz` are served throughout, the
+/// consumer reconnects by itself, every order is stored once with all its items, the
+/// topic holds each message once, and orders produced after the restart are stored too.
+#[test]
+fn broker_killed_mid_ingest_and_restarted_loses_nothing() {
+    let dir = temp_dir("broker");
+    let mut broker = Broker::start(Storage::Sqlite(dir.clone()));
+    let db = TestDb::new();
+    let topic = unique("broker-kill");
+    create_topic_on(&broker.addr(), &topic, 2);
+    let mut cfg = Setup::config_for(&db, &broker.addr(), &topic, &unique("group"));
+    cfg.ingest.batch_max_messages = 200;
+    let service = Running::start(cfg);
+    let addr = service.addr();
+
+    let mut generator = Generator::new(41, 3);
+    let early: Vec<Order> = (0..10).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&early)));
+    wait_for("the first orders", Duration::from_secs(30), || {
+        (db.count("SELECT count(*) FROM orders") == 10).then_some(())
+    });
+
+    let bulk: Vec<Order> = (0..6000).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&bulk)));
+    wait_for("the ingest to be under way", Duration::from_secs(60), || {
+        (db.count("SELECT count(*) FROM orders") > 10).then_some(())
+    });
+    broker.kill();
+    let stored_at_kill = db.count("SELECT count(*) FROM orders");
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(3) {
+        for o in &early {
+            assert_eq!(get(addr, &format!("/order/{}", o.order_uid)).status, 200, "a cached order during the outage");
+        }
+        assert_eq!(get(addr, "/healthz").status, 200);
+    }
+    broker.restart();
+
+    let late: Vec<Order> = (0..10).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&late)));
+    let all: Vec<&Order> = early.iter().chain(&bulk).chain(&late).collect();
+    wait_for("every order stored", Duration::from_secs(120), || {
+        (db.count("SELECT count(*) FROM orders") == all.len() as i64).then_some(())
+    });
+    // Each message is on the topic once: the partitions' ends add up to what was sent.
+    assert_eq!(partition_ends(&broker.addr(), &topic, 2).iter().sum::<i64>(), 6020);
+    let items: usize = all.iter().map(|o| o.items.len()).sum();
+    assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
+    let r = get(addr, &format!("/order/{}", late[9].order_uid));
+    assert_eq!(r.json()["order_uid"], late[9].order_uid.as_str());
+    eprintln!("broker killed with {stored_at_kill} of 6,010 orders stored");
+}
+
+/// A broker with memory storage restarted beneath a running service comes back empty: the
+/// consumer's position is past the end of the new partition, where a broker answers
+/// fetches with nothing. The service reports it (a metric and an error log saying what to
+/// do) instead of waiting silently; restarted as that says, it stores the new orders.
+#[test]
+fn memory_broker_restarted_empty_is_reported() {
+    let mut broker = Broker::start(Storage::Memory);
+    let db = TestDb::new();
+    let topic = unique("broker-memory");
+    create_topic_on(&broker.addr(), &topic, 1);
+    let cfg = Setup::config_for(&db, &broker.addr(), &topic, &unique("group"));
+    let service = Running::start(cfg.clone());
+
+    let mut generator = Generator::new(43, 2);
+    let before: Vec<Order> = (0..20).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&before)));
+    wait_for("the first 20 orders", Duration::from_secs(30), || {
+        (db.count("SELECT count(*) FROM orders") == 20).then_some(())
+    });
+
+    broker.kill();
+    broker.restart();
+    create_topic_on(&broker.addr(), &topic, 1);
+    let after: Vec<Order> = (0..5).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&after)));
+
+    let beyond = format!("orders_partition_position_beyond_end{{partition=\"0\",topic=\"{topic}\"}}");
+    wait_for("the service to report its position past the partition's end", Duration::from_secs(60), || {
+        (metric(service.addr(), &beyond) == Some(1.0)).then_some(())
+    });
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 20);
+    service.stop();
+
+    let service = Running::start(cfg);
+    wait_for("the new orders after the restart", Duration::from_secs(60), || {
+        (db.count("SELECT count(*) FROM orders") == 25).then_some(())
+    });
+    assert_eq!(metric(service.addr(), &beyond), None);
+}
