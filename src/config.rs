@@ -72,11 +72,7 @@ pub struct Cache {
 
 impl Default for Database {
     fn default() -> Self {
-        Database {
-            url: "postgres://orders_svc@127.0.0.1:5432/orders".into(),
-            pool_size: 4,
-            connect_timeout_secs: 5,
-        }
+        Database { url: "postgres://orders_svc@127.0.0.1:5432/orders".into(), pool_size: 4, connect_timeout_secs: 5 }
     }
 }
 
@@ -145,8 +141,8 @@ impl Ingest {
 impl Config {
     /// Reads and checks the configuration file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
@@ -271,10 +267,7 @@ mod tests {
 
     #[test]
     fn bad_address_and_enum_are_named() {
-        assert_eq!(
-            err("[http]\naddr = \"localhost\"\n"),
-            "key `http.addr`: invalid socket address syntax (line 2)"
-        );
+        assert_eq!(err("[http]\naddr = \"localhost\"\n"), "key `http.addr`: invalid socket address syntax (line 2)");
         assert_eq!(
             err("[kafka]\nauto_offset_reset = \"first\"\n"),
             "key `kafka.auto_offset_reset`: unknown variant `first`, expected `earliest` or `latest` (line 2)"

@@ -59,7 +59,10 @@ impl ClientContext for GroupContext {
             for (partition, p) in &t.partitions {
                 // Partition -1 is librdkafka's own bookkeeping; -1 lag means unknown.
                 if *partition >= 0 && p.consumer_lag >= 0 {
-                    self.metrics.consumer_lag.with_label_values(&[topic.as_str(), &partition.to_string()]).set(p.consumer_lag);
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
                 }
             }
         }
@@ -79,7 +82,9 @@ impl ConsumerContext for GroupContext {
         self.health.set_assigned_partitions(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
         match rebalance {
-            Rebalance::Assign(tpl) => info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl)),
+            Rebalance::Assign(tpl) => {
+                info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl))
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!("event=rebalance_error error={e}"),
         }
@@ -101,8 +106,7 @@ impl Consumer {
         shutdown: Shutdown,
     ) -> anyhow::Result<Consumer> {
         let k = &config.kafka;
-        let context =
-            GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0) };
+        let context = GroupContext { health, metrics: metrics.clone(), revocations: AtomicU64::new(0) };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
             .set("group.id", &k.group_id)
@@ -286,8 +290,7 @@ impl Consumer {
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.uncommitted {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .expect("a non-negative offset is valid");
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).expect("a non-negative offset is valid");
         }
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
@@ -310,7 +313,10 @@ fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Enc
             Err(rejection) => {
                 // The detail can quote the message, and so a person's name or address:
                 // it goes to the dead letter, and to the log only at debug level.
-                warn!("event=message_rejected topic={} partition={} offset={} rule={}", m.topic, m.partition, m.offset, rejection.rule);
+                warn!(
+                    "event=message_rejected topic={} partition={} offset={} rule={}",
+                    m.topic, m.partition, m.offset, rejection.rule
+                );
                 debug!("event=message_rejected offset={} detail={:?}", m.offset, rejection.detail);
                 dead.push(DeadLetter::new(m, rejection, rules.max_message_bytes));
             }

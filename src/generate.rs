@@ -5,17 +5,49 @@ use time::OffsetDateTime;
 
 use crate::model::{Delivery, Item, Order, Payment};
 
-const FIRST_NAMES: &[&str] = &["Anna", "Ivan", "Maria", "Dmitry", "Olga", "Sergey", "Elena", "Pavel", "Yulia", "Artem", "Noa", "David", "Leah", "Amir"];
-const LAST_NAMES: &[&str] = &["Petrova", "Sidorov", "Ivanova", "Kuznetsov", "Smirnova", "Popov", "Volkova", "Levi", "Cohen", "Mizrahi", "Sokolov", "Morozova"];
-const CITIES: &[(&str, &str)] = &[
-    ("Moscow", "Moscow"), ("Kazan", "Tatarstan"), ("Novosibirsk", "Novosibirsk Oblast"), ("Yekaterinburg", "Sverdlovsk Oblast"),
-    ("Kiryat Mozkin", "Kraiot"), ("Haifa", "Haifa District"), ("Saint Petersburg", "Leningrad Oblast"), ("Samara", "Samara Oblast"),
+const FIRST_NAMES: &[&str] = &[
+    "Anna", "Ivan", "Maria", "Dmitry", "Olga", "Sergey", "Elena", "Pavel", "Yulia", "Artem", "Noa", "David", "Leah",
+    "Amir",
 ];
-const STREETS: &[&str] = &["Ploshad Mira", "Lenina", "Sadovaya", "Tverskaya", "Herzl", "Gagarina", "Pushkina", "Nevsky Prospekt"];
+const LAST_NAMES: &[&str] = &[
+    "Petrova",
+    "Sidorov",
+    "Ivanova",
+    "Kuznetsov",
+    "Smirnova",
+    "Popov",
+    "Volkova",
+    "Levi",
+    "Cohen",
+    "Mizrahi",
+    "Sokolov",
+    "Morozova",
+];
+const CITIES: &[(&str, &str)] = &[
+    ("Moscow", "Moscow"),
+    ("Kazan", "Tatarstan"),
+    ("Novosibirsk", "Novosibirsk Oblast"),
+    ("Yekaterinburg", "Sverdlovsk Oblast"),
+    ("Kiryat Mozkin", "Kraiot"),
+    ("Haifa", "Haifa District"),
+    ("Saint Petersburg", "Leningrad Oblast"),
+    ("Samara", "Samara Oblast"),
+];
+const STREETS: &[&str] =
+    &["Ploshad Mira", "Lenina", "Sadovaya", "Tverskaya", "Herzl", "Gagarina", "Pushkina", "Nevsky Prospekt"];
 const PRODUCTS: &[(&str, &str, i64)] = &[
-    ("Mascaras", "Vivienne Sabo", 453), ("Sneakers", "Nike", 7990), ("Socks", "Adidas", 590), ("Headphones", "Samsung", 15990),
-    ("T-shirt", "Zara", 1290), ("Backpack", "Xiaomi", 2490), ("Lipstick", "Maybelline", 699), ("Kettle", "Bosch", 3490),
-    ("Notebook", "Moleskine", 1890), ("Phone case", "Apple", 4990), ("Jeans", "Levi's", 6990), ("Face cream", "Nivea", 399),
+    ("Mascaras", "Vivienne Sabo", 453),
+    ("Sneakers", "Nike", 7990),
+    ("Socks", "Adidas", 590),
+    ("Headphones", "Samsung", 15990),
+    ("T-shirt", "Zara", 1290),
+    ("Backpack", "Xiaomi", 2490),
+    ("Lipstick", "Maybelline", 699),
+    ("Kettle", "Bosch", 3490),
+    ("Notebook", "Moleskine", 1890),
+    ("Phone case", "Apple", 4990),
+    ("Jeans", "Levi's", 6990),
+    ("Face cream", "Nivea", 399),
 ];
 const SIZES: &[&str] = &["0", "S", "M", "L", "XL", "42", "44", "One size"];
 const BANKS: &[&str] = &["alpha", "sber", "tinkoff", "vtb", "leumi"];
@@ -135,8 +167,23 @@ impl Generator {
 /// The kinds of bad message `invalid` makes, each named for the rule that rejects it.
 /// (`size` is left out: a message over the limit is over most producers' limit too.)
 pub const INVALID_KINDS: &[&str] = &[
-    "empty", "utf8", "json", "schema", "date_created", "order_uid", "text_length", "text_nul", "currency", "items",
-    "money", "sale", "positive", "payment_transaction", "item_track_number", "goods_total", "amount",
+    "empty",
+    "utf8",
+    "json",
+    "schema",
+    "date_created",
+    "order_uid",
+    "text_length",
+    "text_nul",
+    "currency",
+    "items",
+    "money",
+    "sale",
+    "positive",
+    "payment_transaction",
+    "item_track_number",
+    "goods_total",
+    "amount",
 ];
 
 impl Generator {
@@ -191,9 +238,18 @@ mod tests {
 
     #[test]
     fn same_seed_same_orders_other_seed_other_orders() {
-        let a: Vec<Order> = { let mut g = Generator::new(42, 3); (0..10).map(|_| g.order()).collect() };
-        let b: Vec<Order> = { let mut g = Generator::new(42, 3); (0..10).map(|_| g.order()).collect() };
-        let c: Vec<Order> = { let mut g = Generator::new(43, 3); (0..10).map(|_| g.order()).collect() };
+        let a: Vec<Order> = {
+            let mut g = Generator::new(42, 3);
+            (0..10).map(|_| g.order()).collect()
+        };
+        let b: Vec<Order> = {
+            let mut g = Generator::new(42, 3);
+            (0..10).map(|_| g.order()).collect()
+        };
+        let c: Vec<Order> = {
+            let mut g = Generator::new(43, 3);
+            (0..10).map(|_| g.order()).collect()
+        };
         assert_eq!(a, b);
         assert_ne!(a[0].order_uid, c[0].order_uid);
     }

@@ -59,7 +59,8 @@ const SECURITY_HEADERS: [(&str, &str); 3] = [
 
 /// The static files, compiled in from `assets/`: nothing else is served as a file,
 /// whatever the path says.
-const ASSETS: &[(&str, &str, &[u8])] = &[("style.css", "text/css; charset=utf-8", include_bytes!("../assets/style.css"))];
+const ASSETS: &[(&str, &str, &[u8])] =
+    &[("style.css", "text/css; charset=utf-8", include_bytes!("../assets/style.css"))];
 
 /// Orders can be replaced by a later message: caches may keep them but must ask again
 /// (with the ETag) before using them.
@@ -102,7 +103,9 @@ pub fn respond(state: &State, request: &Request) -> Reply {
         return Reply::text(431, "request headers too large\n");
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics") || path.starts_with("/order/") || path.starts_with("/assets/");
+    let known = matches!(path, "/" | "/healthz" | "/readyz" | "/metrics")
+        || path.starts_with("/order/")
+        || path.starts_with("/assets/");
     if !known {
         return Reply::text(404, "not found\n");
     }
@@ -112,7 +115,9 @@ pub fn respond(state: &State, request: &Request) -> Reply {
     match path {
         "/healthz" => Reply::json(200, json!({ "status": "alive" })),
         "/readyz" => readiness(state),
-        "/metrics" => Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render(&state.cache).into_bytes()),
+        "/metrics" => {
+            Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render(&state.cache).into_bytes())
+        }
         "/" => match query_param(query, "uid") {
             Some(uid) if !uid.trim().is_empty() => lookup_form(uid.trim()),
             _ => index(state),
@@ -126,7 +131,9 @@ pub fn respond(state: &State, request: &Request) -> Reply {
 
 fn asset(name: &str) -> Reply {
     match ASSETS.iter().find(|(n, _, _)| *n == name) {
-        Some((_, content_type, bytes)) => Reply::new(200, content_type, *bytes).with("Cache-Control", "public, max-age=3600"),
+        Some((_, content_type, bytes)) => {
+            Reply::new(200, content_type, *bytes).with("Cache-Control", "public, max-age=3600")
+        }
         None => Reply::text(404, "not found\n"),
     }
 }
@@ -152,12 +159,20 @@ fn order(state: &State, request: &Request, uid: &str) -> Reply {
     let html = prefers_html(header(request, "Accept"));
     let vary = |r: Reply| r.with("Vary", "Accept");
     if let Err(reason) = model::check_uid(uid) {
-        return vary(if html { Reply::html(400, pages::bad_request(uid, &reason)) } else { Reply::json(400, json!({ "error": reason })) });
+        return vary(if html {
+            Reply::html(400, pages::bad_request(uid, &reason))
+        } else {
+            Reply::json(400, json!({ "error": reason }))
+        });
     }
     if !state.health.cache_warm() {
         let reason = "the service is still loading orders; try again shortly";
-        return vary(if html { Reply::html(503, pages::unavailable(reason)) } else { Reply::json(503, json!({ "error": reason })) })
-            .with("Retry-After", "1");
+        return vary(if html {
+            Reply::html(503, pages::unavailable(reason))
+        } else {
+            Reply::json(503, json!({ "error": reason }))
+        })
+        .with("Retry-After", "1");
     }
     let found = state.cache.lookup(uid, || state.pool.with(|client| store::order(client, uid)));
     let reply = match found {
@@ -167,7 +182,11 @@ fn order(state: &State, request: &Request, uid: &str) -> Reply {
         Err(e) => {
             error!("event=order_read_failed order_uid={uid} error={e}");
             let reason = "the database is unavailable; try again shortly";
-            let reply = if html { Reply::html(503, pages::unavailable(reason)) } else { Reply::json(503, json!({ "error": reason })) };
+            let reply = if html {
+                Reply::html(503, pages::unavailable(reason))
+            } else {
+                Reply::json(503, json!({ "error": reason }))
+            };
             reply.with("Retry-After", "1")
         }
     };
@@ -271,7 +290,8 @@ pub fn probe(addr: SocketAddr, path: &str, timeout: std::time::Duration) -> anyh
     if target.ip().is_unspecified() {
         target.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
-    let mut stream = std::net::TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connect to {target}"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&target, timeout).with_context(|| format!("connect to {target}"))?;
     stream.set_read_timeout(Some(timeout))?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
@@ -497,7 +517,10 @@ mod tests {
         let s = state();
         s.cache.publish(&[canonical().encode()]);
         let etag = get(&s, "/order/b563feb7b2b84b6test").header("ETag").unwrap().to_string();
-        let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", &format!("\"x\", {etag}"))]));
+        let r = respond(
+            &s,
+            &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", &format!("\"x\", {etag}"))]),
+        );
         assert_eq!((r.status, r.body.len()), (304, 0));
         assert_eq!(r.header("ETag"), Some(etag.as_str()));
         let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("If-None-Match", "\"other\"")]));
@@ -567,7 +590,8 @@ mod tests {
         let r = get(&s, "/assets/style.css");
         assert_eq!((r.status, r.header("Content-Type")), (200, Some("text/css; charset=utf-8")));
         assert_eq!(&r.body[..], include_bytes!("../assets/style.css"));
-        for path in ["/assets/../Cargo.toml", "/assets/%2e%2e/Cargo.toml", "/assets/", "/assets/style.css/..", "/nope"] {
+        for path in ["/assets/../Cargo.toml", "/assets/%2e%2e/Cargo.toml", "/assets/", "/assets/style.css/..", "/nope"]
+        {
             assert_eq!(get(&s, path).status, 404, "{path}");
         }
     }

@@ -117,12 +117,14 @@ impl Service {
         let metrics = Arc::new(Metrics::new(&cache));
         let db = &config.database;
         let pool = Arc::new(Pool::new(&db.url, Duration::from_secs(db.connect_timeout_secs), db.pool_size));
-        let state = Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
+        let state =
+            Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
         let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
 
         // Created here so that a bad Kafka setting stops the start; it reaches no broker
         // yet, so a broker that is not up does not.
-        let consumer = consumer::Consumer::new(&config, cache.clone(), health.clone(), metrics.clone(), shutdown.clone())?;
+        let consumer =
+            consumer::Consumer::new(&config, cache.clone(), health.clone(), metrics.clone(), shutdown.clone())?;
         let (cache_for_thread, health_for_thread) = (cache.clone(), health.clone());
         let consumer = thread::Builder::new()
             .name("consumer".into())
@@ -207,7 +209,10 @@ fn prepare(config: &Config, cache: &Cache, health: &Health, shutdown: &Shutdown)
                 return true;
             }
             Err(e) => {
-                warn!("event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
+                warn!(
+                    "event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}",
+                    delay.as_millis()
+                );
                 health.set_startup_problem(format!("waiting for PostgreSQL (attempt {attempt}): {e:#}"));
             }
         }

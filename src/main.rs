@@ -13,10 +13,10 @@ use signal_hook::iterator::Signals;
 
 use std::time::Duration;
 
-use orders_svc::rejected::{self, Target};
-use orders_svc::{Service, store};
 use orders_svc::config::Config;
 use orders_svc::produce::{self, Plan, Producer};
+use orders_svc::rejected::{self, Target};
+use orders_svc::{Service, store};
 
 #[derive(Parser)]
 #[command(version, about = "Takes orders from Kafka, keeps them in PostgreSQL, serves them over HTTP")]
@@ -156,8 +156,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let text = match action {
                 RejectedAction::List { limit } => rejected::list(&mut client, limit)?,
                 RejectedAction::Show { id } => rejected::show(&mut client, id)?,
-                RejectedAction::Replay { id: Some(id), .. } => rejected::replay(&mut client, Target::One(id), &config.validation)?,
-                RejectedAction::Replay { id: None, .. } => rejected::replay(&mut client, Target::All, &config.validation)?,
+                RejectedAction::Replay { id: Some(id), .. } => {
+                    rejected::replay(&mut client, Target::One(id), &config.validation)?
+                }
+                RejectedAction::Replay { id: None, .. } => {
+                    rejected::replay(&mut client, Target::All, &config.validation)?
+                }
             };
             print!("{text}");
             Ok(())

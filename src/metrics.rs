@@ -39,9 +39,15 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let m = Metrics {
-            messages_consumed: counter("orders_messages_consumed_total", "Messages taken from the topic and written (as orders or dead letters)."),
+            messages_consumed: counter(
+                "orders_messages_consumed_total",
+                "Messages taken from the topic and written (as orders or dead letters).",
+            ),
             orders_stored: IntCounterVec::new(
-                Opts::new("orders_stored_total", "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered)."),
+                Opts::new(
+                    "orders_stored_total",
+                    "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered).",
+                ),
                 &["outcome"],
             )
             .expect("valid metric"),
@@ -57,27 +63,41 @@ impl Metrics {
             )
             .expect("valid metric"),
             batch_seconds: HistogramVec::new(
-                HistogramOpts::new("orders_batch_seconds", "Time per batch, by phase: decode, write (the transaction), commit (the offsets).")
-                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+                HistogramOpts::new(
+                    "orders_batch_seconds",
+                    "Time per batch, by phase: decode, write (the transaction), commit (the offsets).",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
                 &["phase"],
             )
             .expect("valid metric"),
             consumer_lag: IntGaugeVec::new(
-                Opts::new("orders_consumer_lag_messages", "Messages on each assigned partition not yet committed, as librdkafka last saw it."),
+                Opts::new(
+                    "orders_consumer_lag_messages",
+                    "Messages on each assigned partition not yet committed, as librdkafka last saw it.",
+                ),
                 &["topic", "partition"],
             )
             .expect("valid metric"),
-            assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.").expect("valid metric"),
-            http_requests: IntCounterVec::new(Opts::new("orders_http_requests_total", "HTTP requests, by route and status."), &["route", "status"])
+            assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.")
                 .expect("valid metric"),
+            http_requests: IntCounterVec::new(
+                Opts::new("orders_http_requests_total", "HTTP requests, by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
             http_by_route_status: (0..ROUTES.len() * STATUSES.len()).map(|_| std::sync::OnceLock::new()).collect(),
             http_seconds: Histogram::with_opts(
-                HistogramOpts::new("orders_http_request_seconds", "Time from a request's arrival at a worker to its response written.")
-                    .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
+                HistogramOpts::new(
+                    "orders_http_request_seconds",
+                    "Time from a request's arrival at a worker to its response written.",
+                )
+                .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
             )
             .expect("valid metric"),
             cache_entries: IntGauge::new("orders_cache_entries", "Orders in the cache.").expect("valid metric"),
-            cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.").expect("valid metric"),
+            cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.")
+                .expect("valid metric"),
             registry,
         };
         let s = &cache.stats;

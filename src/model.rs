@@ -113,8 +113,25 @@ pub const MAX_UID_LEN: usize = 64;
 /// Every rule a dead letter can name, in the order `decode` checks them (`database` is
 /// the store's: the database refused the order's rows).
 pub const RULES: &[&str] = &[
-    "size", "empty", "utf8", "json", "schema", "date_created", "order_uid", "text_length", "text_nul", "currency",
-    "items", "sale", "money", "positive", "payment_transaction", "item_track_number", "goods_total", "amount", "database",
+    "size",
+    "empty",
+    "utf8",
+    "json",
+    "schema",
+    "date_created",
+    "order_uid",
+    "text_length",
+    "text_nul",
+    "currency",
+    "items",
+    "sale",
+    "money",
+    "positive",
+    "payment_transaction",
+    "item_track_number",
+    "goods_total",
+    "amount",
+    "database",
 ];
 
 /// Longest value of any other text field, in characters.
@@ -139,7 +156,13 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { max_message_bytes: 1 << 20, payment_transaction: true, item_track_number: true, goods_total: true, amount: true }
+        Rules {
+            max_message_bytes: 1 << 20,
+            payment_transaction: true,
+            item_track_number: true,
+            goods_total: true,
+            amount: true,
+        }
     }
 }
 
@@ -166,8 +189,7 @@ pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection>
     if bytes.is_empty() {
         return Err(Rejection::new("empty", "message has no payload"));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| Rejection::new("utf8", format!("payload is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new("utf8", format!("payload is not UTF-8: {e}")))?;
     let mut order: Order = serde_json::from_str(text).map_err(|e| {
         let detail = e.to_string();
         let rule = match e.classify() {
@@ -192,25 +214,46 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     let d = &o.delivery;
     let p = &o.payment;
     let top: [(&str, &str); 20] = [
-        ("track_number", &o.track_number), ("entry", &o.entry), ("locale", &o.locale),
-        ("internal_signature", &o.internal_signature), ("customer_id", &o.customer_id),
-        ("delivery_service", &o.delivery_service), ("shardkey", &o.shardkey), ("oof_shard", &o.oof_shard),
-        ("delivery.name", &d.name), ("delivery.phone", &d.phone), ("delivery.zip", &d.zip),
-        ("delivery.city", &d.city), ("delivery.address", &d.address), ("delivery.region", &d.region),
-        ("delivery.email", &d.email), ("payment.transaction", &p.transaction),
-        ("payment.request_id", &p.request_id), ("payment.currency", &p.currency),
-        ("payment.provider", &p.provider), ("payment.bank", &p.bank),
+        ("track_number", &o.track_number),
+        ("entry", &o.entry),
+        ("locale", &o.locale),
+        ("internal_signature", &o.internal_signature),
+        ("customer_id", &o.customer_id),
+        ("delivery_service", &o.delivery_service),
+        ("shardkey", &o.shardkey),
+        ("oof_shard", &o.oof_shard),
+        ("delivery.name", &d.name),
+        ("delivery.phone", &d.phone),
+        ("delivery.zip", &d.zip),
+        ("delivery.city", &d.city),
+        ("delivery.address", &d.address),
+        ("delivery.region", &d.region),
+        ("delivery.email", &d.email),
+        ("payment.transaction", &p.transaction),
+        ("payment.request_id", &p.request_id),
+        ("payment.currency", &p.currency),
+        ("payment.provider", &p.provider),
+        ("payment.bank", &p.bank),
     ];
     for (field, value) in top {
         check_text(value, || field.to_string())?;
     }
     for (n, i) in o.items.iter().enumerate() {
-        for (k, v) in [("track_number", &i.track_number), ("rid", &i.rid), ("name", &i.name), ("size", &i.size), ("brand", &i.brand)] {
+        for (k, v) in [
+            ("track_number", &i.track_number),
+            ("rid", &i.rid),
+            ("name", &i.name),
+            ("size", &i.size),
+            ("brand", &i.brand),
+        ] {
             check_text(v, || format!("items[{n}].{k}"))?;
         }
     }
     if !(p.currency.len() == 3 && p.currency.bytes().all(|b| b.is_ascii_alphabetic())) {
-        return Err(Rejection::new("currency", format!("payment.currency is {:?}, expected three letters", p.currency)));
+        return Err(Rejection::new(
+            "currency",
+            format!("payment.currency is {:?}, expected three letters", p.currency),
+        ));
     }
     if o.items.is_empty() {
         return Err(Rejection::new("items", "the order has no items"));
@@ -218,7 +261,8 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     if let Some((n, i)) = o.items.iter().enumerate().find(|(_, i)| !(0..=100).contains(&i.sale)) {
         return Err(Rejection::new("sale", format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
     }
-    let negative = |field: String, value: i64| Rejection::new("money", format!("{field} is {value}, money cannot be negative"));
+    let negative =
+        |field: String, value: i64| Rejection::new("money", format!("{field} is {value}, money cannot be negative"));
     let payment_money = [
         ("payment.amount", p.amount),
         ("payment.delivery_cost", p.delivery_cost),
@@ -233,9 +277,12 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
             return Err(negative(format!("items[{n}].{k}"), v));
         }
     }
-    let not_positive =
-        |field: String, value: i64| Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0"));
-    if let Some((field, value)) = [("sm_id", o.sm_id), ("payment.payment_dt", p.payment_dt)].into_iter().find(|(_, v)| *v <= 0) {
+    let not_positive = |field: String, value: i64| {
+        Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0"))
+    };
+    if let Some((field, value)) =
+        [("sm_id", o.sm_id), ("payment.payment_dt", p.payment_dt)].into_iter().find(|(_, v)| *v <= 0)
+    {
         return Err(not_positive(field.to_string(), value));
     }
     for (n, i) in o.items.iter().enumerate() {
@@ -271,7 +318,11 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     if rules.amount && expected != Some(p.amount) {
         return Err(Rejection::new(
             "amount",
-            format!("payment.amount is {}, goods_total + delivery_cost + custom_fee is {}", p.amount, show_sum(expected)),
+            format!(
+                "payment.amount is {}, goods_total + delivery_cost + custom_fee is {}",
+                p.amount,
+                show_sum(expected)
+            ),
         ));
     }
     Ok(())
@@ -287,7 +338,10 @@ fn check_text(value: &str, field: impl FnOnce() -> String) -> Result<(), Rejecti
     if value.len() > MAX_TEXT_LEN {
         let chars = value.chars().count();
         if chars > MAX_TEXT_LEN {
-            return Err(Rejection::new("text_length", format!("{} is {chars} characters, at most {MAX_TEXT_LEN} allowed", field())));
+            return Err(Rejection::new(
+                "text_length",
+                format!("{} is {chars} characters, at most {MAX_TEXT_LEN} allowed", field()),
+            ));
         }
     }
     if value.contains('\0') {
@@ -482,12 +536,18 @@ mod tests {
             rejected(|v| v["items"][0]["price"] = json!(-453)),
             pair("money", "items[0].price is -453, money cannot be negative")
         );
-        assert_eq!(rejected(|v| v["items"][0]["sale"] = json!(101)), pair("sale", "items[0].sale is 101, expected 0 to 100"));
+        assert_eq!(
+            rejected(|v| v["items"][0]["sale"] = json!(101)),
+            pair("sale", "items[0].sale is 101, expected 0 to 100")
+        );
         assert_eq!(
             rejected(|v| v["items"][0]["status"] = json!(0)),
             pair("positive", "items[0].status is 0, expected a number greater than 0")
         );
-        assert_eq!(rejected(|v| v["sm_id"] = json!(-5)), pair("positive", "sm_id is -5, expected a number greater than 0"));
+        assert_eq!(
+            rejected(|v| v["sm_id"] = json!(-5)),
+            pair("positive", "sm_id is -5, expected a number greater than 0")
+        );
     }
 
     #[test]
@@ -495,7 +555,10 @@ mod tests {
         use serde_json::json;
         assert_eq!(
             rejected(|v| v["payment"]["transaction"] = json!("other")),
-            pair("payment_transaction", "payment.transaction is \"other\", expected the order_uid \"b563feb7b2b84b6test\"")
+            pair(
+                "payment_transaction",
+                "payment.transaction is \"other\", expected the order_uid \"b563feb7b2b84b6test\""
+            )
         );
         assert_eq!(
             rejected(|v| v["items"][0]["track_number"] = json!("OTHER")),
@@ -514,14 +577,23 @@ mod tests {
                 v["payment"]["amount"] = json!(i64::MAX);
                 v["payment"]["delivery_cost"] = json!(i64::MAX);
             }),
-            pair("amount", "payment.amount is 9223372036854775807, goods_total + delivery_cost + custom_fee is more than a 64-bit integer holds")
+            pair(
+                "amount",
+                "payment.amount is 9223372036854775807, goods_total + delivery_cost + custom_fee is more than a 64-bit integer holds"
+            )
         );
     }
 
     #[test]
     fn cross_field_rules_can_each_be_switched_off() {
         use serde_json::json;
-        let off = Rules { payment_transaction: false, item_track_number: false, goods_total: false, amount: false, ..Rules::default() };
+        let off = Rules {
+            payment_transaction: false,
+            item_track_number: false,
+            goods_total: false,
+            amount: false,
+            ..Rules::default()
+        };
         let order = decode_changed(
             |v| {
                 v["payment"]["transaction"] = json!("other");
@@ -556,7 +628,13 @@ mod tests {
         assert_eq!(rule, "schema");
         assert!(detail.starts_with("invalid type: floating point `1.5`, expected i64 at line 1 column "), "{detail}");
         assert_eq!(rejected(|v| v["items"][0]["sale"] = json!(4294967296u64)).0, "schema");
-        assert_eq!(rejected(|v| { v.as_object_mut().unwrap().remove("delivery"); }).0, "schema");
+        assert_eq!(
+            rejected(|v| {
+                v.as_object_mut().unwrap().remove("delivery");
+            })
+            .0,
+            "schema"
+        );
         let duplicate = MODEL.replacen("\"entry\": \"WBIL\",", "\"entry\": \"WBIL\", \"entry\": \"X\",", 1);
         let r = decode(Some(duplicate.as_bytes()), &Rules::default()).unwrap_err();
         assert_eq!((r.rule, r.detail.starts_with("duplicate field `entry`")), ("schema", true));
@@ -608,7 +686,10 @@ mod tests {
         let base = MODEL.as_bytes();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         let (mut runs, mut accepted) = (0u64, 0u64);
-        let interesting: &[&[u8]] = &[b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"-", b"0", b"1e999", b"null", b"\\u0000", b"\xff", b"\xc3", b" "];
+        let interesting: &[&[u8]] = &[
+            b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"-", b"0", b"1e999", b"null", b"\\u0000", b"\xff",
+            b"\xc3", b" ",
+        ];
         while std::time::Instant::now() < deadline {
             let mut m = base.to_vec();
             for _ in 0..1 + next() % 4 {

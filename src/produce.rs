@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rdkafka::{ClientContext, Message as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+use rdkafka::{ClientContext, Message as _};
 
 /// Counts deliveries the broker confirmed and those it refused, and remembers where
 /// each partition's last confirmed message went.
@@ -62,8 +62,7 @@ impl Producer {
         for (key, value) in settings {
             config.set(*key, *value);
         }
-        let producer =
-            config.create_with_context(Context_(deliveries.clone())).context("create Kafka producer")?;
+        let producer = config.create_with_context(Context_(deliveries.clone())).context("create Kafka producer")?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 
@@ -76,7 +75,10 @@ impl Producer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }

@@ -12,7 +12,11 @@ use crate::store::{self, Replay, StoredDeadLetter};
 pub fn list(client: &mut Client, limit: i64) -> anyhow::Result<String> {
     let letters = store::dead_letters(client, limit)?;
     let mut out = String::new();
-    writeln!(out, "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  detail", "id", "rejected_at", "topic/partition@offset", "rule", "bytes", "replayed")?;
+    writeln!(
+        out,
+        "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  detail",
+        "id", "rejected_at", "topic/partition@offset", "rule", "bytes", "replayed"
+    )?;
     for stored in &letters {
         let d = &stored.letter;
         writeln!(
@@ -107,7 +111,10 @@ fn clip(s: &str, max: usize) -> String {
 /// UTF-8 text as it is (control characters escaped), anything else as hex.
 fn printable(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.chars().flat_map(|c| if c.is_control() && c != '\n' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect(),
+        Ok(text) => text
+            .chars()
+            .flat_map(|c| if c.is_control() && c != '\n' { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect(),
         Err(_) => format!("(not UTF-8, hex) {}", hex(bytes)),
     }
 }

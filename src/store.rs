@@ -247,20 +247,41 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
          delivery_service, shardkey, sm_id, date_created, oof_shard, content_sha256) FROM STDIN BINARY",
     )?;
     let types = [
-        Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT,
-        Type::TEXT, Type::TEXT, Type::INT8, Type::TIMESTAMPTZ, Type::TEXT, Type::BYTEA,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TIMESTAMPTZ,
+        Type::TEXT,
+        Type::BYTEA,
     ];
     let mut w = BinaryCopyInWriter::new(sink, &types);
     for (o, fingerprint) in orders {
         let fingerprint: &[u8] = fingerprint;
         w.write(&[
-            &o.order_uid, &o.track_number, &o.entry, &o.locale, &o.internal_signature, &o.customer_id,
-            &o.delivery_service, &o.shardkey, &o.sm_id, &o.date_created, &o.oof_shard, &fingerprint,
+            &o.order_uid,
+            &o.track_number,
+            &o.entry,
+            &o.locale,
+            &o.internal_signature,
+            &o.customer_id,
+            &o.delivery_service,
+            &o.shardkey,
+            &o.sm_id,
+            &o.date_created,
+            &o.oof_shard,
+            &fingerprint,
         ])?;
     }
     w.finish()?;
 
-    let sink = tx.copy_in("COPY deliveries (order_uid, name, phone, zip, city, address, region, email) FROM STDIN BINARY")?;
+    let sink =
+        tx.copy_in("COPY deliveries (order_uid, name, phone, zip, city, address, region, email) FROM STDIN BINARY")?;
     let mut w = BinaryCopyInWriter::new(sink, &[Type::TEXT; 8]);
     for (o, _) in orders {
         let d = &o.delivery;
@@ -273,15 +294,33 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
          delivery_cost, goods_total, custom_fee) FROM STDIN BINARY",
     )?;
     let types = [
-        Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT, Type::INT8,
-        Type::INT8, Type::TEXT, Type::INT8, Type::INT8, Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
     ];
     let mut w = BinaryCopyInWriter::new(sink, &types);
     for (o, _) in orders {
         let p = &o.payment;
         w.write(&[
-            &o.order_uid, &p.transaction, &p.request_id, &p.currency, &p.provider, &p.amount,
-            &p.payment_dt, &p.bank, &p.delivery_cost, &p.goods_total, &p.custom_fee,
+            &o.order_uid,
+            &p.transaction,
+            &p.request_id,
+            &p.currency,
+            &p.provider,
+            &p.amount,
+            &p.payment_dt,
+            &p.bank,
+            &p.delivery_cost,
+            &p.goods_total,
+            &p.custom_fee,
         ])?;
     }
     w.finish()?;
@@ -291,16 +330,38 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
          total_price, nm_id, brand, status) FROM STDIN BINARY",
     )?;
     let types = [
-        Type::TEXT, Type::INT4, Type::INT8, Type::TEXT, Type::INT8, Type::TEXT, Type::TEXT,
-        Type::INT4, Type::TEXT, Type::INT8, Type::INT8, Type::TEXT, Type::INT4,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT4,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT4,
     ];
     let mut w = BinaryCopyInWriter::new(sink, &types);
     for (o, _) in orders {
         for (position, i) in o.items.iter().enumerate() {
             let position = position as i32;
             w.write(&[
-                &o.order_uid, &position, &i.chrt_id, &i.track_number, &i.price, &i.rid, &i.name,
-                &i.sale, &i.size, &i.total_price, &i.nm_id, &i.brand, &i.status,
+                &o.order_uid,
+                &position,
+                &i.chrt_id,
+                &i.track_number,
+                &i.price,
+                &i.rid,
+                &i.name,
+                &i.sale,
+                &i.size,
+                &i.total_price,
+                &i.nm_id,
+                &i.brand,
+                &i.status,
             ])?;
         }
     }
