@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use orders_svc::Service;
+use orders_svc::service::Service;
 use orders_svc::config::Config;
 use orders_svc::generate::Generator;
 use orders_svc::model::{Encoded, Message, Order};

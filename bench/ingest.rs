@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use orders_svc::Service;
+use orders_svc::service::Service;
 use orders_svc::config::Config;
 use orders_svc::generate::Generator;
 use orders_svc::model::Order;

@@ -21,8 +21,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
+use crate::service::{Backoff, Health, Shutdown};
 use crate::store::{self, BatchResult, DeadLetter};
-use crate::{Health, Shutdown};
 
 /// How long an idle poll waits before looking at the shutdown signal again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -79,7 +79,7 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
-        self.health.set_assigned_partitions(assigned);
+        self.health.record_assignment(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -211,29 +211,30 @@ impl Consumer {
     /// Writes the batch, retrying with capped exponential backoff until it commits.
     /// Returns None only when shutdown is signalled while the database is failing.
     fn write_with_retry(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> Option<BatchResult> {
-        let mut delay = self.config.ingest.retry_initial();
-        let mut attempt = 1u32;
+        let mut backoff = Backoff::new(self.config.ingest.retry_initial(), self.config.ingest.retry_max());
         loop {
             match self.write_once(orders, dead) {
                 Ok(result) => {
-                    if attempt > 1 {
-                        info!("event=database_recovered attempts={attempt}");
+                    if backoff.attempt() > 1 {
+                        info!("event=database_recovered attempts={}", backoff.attempt());
                     }
                     return Some(result);
                 }
                 Err(e) => {
                     self.metrics.db_retries.inc();
-                    warn!("event=batch_write_failed attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
+                    warn!(
+                        "event=batch_write_failed attempt={} retry_in_ms={} error={e:#}",
+                        backoff.attempt(),
+                        backoff.delay().as_millis()
+                    );
                     if self.db.as_ref().is_some_and(Client::is_closed) {
                         self.db = None;
                     }
                 }
             }
-            if self.shutdown.sleep(delay) {
+            if self.shutdown.sleep(backoff.next_delay()) {
                 return None;
             }
-            delay = (delay * 2).min(self.config.ingest.retry_max());
-            attempt += 1;
         }
     }
 

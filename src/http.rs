@@ -17,8 +17,9 @@ use tiny_http::{Method, Request, StatusCode};
 use crate::cache::{Cache, CachedOrder};
 use crate::metrics::{Metrics, ROUTES, STATUS_CODES, STATUSES};
 use crate::model::{self, Order};
+use crate::pages;
+use crate::service::{Health, Shutdown};
 use crate::store::{self, Pool};
-use crate::{Health, Shutdown, pages};
 
 /// What the read path needs; shared by every worker.
 pub struct State {

@@ -16,7 +16,8 @@ use std::time::Duration;
 use orders_svc::config::Config;
 use orders_svc::produce::{self, Plan, Producer};
 use orders_svc::rejected::{self, Target};
-use orders_svc::{Service, store};
+use orders_svc::service::Service;
+use orders_svc::store;
 
 #[derive(Parser)]
 #[command(version, about = "Takes orders from Kafka, keeps them in PostgreSQL, serves them over HTTP")]

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orders_svc::Service;
+use orders_svc::service::Service;
 use orders_svc::generate::Generator;
 use orders_svc::model::Order;
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orders_svc::Service;
+use orders_svc::service::Service;
 use orders_svc::model::{self, Message};
 use orders_svc::store;
 

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Barrier};
 
-use orders_svc::Service;
+use orders_svc::service::Service;
 use serde_json::Value;
 
 use crate::support::*;

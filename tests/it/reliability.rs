@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orders_svc::Service;
+use orders_svc::service::Service;
 use orders_svc::generate::Generator;
 use orders_svc::model::Order;
 use orders_svc::produce::{Plan, Producer, Sent, send_generated};

@@ -145,10 +145,10 @@ pub fn config(db: &TestDb, topic: &str, group: &str) -> Config {
 
 /// A service on a database and topic of its own, with the canonical order stored and
 /// served.
-pub fn service_with_canonical_order() -> (TestDb, orders_svc::Service) {
+pub fn service_with_canonical_order() -> (TestDb, orders_svc::service::Service) {
     let db = TestDb::new();
     let topic = create_topic(1);
-    let service = orders_svc::Service::start(config(&db, &topic, &unique("group"))).unwrap();
+    let service = orders_svc::service::Service::start(config(&db, &topic, &unique("group"))).unwrap();
     produce(&topic, &[MODEL.as_bytes()]);
     wait_until_served(service.http_addr(), "/order/b563feb7b2b84b6test");
     (db, service)
