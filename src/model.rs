@@ -87,16 +87,16 @@ pub struct Message {
     pub payload: Option<Vec<u8>>,
 }
 
-/// Why a message cannot become an order. `rule` is a stable name stored with the dead
-/// letter; `detail` says what exactly was wrong.
+/// Why a message cannot become an order: the rule it breaks, stored with the dead
+/// letter, and `detail`, which says what exactly was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    pub rule: &'static str,
+    pub rule: Rule,
     pub detail: String,
 }
 
 impl Rejection {
-    pub fn new(rule: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(rule: Rule, detail: impl Into<String>) -> Self {
         Rejection { rule, detail: detail.into() }
     }
 }
@@ -110,29 +110,93 @@ impl std::fmt::Display for Rejection {
 /// Longest `order_uid` accepted, on the topic and in URLs.
 pub const MAX_UID_LEN: usize = 64;
 
-/// Every rule a dead letter can name, in the order `decode` checks them (`database` is
-/// the store's: the database refused the order's rows).
-pub const RULES: &[&str] = &[
-    "size",
-    "empty",
-    "utf8",
-    "json",
-    "schema",
-    "date_created",
-    "order_uid",
-    "text_length",
-    "text_nul",
-    "currency",
-    "items",
-    "sale",
-    "money",
-    "positive",
-    "payment_transaction",
-    "item_track_number",
-    "goods_total",
-    "amount",
-    "database",
-];
+/// A rule a message can break, named in the dead letter's `rule` column and in the
+/// `rule` label of `orders_messages_rejected_total`: so `as_str` must never change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rule {
+    Size,
+    Empty,
+    Utf8,
+    Json,
+    Schema,
+    DateCreated,
+    OrderUid,
+    TextLength,
+    TextNul,
+    Currency,
+    Items,
+    Sale,
+    Money,
+    Positive,
+    PaymentTransaction,
+    ItemTrackNumber,
+    GoodsTotal,
+    Amount,
+    Database,
+}
+
+impl Rule {
+    /// Every rule, in the order `decode` checks them (`Database` is the store's: the
+    /// database refused the order's rows).
+    pub const ALL: [Rule; 19] = [
+        Rule::Size,
+        Rule::Empty,
+        Rule::Utf8,
+        Rule::Json,
+        Rule::Schema,
+        Rule::DateCreated,
+        Rule::OrderUid,
+        Rule::TextLength,
+        Rule::TextNul,
+        Rule::Currency,
+        Rule::Items,
+        Rule::Sale,
+        Rule::Money,
+        Rule::Positive,
+        Rule::PaymentTransaction,
+        Rule::ItemTrackNumber,
+        Rule::GoodsTotal,
+        Rule::Amount,
+        Rule::Database,
+    ];
+
+    /// The stable name stored and counted.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::Size => "size",
+            Rule::Empty => "empty",
+            Rule::Utf8 => "utf8",
+            Rule::Json => "json",
+            Rule::Schema => "schema",
+            Rule::DateCreated => "date_created",
+            Rule::OrderUid => "order_uid",
+            Rule::TextLength => "text_length",
+            Rule::TextNul => "text_nul",
+            Rule::Currency => "currency",
+            Rule::Items => "items",
+            Rule::Sale => "sale",
+            Rule::Money => "money",
+            Rule::Positive => "positive",
+            Rule::PaymentTransaction => "payment_transaction",
+            Rule::ItemTrackNumber => "item_track_number",
+            Rule::GoodsTotal => "goods_total",
+            Rule::Amount => "amount",
+            Rule::Database => "database",
+        }
+    }
+
+    /// The rule of a stored name, or None for a name this version does not know.
+    pub fn from_name(name: &str) -> Option<Rule> {
+        Rule::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, not `write_str`, so that width and alignment apply (`{:<20}`).
+        f.pad(self.as_str())
+    }
+}
 
 /// Longest value of any other text field, in characters.
 pub const MAX_TEXT_LEN: usize = 255;
@@ -182,22 +246,23 @@ pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection>
     let bytes = payload.unwrap_or_default();
     if bytes.len() > rules.max_message_bytes {
         return Err(Rejection::new(
-            "size",
+            Rule::Size,
             format!("message is {} bytes, more than the {} allowed", bytes.len(), rules.max_message_bytes),
         ));
     }
     if bytes.is_empty() {
-        return Err(Rejection::new("empty", "message has no payload"));
+        return Err(Rejection::new(Rule::Empty, "message has no payload"));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| Rejection::new("utf8", format!("payload is not UTF-8: {e}")))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|e| Rejection::new(Rule::Utf8, format!("payload is not UTF-8: {e}")))?;
     let mut order: Order = serde_json::from_str(text).map_err(|e| {
         let detail = e.to_string();
         let rule = match e.classify() {
-            serde_json::error::Category::Data if detail.starts_with(BAD_TIME) => "date_created",
-            serde_json::error::Category::Data => "schema",
+            serde_json::error::Category::Data if detail.starts_with(BAD_TIME) => Rule::DateCreated,
+            serde_json::error::Category::Data => Rule::Schema,
             // Valid JSON (RFC 8259 sets no range), but no number type here holds it.
-            serde_json::error::Category::Syntax if detail.starts_with("number out of range") => "schema",
-            _ => "json",
+            serde_json::error::Category::Syntax if detail.starts_with("number out of range") => Rule::Schema,
+            _ => Rule::Json,
         };
         Rejection::new(rule, detail)
     })?;
@@ -208,7 +273,7 @@ pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection>
 
 /// The field checks and the cross-field rules, on an order that has every field.
 pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
-    check_uid(&o.order_uid).map_err(|detail| Rejection::new("order_uid", detail))?;
+    check_uid(&o.order_uid).map_err(|detail| Rejection::new(Rule::OrderUid, detail))?;
     // Field names are formatted only for the message of a broken rule: valid orders,
     // the common case, allocate nothing here.
     let d = &o.delivery;
@@ -251,18 +316,19 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     }
     if !(p.currency.len() == 3 && p.currency.bytes().all(|b| b.is_ascii_alphabetic())) {
         return Err(Rejection::new(
-            "currency",
+            Rule::Currency,
             format!("payment.currency is {:?}, expected three letters", p.currency),
         ));
     }
     if o.items.is_empty() {
-        return Err(Rejection::new("items", "the order has no items"));
+        return Err(Rejection::new(Rule::Items, "the order has no items"));
     }
     if let Some((n, i)) = o.items.iter().enumerate().find(|(_, i)| !(0..=100).contains(&i.sale)) {
-        return Err(Rejection::new("sale", format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
+        return Err(Rejection::new(Rule::Sale, format!("items[{n}].sale is {}, expected 0 to 100", i.sale)));
     }
-    let negative =
-        |field: String, value: i64| Rejection::new("money", format!("{field} is {value}, money cannot be negative"));
+    let negative = |field: String, value: i64| {
+        Rejection::new(Rule::Money, format!("{field} is {value}, money cannot be negative"))
+    };
     let payment_money = [
         ("payment.amount", p.amount),
         ("payment.delivery_cost", p.delivery_cost),
@@ -278,7 +344,7 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
         }
     }
     let not_positive = |field: String, value: i64| {
-        Rejection::new("positive", format!("{field} is {value}, expected a number greater than 0"))
+        Rejection::new(Rule::Positive, format!("{field} is {value}, expected a number greater than 0"))
     };
     if let Some((field, value)) =
         [("sm_id", o.sm_id), ("payment.payment_dt", p.payment_dt)].into_iter().find(|(_, v)| *v <= 0)
@@ -294,14 +360,14 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
 
     if rules.payment_transaction && p.transaction != o.order_uid {
         return Err(Rejection::new(
-            "payment_transaction",
+            Rule::PaymentTransaction,
             format!("payment.transaction is {:?}, expected the order_uid {:?}", p.transaction, o.order_uid),
         ));
     }
     if rules.item_track_number {
         if let Some((n, i)) = o.items.iter().enumerate().find(|(_, i)| i.track_number != o.track_number) {
             return Err(Rejection::new(
-                "item_track_number",
+                Rule::ItemTrackNumber,
                 format!("items[{n}].track_number is {:?}, expected the order's {:?}", i.track_number, o.track_number),
             ));
         }
@@ -310,14 +376,14 @@ pub fn validate(o: &Order, rules: &Rules) -> Result<(), Rejection> {
     let goods = o.items.iter().try_fold(0i64, |sum, i| sum.checked_add(i.total_price));
     if rules.goods_total && goods != Some(p.goods_total) {
         return Err(Rejection::new(
-            "goods_total",
+            Rule::GoodsTotal,
             format!("payment.goods_total is {}, the items' total_price add up to {}", p.goods_total, show_sum(goods)),
         ));
     }
     let expected = p.goods_total.checked_add(p.delivery_cost).and_then(|s| s.checked_add(p.custom_fee));
     if rules.amount && expected != Some(p.amount) {
         return Err(Rejection::new(
-            "amount",
+            Rule::Amount,
             format!(
                 "payment.amount is {}, goods_total + delivery_cost + custom_fee is {}",
                 p.amount,
@@ -339,13 +405,13 @@ fn check_text(value: &str, field: impl FnOnce() -> String) -> Result<(), Rejecti
         let chars = value.chars().count();
         if chars > MAX_TEXT_LEN {
             return Err(Rejection::new(
-                "text_length",
+                Rule::TextLength,
                 format!("{} is {chars} characters, at most {MAX_TEXT_LEN} allowed", field()),
             ));
         }
     }
     if value.contains('\0') {
-        return Err(Rejection::new("text_nul", format!("{} contains a NUL character", field())));
+        return Err(Rejection::new(Rule::TextNul, format!("{} contains a NUL character", field())));
     }
     Ok(())
 }
@@ -448,14 +514,14 @@ mod tests {
     #[test]
     fn non_json_is_rejected_by_the_json_rule() {
         let err = decode(Some(b"hello"), &Rules::default()).unwrap_err();
-        assert_eq!(err.rule, "json");
+        assert_eq!(err.rule, Rule::Json);
         assert_eq!(err.detail, "expected value at line 1 column 1");
     }
 
     #[test]
     fn missing_payload_and_invalid_utf8_have_their_own_rules() {
-        assert_eq!(decode(None, &Rules::default()).unwrap_err().rule, "empty");
-        assert_eq!(decode(Some(b"{\"a\":\"\xff\"}"), &Rules::default()).unwrap_err().rule, "utf8");
+        assert_eq!(decode(None, &Rules::default()).unwrap_err().rule, Rule::Empty);
+        assert_eq!(decode(Some(b"{\"a\":\"\xff\"}"), &Rules::default()).unwrap_err().rule, Rule::Utf8);
     }
 
     #[test]
@@ -463,7 +529,7 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(MODEL).unwrap();
         v["payment"].as_object_mut().unwrap().remove("amount");
         let err = decode(Some(v.to_string().as_bytes()), &Rules::default()).unwrap_err();
-        assert_eq!(err.rule, "schema");
+        assert_eq!(err.rule, Rule::Schema);
         assert!(err.detail.starts_with("missing field `amount`"), "{}", err.detail);
     }
 
@@ -482,7 +548,7 @@ mod tests {
         assert_eq!(check_uid(&"x".repeat(65)), Err("order_uid is 65 characters, at most 64 allowed".to_string()));
         assert_eq!(check_uid("a/b"), Err("order_uid has '/'; only A-Z, a-z, 0-9, '_' and '-' are allowed".to_string()));
         let bad_uid = MODEL.replace("\"order_uid\": \"b563feb7b2b84b6test\"", "\"order_uid\": \"<x>\"");
-        assert_eq!(decode(Some(bad_uid.as_bytes()), &Rules::default()).unwrap_err().rule, "order_uid");
+        assert_eq!(decode(Some(bad_uid.as_bytes()), &Rules::default()).unwrap_err().rule, Rule::OrderUid);
     }
 
     #[test]
@@ -607,16 +673,19 @@ mod tests {
         assert_eq!(order.payment.amount, 2);
         let only_amount_off = Rules { amount: false, ..Rules::default() };
         let r = decode_changed(|v| v["payment"]["goods_total"] = json!(1), &only_amount_off).unwrap_err();
-        assert_eq!(r.rule, "goods_total");
+        assert_eq!(r.rule, Rule::GoodsTotal);
     }
 
     #[test]
     fn oversize_is_rejected_before_parsing_and_unknown_fields_are_ignored() {
         let rules = Rules { max_message_bytes: 100, ..Rules::default() };
         let r = decode(Some(MODEL.as_bytes()), &rules).unwrap_err();
-        assert_eq!(r, Rejection::new("size", format!("message is {} bytes, more than the 100 allowed", MODEL.len())));
+        assert_eq!(
+            r,
+            Rejection::new(Rule::Size, format!("message is {} bytes, more than the 100 allowed", MODEL.len()))
+        );
         let r = decode(Some(&[b'{'; 101]), &rules).unwrap_err();
-        assert_eq!(r.rule, "size");
+        assert_eq!(r.rule, Rule::Size);
         let order = decode_changed(|v| v["extra"] = serde_json::json!({"nested": [1, 2]}), &Rules::default()).unwrap();
         assert_eq!(order.order_uid, "b563feb7b2b84b6test");
     }
@@ -637,11 +706,11 @@ mod tests {
         );
         let duplicate = MODEL.replacen("\"entry\": \"WBIL\",", "\"entry\": \"WBIL\", \"entry\": \"X\",", 1);
         let r = decode(Some(duplicate.as_bytes()), &Rules::default()).unwrap_err();
-        assert_eq!((r.rule, r.detail.starts_with("duplicate field `entry`")), ("schema", true));
+        assert_eq!((r.rule, r.detail.starts_with("duplicate field `entry`")), (Rule::Schema, true));
         let r = decode(Some(&MODEL.as_bytes()[..100]), &Rules::default()).unwrap_err();
-        assert_eq!(r.rule, "json");
+        assert_eq!(r.rule, Rule::Json);
         let r = decode(Some(b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]"), &Rules::default()).unwrap_err();
-        assert_eq!(r.rule, "schema");
+        assert_eq!(r.rule, Rule::Schema);
     }
 
     /// Each file of the committed corpus of hostile messages ends where its name says:
@@ -658,7 +727,7 @@ mod tests {
             let payload = std::fs::read(&path).unwrap();
             match decode(Some(&payload), &Rules::default()) {
                 Ok(order) => assert_eq!(expected, "stored", "{name} was accepted as {}", order.order_uid),
-                Err(r) => assert_eq!(r.rule, expected, "{name}: {}", r.detail),
+                Err(r) => assert_eq!(r.rule.as_str(), expected, "{name}: {}", r.detail),
             }
         }
     }
@@ -668,7 +737,7 @@ mod tests {
         let mut payload = MODEL.as_bytes().to_vec();
         payload.resize(10 << 20, b' ');
         let r = decode(Some(&payload), &Rules::default()).unwrap_err();
-        assert_eq!(r, Rejection::new("size", "message is 10485760 bytes, more than the 1048576 allowed"));
+        assert_eq!(r, Rejection::new(Rule::Size, "message is 10485760 bytes, more than the 1048576 allowed"));
     }
 
     /// Random damage to the canonical message (flipped, dropped, repeated and inserted
@@ -720,11 +789,60 @@ mod tests {
                     validate(&order, &Rules::default()).unwrap();
                     accepted += 1;
                 }
-                Err(r) => assert!(RULES.contains(&r.rule), "unknown rule {}", r.rule),
+                Err(r) => assert!(Rule::ALL.contains(&r.rule), "unknown rule {}", r.rule),
             }
             runs += 1;
         }
         assert!(runs > 1000, "only {runs} mutations in the time given");
         assert!(accepted < runs);
+    }
+
+    #[test]
+    fn rules_keep_their_stored_names_in_check_order() {
+        let names: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "size",
+                "empty",
+                "utf8",
+                "json",
+                "schema",
+                "date_created",
+                "order_uid",
+                "text_length",
+                "text_nul",
+                "currency",
+                "items",
+                "sale",
+                "money",
+                "positive",
+                "payment_transaction",
+                "item_track_number",
+                "goods_total",
+                "amount",
+                "database",
+            ]
+        );
+        for rule in Rule::ALL {
+            assert_eq!(Rule::from_name(rule.as_str()), Some(rule));
+        }
+        assert_eq!(Rule::from_name("Amount"), None);
+        assert_eq!(format!("[{:<8}]", Rule::Sale), "[sale    ]");
+    }
+
+    /// The README's table of rules lists them in the order they are checked.
+    #[test]
+    fn readme_lists_the_rules_in_check_order() {
+        let readme = include_str!("../README.md");
+        let section = readme.split("## Validation and dead letters").nth(1).unwrap();
+        let listed: Vec<&str> = section
+            .lines()
+            .take_while(|l| !l.starts_with("## "))
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split_once('`').map(|(name, _)| name))
+            .collect();
+        let names: Vec<&str> = Rule::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(listed, names);
     }
 }

@@ -10,6 +10,8 @@ use anyhow::{Context, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+
+use crate::model::Rule;
 use rdkafka::{ClientContext, Message as _};
 
 /// Counts deliveries the broker confirmed and those it refused, and remembers where
@@ -180,7 +182,7 @@ pub fn send_generated(producer: &Producer, plan: &Plan, uids: &mut dyn std::io::
 }
 
 /// Bad messages are keyed by their kind, so they are easy to find among dead letters.
-fn send_invalid(producer: &Producer, kind: &str, payload: &[u8]) -> anyhow::Result<()> {
+fn send_invalid(producer: &Producer, kind: Rule, payload: &[u8]) -> anyhow::Result<()> {
     producer.send(Some(format!("invalid-{kind}").as_bytes()), payload)
 }
 

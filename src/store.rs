@@ -12,7 +12,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, NoTls, Row, Transaction};
 use sha2::{Digest, Sha256};
 
-use crate::model::{Delivery, Encoded, Item, Message, Order, OrderSummary, Payment, Rejection};
+use crate::model::{Delivery, Encoded, Item, Message, Order, OrderSummary, Payment, Rejection, Rule};
 
 /// The files of `sql/`, applied in this order and recorded in `schema_version`.
 /// A test checks that every `sql/*.sql` file is listed here.
@@ -89,7 +89,7 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
     pub payload_size: i64,
     pub payload_sha256: [u8; 32],
-    pub rule: String,
+    pub rule: Rule,
     pub detail: String,
 }
 
@@ -110,7 +110,7 @@ impl DeadLetter {
             payload_size: payload.len() as i64,
             payload_sha256: Sha256::digest(payload).into(),
             payload: kept.to_vec(),
-            rule: rejection.rule.to_string(),
+            rule: rejection.rule,
             // PostgreSQL text cannot hold NUL, and an error may quote the input.
             detail: rejection.detail.replace('\0', "\u{FFFD}"),
         }
@@ -194,7 +194,7 @@ fn write_one_by_one(
                     message.topic, message.partition, message.offset, order.order_uid
                 );
                 // The order was decoded, so its message is within the size limit.
-                result.dead_letters.push(DeadLetter::new(message, Rejection::new("database", detail), usize::MAX));
+                result.dead_letters.push(DeadLetter::new(message, Rejection::new(Rule::Database, detail), usize::MAX));
             }
             Err(e) => return Err(e).context("write order"),
         }
@@ -421,10 +421,15 @@ pub struct StoredDeadLetter {
 const DEAD_LETTER_COLUMNS: &str = "id, topic, partition, \"offset\", message_key, payload, payload_size, \
      payload_sha256, rule, detail, rejected_at, replayed_at FROM rejected_messages";
 
-fn dead_letter_from_row(row: &Row) -> StoredDeadLetter {
+/// A row of `rejected_messages`. A rule name this version does not know is an error:
+/// the row was written by a newer version, and guessing its meaning could mislead.
+fn dead_letter_from_row(row: &Row) -> anyhow::Result<StoredDeadLetter> {
     let sha256: Vec<u8> = row.get(7);
-    StoredDeadLetter {
-        id: row.get(0),
+    let id: i64 = row.get(0);
+    let rule: &str = row.get(8);
+    let rule = Rule::from_name(rule).with_context(|| format!("dead letter {id} names an unknown rule {rule:?}"))?;
+    Ok(StoredDeadLetter {
+        id,
         letter: DeadLetter {
             topic: row.get(1),
             partition: row.get(2),
@@ -434,12 +439,12 @@ fn dead_letter_from_row(row: &Row) -> StoredDeadLetter {
             payload_size: row.get(6),
             // Written from a SHA-256 digest; another length would be a corrupt row.
             payload_sha256: sha256.try_into().unwrap_or([0; 32]),
-            rule: row.get(8),
+            rule,
             detail: row.get(9),
         },
         rejected_at: row.get(10),
         replayed_at: row.get(11),
-    }
+    })
 }
 
 /// The newest `limit` dead letters, newest first.
@@ -447,14 +452,14 @@ pub fn dead_letters(client: &mut Client, limit: i64) -> anyhow::Result<Vec<Store
     let rows = client
         .query(&format!("SELECT {DEAD_LETTER_COLUMNS} ORDER BY id DESC LIMIT $1"), &[&limit])
         .context("read dead letters")?;
-    Ok(rows.iter().map(dead_letter_from_row).collect())
+    rows.iter().map(dead_letter_from_row).collect()
 }
 
 pub fn dead_letter(client: &mut Client, id: i64) -> anyhow::Result<Option<StoredDeadLetter>> {
     let row = client
         .query_opt(&format!("SELECT {DEAD_LETTER_COLUMNS} WHERE id = $1"), &[&id])
         .with_context(|| format!("read dead letter {id}"))?;
-    Ok(row.as_ref().map(dead_letter_from_row))
+    row.as_ref().map(dead_letter_from_row).transpose()
 }
 
 /// Ids of the dead letters not replayed yet, oldest first.
@@ -489,7 +494,7 @@ pub fn replay(
     let row = tx
         .query_opt(&format!("SELECT {DEAD_LETTER_COLUMNS} WHERE id = $1 FOR UPDATE"), &[&id])
         .with_context(|| format!("read dead letter {id}"))?;
-    let Some(stored) = row.as_ref().map(dead_letter_from_row) else {
+    let Some(stored) = row.as_ref().map(dead_letter_from_row).transpose()? else {
         return Ok(Replay::NotFound);
     };
     if stored.replayed_at.is_some() {
@@ -690,7 +695,7 @@ mod tests {
             key: Some(b"k".to_vec()),
             payload: Some(b"abc".to_vec()),
         };
-        let d = DeadLetter::new(&message, Rejection::new("json", "bad \0 byte"), 3);
+        let d = DeadLetter::new(&message, Rejection::new(Rule::Json, "bad \0 byte"), 3);
         assert_eq!(d.payload, b"abc");
         assert_eq!(d.payload_size, 3);
         assert_eq!(
