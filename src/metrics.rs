@@ -7,13 +7,21 @@ use prometheus::{
 };
 
 use crate::cache::Cache;
+use crate::http::RouteName;
 
-/// The routes and statuses HTTP requests are counted by. Their counters are looked up
-/// once, here, not per request: a labelled lookup hashes under a lock.
-pub const ROUTES: [&str; 8] = ["order", "index", "lookup", "asset", "healthz", "readyz", "metrics", "other"];
-pub const STATUSES: [&str; 11] = ["200", "303", "304", "400", "404", "405", "414", "431", "500", "503", "other"];
-/// The statuses of `STATUSES` as numbers, in the same order; any other counts as "other".
-pub const STATUS_CODES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
+/// The statuses HTTP requests are counted by; any other is counted as "other".
+const COUNTED_STATUSES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
+
+/// Where a status's counters are: its place in `COUNTED_STATUSES`, or past the end for
+/// "other".
+fn status_slot(status: u16) -> usize {
+    COUNTED_STATUSES.iter().position(|&code| code == status).unwrap_or(COUNTED_STATUSES.len())
+}
+
+/// The `status` label: the code, or "other" for a status not counted by itself.
+fn status_label(status: u16) -> String {
+    if COUNTED_STATUSES.contains(&status) { status.to_string() } else { "other".to_string() }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -86,7 +94,9 @@ impl Metrics {
                 &["route", "status"],
             )
             .expect("valid metric"),
-            http_by_route_status: (0..ROUTES.len() * STATUSES.len()).map(|_| std::sync::OnceLock::new()).collect(),
+            http_by_route_status: (0..RouteName::ALL.len() * (COUNTED_STATUSES.len() + 1))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             http_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "orders_http_request_seconds",
@@ -130,12 +140,12 @@ impl Metrics {
         m
     }
 
-    /// Counts one request; `route` and `status` index `ROUTES` and `STATUSES`. Each
-    /// pair's counter is looked up on its first request and kept, so pairs never seen
+    /// Counts one request. Their counters are looked up once per route and status, here,
+    /// not per request (a labelled lookup hashes under a lock), and kept; pairs never seen
     /// stay out of the output.
-    pub fn count_request(&self, route: usize, status: usize) {
-        self.http_by_route_status[route * STATUSES.len() + status]
-            .get_or_init(|| self.http_requests.with_label_values(&[ROUTES[route], STATUSES[status]]))
+    pub fn count_request(&self, route: RouteName, status: u16) {
+        self.http_by_route_status[route as usize * (COUNTED_STATUSES.len() + 1) + status_slot(status)]
+            .get_or_init(|| self.http_requests.with_label_values(&[route.label(), &status_label(status)]))
             .inc();
     }
 
@@ -146,5 +156,18 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("metrics encode to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_not_listed_count_as_other() {
+        assert_eq!(status_label(431), "431");
+        assert_eq!(status_label(418), "other");
+        assert_eq!(status_slot(418), status_slot(599));
+        assert_ne!(status_slot(200), status_slot(503));
     }
 }
