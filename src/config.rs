@@ -117,6 +117,12 @@ impl Cache {
     }
 }
 
+impl Database {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
 impl OffsetReset {
     pub fn as_str(self) -> &'static str {
         match self {

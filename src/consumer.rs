@@ -241,10 +241,7 @@ impl Consumer {
     fn write_once(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
         let db = match &mut self.db {
             Some(client) => client,
-            None => {
-                let d = &self.config.database;
-                self.db.insert(store::connect(&d.url, Duration::from_secs(d.connect_timeout_secs))?)
-            }
+            None => self.db.insert(store::connect(&self.config.database)?),
         };
         store::write_batch(db, orders, dead)
     }

@@ -152,8 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Rejected { action }) => {
-            let db = &config.database;
-            let mut client = store::connect(&db.url, Duration::from_secs(db.connect_timeout_secs))?;
+            let mut client = store::connect(&config.database)?;
             let text = match action {
                 RejectedAction::List { limit } => rejected::list(&mut client, limit)?,
                 RejectedAction::Show { id } => rejected::show(&mut client, id)?,

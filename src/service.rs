@@ -105,8 +105,7 @@ impl Service {
         let health = Arc::new(Health::default());
         let cache = Arc::new(Cache::new(config.cache.limits()));
         let metrics = Arc::new(Metrics::new(&cache));
-        let db = &config.database;
-        let pool = Arc::new(Pool::new(&db.url, Duration::from_secs(db.connect_timeout_secs), db.pool_size));
+        let pool = Arc::new(Pool::new(&config.database));
         let state =
             Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
         let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
@@ -176,11 +175,10 @@ impl Service {
 /// Connects to PostgreSQL, applies the migrations and fills the cache, retrying with
 /// capped exponential backoff until it succeeds. False if shutdown came first.
 fn prepare(config: &Config, cache: &Cache, health: &Health, shutdown: &Shutdown) -> bool {
-    let db = &config.database;
     let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
     loop {
         let started = Instant::now();
-        let loaded = store::connect(&db.url, Duration::from_secs(db.connect_timeout_secs)).and_then(|mut client| {
+        let loaded = store::connect(&config.database).and_then(|mut client| {
             store::migrate(&mut client)?;
             store::recent_orders(&mut client, config.cache.max_orders)
         });

@@ -141,12 +141,9 @@ fn handle(state: &State, request: Request) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tiny_http::TestRequest;
 
     use super::*;
-    use crate::cache::Limits;
 
     #[test]
     fn accepted_sockets_inherit_nodelay() {
@@ -160,15 +157,7 @@ mod tests {
     /// `xuid` is not `uid`, so this is the index, served and counted as such.
     #[test]
     fn a_query_that_only_looks_like_a_lookup_is_served_and_counted_as_the_index() {
-        let cache = Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO }));
-        let health = Arc::new(Health::default());
-        health.set_cache_warm();
-        let state = State {
-            metrics: Arc::new(Metrics::new(&cache)),
-            cache,
-            pool: Arc::new(Pool::new("postgres://nobody@127.0.0.1:1/none", Duration::from_millis(100), 1)),
-            health,
-        };
+        let state = respond::tests::state();
         let request = || TestRequest::new().with_method(Method::Get).with_path("/?xuid=1").into();
         let reply = respond(&state, &request());
         assert_eq!((reply.status, reply.header("Location")), (200, None));

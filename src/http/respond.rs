@@ -195,7 +195,7 @@ fn readiness(state: &State) -> Reply {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::time::Duration;
 
     use tiny_http::TestRequest;
@@ -209,15 +209,24 @@ mod tests {
 
     /// A state whose database is never reachable: these routes answer without it, or
     /// show how its absence is answered.
-    fn state() -> State {
+    pub(in crate::http) fn state() -> State {
         let health = Arc::new(Health::default());
         health.set_cache_warm();
         let cache = Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO }));
         State {
             metrics: Arc::new(Metrics::new(&cache)),
             cache,
-            pool: Arc::new(Pool::new("postgres://nobody@127.0.0.1:1/none", Duration::from_millis(100), 1)),
+            pool: Arc::new(Pool::new(&unreachable_database())),
             health,
+        }
+    }
+
+    /// Nothing listens on port 1: connecting fails at once.
+    fn unreachable_database() -> crate::config::Database {
+        crate::config::Database {
+            url: "postgres://nobody@127.0.0.1:1/none".into(),
+            pool_size: 1,
+            connect_timeout_secs: 1,
         }
     }
 
