@@ -17,7 +17,7 @@ pub struct Config {
     pub ingest: Ingest,
     pub validation: crate::model::Rules,
     pub http: Http,
-    pub cache: Cache,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +64,7 @@ pub struct Http {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Cache {
+pub struct CacheConfig {
     pub max_orders: usize,
     pub max_bytes: usize,
     pub negative_ttl_ms: u64,
@@ -101,13 +101,13 @@ impl Default for Http {
     }
 }
 
-impl Default for Cache {
+impl Default for CacheConfig {
     fn default() -> Self {
-        Cache { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
+        CacheConfig { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
     }
 }
 
-impl Cache {
+impl CacheConfig {
     pub fn limits(&self) -> crate::cache::Limits {
         crate::cache::Limits {
             max_orders: self.max_orders,

@@ -18,7 +18,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::{ClientContext, Message as _, Offset, Statistics, TopicPartitionList};
 
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
 use crate::service::{Backoff, Health, Shutdown};
@@ -29,7 +29,11 @@ const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct Consumer {
     consumer: BaseConsumer<GroupContext>,
-    config: Config,
+    /// Of the config, only what the loop reads: batching and retries, the validation
+    /// rules, and the database it writes to.
+    ingest: config::Ingest,
+    rules: Rules,
+    database: config::Database,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -127,7 +131,9 @@ impl Consumer {
         info!("event=consumer_subscribed brokers={} topic={} group_id={}", k.brokers, k.topic, k.group_id);
         Ok(Consumer {
             consumer,
-            config: config.clone(),
+            ingest: config.ingest.clone(),
+            rules: config.validation.clone(),
+            database: config.database.clone(),
             cache,
             metrics,
             shutdown,
@@ -148,7 +154,7 @@ impl Consumer {
                 continue;
             }
             let started = Instant::now();
-            let (orders, dead) = decode_all(&batch, &self.config.validation);
+            let (orders, dead) = decode_all(&batch, &self.rules);
             let decoded = Instant::now();
             let Some(result) = self.write_with_retry(&orders, &dead) else {
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
@@ -169,8 +175,8 @@ impl Consumer {
     /// first message. If partitions are revoked meanwhile, what was collected is dropped:
     /// their new owner reads it again from the committed offset.
     fn collect_batch(&mut self) -> Vec<Message> {
-        let max = self.config.ingest.batch_max_messages;
-        let max_wait = self.config.ingest.batch_max_wait();
+        let max = self.ingest.batch_max_messages;
+        let max_wait = self.ingest.batch_max_wait();
         let mut batch = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut generation = self.consumer.context().revocations.load(Ordering::SeqCst);
@@ -211,7 +217,7 @@ impl Consumer {
     /// Writes the batch, retrying with capped exponential backoff until it commits.
     /// Returns None only when shutdown is signalled while the database is failing.
     fn write_with_retry(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> Option<BatchResult> {
-        let mut backoff = Backoff::new(self.config.ingest.retry_initial(), self.config.ingest.retry_max());
+        let mut backoff = Backoff::new(self.ingest.retry_initial(), self.ingest.retry_max());
         loop {
             match self.write_once(orders, dead) {
                 Ok(result) => {
@@ -241,7 +247,7 @@ impl Consumer {
     fn write_once(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
         let db = match &mut self.db {
             Some(client) => client,
-            None => self.db.insert(store::connect(&self.config.database)?),
+            None => self.db.insert(store::connect(&self.database)?),
         };
         store::write_batch(db, orders, dead)
     }

@@ -447,14 +447,6 @@ pub struct Encoded {
     pub sha256: [u8; 32],
 }
 
-impl Encoded {
-    pub fn new(order: Order) -> Encoded {
-        let json: std::sync::Arc<[u8]> = order.to_json().into();
-        let sha256 = Sha256::digest(&json).into();
-        Encoded { order, json, sha256 }
-    }
-}
-
 impl Order {
     /// The order's JSON as served over HTTP.
     pub fn to_json(&self) -> Vec<u8> {
@@ -463,7 +455,9 @@ impl Order {
 
     /// The order encoded once for storing and serving.
     pub fn encode(self) -> Encoded {
-        Encoded::new(self)
+        let json: std::sync::Arc<[u8]> = self.to_json().into();
+        let sha256 = Sha256::digest(&json).into();
+        Encoded { order: self, json, sha256 }
     }
 }
 
