@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use orders_svc::service::Service;
 use orders_svc::config::Config;
-use orders_svc::generate::Generator;
+use orders_svc::tools::generate::Generator;
 use orders_svc::model::{Encoded, Message, Order};
 use orders_svc::store;
 use tiny_http::{Header, Response};

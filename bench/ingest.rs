@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use orders_svc::service::Service;
 use orders_svc::config::Config;
-use orders_svc::generate::Generator;
+use orders_svc::tools::generate::Generator;
 use orders_svc::model::Order;
-use orders_svc::produce::Producer;
+use orders_svc::tools::produce::Producer;
 use postgres::Client;
 
 #[path = "common.rs"]

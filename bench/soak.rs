@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use orders_svc::generate::Generator;
-use orders_svc::produce::Producer;
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::produce::Producer;
 
 #[path = "common.rs"]
 mod common;
@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         .context("start orders-svc")?;
     let addr = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    while orders_svc::http::probe(addr.parse()?, "/readyz", Duration::from_secs(1)).map(|(s, _)| s) .ok() != Some(200) {
+    while orders_svc::tools::probe::get(addr.parse()?, "/readyz", Duration::from_secs(1)).map(|(s, _)| s) .ok() != Some(200) {
         if started.elapsed() > Duration::from_secs(60) {
             bail!("the service was not ready after 60 s; see {}", dir.join("service.log").display());
         }
@@ -167,7 +167,7 @@ fn main() -> anyhow::Result<()> {
     let mut latencies: Vec<u32> = readers.into_iter().flat_map(|r| r.join().expect("reader thread")).collect();
     latencies.sort_unstable();
 
-    let metrics = orders_svc::http::probe(addr.parse()?, "/metrics", Duration::from_secs(3))?.1;
+    let metrics = orders_svc::tools::probe::get(addr.parse()?, "/metrics", Duration::from_secs(3))?.1;
     let metric = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default();
     Command::new("kill").arg(service.id().to_string()).status()?;
     let exit = service.wait()?;

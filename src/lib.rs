@@ -4,17 +4,16 @@
 //!
 //! The modules in pipeline order: `config`, `model` (types, decoding, validation),
 //! `consumer` (the Kafka loop), `store` (all SQL), `cache`, `http`, `pages`, `metrics`,
-//! and `service`, which starts and stops them.
+//! and `service`, which starts and stops them. `tools` holds what the commands, tests
+//! and benchmarks use to feed and inspect the service; the pipeline never uses it.
 
 pub mod cache;
 pub mod config;
 pub mod consumer;
-pub mod generate;
 pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod pages;
-pub mod produce;
-pub mod rejected;
 pub mod service;
 pub mod store;
+pub mod tools;

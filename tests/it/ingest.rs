@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use orders_svc::service::Service;
-use orders_svc::generate::Generator;
+use orders_svc::tools::generate::Generator;
 use orders_svc::model::{Order, Rules};
-use orders_svc::rejected::{self, Target};
+use orders_svc::tools::rejected::{self, Target};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -59,7 +59,7 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         ("amount", changed(&base, |v| v["payment"]["amount"] = json!(1)), "amount"),
     ];
 
-    let producer = orders_svc::produce::Producer::new(&brokers(), &topic).unwrap();
+    let producer = orders_svc::tools::produce::Producer::new(&brokers(), &topic).unwrap();
     for order in &valid {
         producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).unwrap();
     }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use orders_svc::service::Service;
-use orders_svc::generate::Generator;
+use orders_svc::tools::generate::Generator;
 use orders_svc::model::Order;
 
 use crate::support::*;
@@ -125,7 +125,7 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
 /// kind). The same seed gives the same split.
 #[test]
 fn generated_stream_with_bad_messages_ends_where_each_belongs() {
-    use orders_svc::produce::{Plan, Producer, Sent, send_generated};
+    use orders_svc::tools::produce::{Plan, Producer, Sent, send_generated};
     let db = TestDb::new();
     let topic = create_topic(2);
     let group = unique("group");

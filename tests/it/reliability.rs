@@ -8,9 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use orders_svc::service::Service;
-use orders_svc::generate::Generator;
+use orders_svc::tools::generate::Generator;
 use orders_svc::model::Order;
-use orders_svc::produce::{Plan, Producer, Sent, send_generated};
+use orders_svc::tools::produce::{Plan, Producer, Sent, send_generated};
 use orders_svc::store;
 use serde_json::Value;
 

@@ -155,7 +155,7 @@ pub fn service_with_canonical_order() -> (TestDb, orders_svc::service::Service) 
 }
 
 pub fn produce(topic: &str, payloads: &[&[u8]]) {
-    let producer = orders_svc::produce::Producer::new(&brokers(), topic).expect("producer");
+    let producer = orders_svc::tools::produce::Producer::new(&brokers(), topic).expect("producer");
     for payload in payloads {
         producer.send_order_json(payload).expect("send");
     }

@@ -1,5 +1,6 @@
-//! The `rejected` commands: list and show dead letters, and replay them through the
-//! current validation rules. Each returns the text to print.
+//! What the `rejected` commands say: dead letters listed and shown, and the outcome of
+//! replaying them through the current validation rules. Each function returns the text
+//! the binary prints, so that tests can check it.
 
 use std::fmt::Write as _;
 

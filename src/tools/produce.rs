@@ -23,11 +23,12 @@ struct Deliveries {
     ends: parking_lot::Mutex<BTreeMap<i32, i64>>,
 }
 
-struct Context_(Arc<Deliveries>);
+/// Hands librdkafka's delivery reports to `Deliveries`.
+struct DeliveryContext(Arc<Deliveries>);
 
-impl ClientContext for Context_ {}
+impl ClientContext for DeliveryContext {}
 
-impl ProducerContext for Context_ {
+impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
@@ -46,7 +47,7 @@ impl ProducerContext for Context_ {
 }
 
 pub struct Producer {
-    producer: BaseProducer<Context_>,
+    producer: BaseProducer<DeliveryContext>,
     topic: String,
     deliveries: Arc<Deliveries>,
 }
@@ -64,7 +65,8 @@ impl Producer {
         for (key, value) in settings {
             config.set(*key, *value);
         }
-        let producer = config.create_with_context(Context_(deliveries.clone())).context("create Kafka producer")?;
+        let producer =
+            config.create_with_context(DeliveryContext(deliveries.clone())).context("create Kafka producer")?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 
@@ -141,7 +143,7 @@ pub fn send_generated(producer: &Producer, plan: &Plan, uids: &mut dyn std::io::
     use std::io::IsTerminal;
     use std::time::Instant;
 
-    use crate::generate::Generator;
+    use super::generate::Generator;
     // Bad messages, and which messages are bad, come from generators of their own, so
     // that the valid orders of a seed are the same whatever the invalid rate.
     let mut generator = Generator::new(plan.seed, plan.max_items);
