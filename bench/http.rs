@@ -20,17 +20,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use orders_svc::Service;
 use orders_svc::config::Config;
-use orders_svc::generate::Generator;
 use orders_svc::model::{Encoded, Message, Order};
+use orders_svc::service::Service;
 use orders_svc::store;
+use orders_svc::tools::generate::Generator;
 use tiny_http::{Header, Response};
 
 #[path = "common.rs"]
 mod common;
 use common::{brokers, create_topic_on, env_number, migrated_db};
-
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -44,7 +43,9 @@ fn main() -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-http");
     std::fs::create_dir_all(&dir)?;
 
-    println!("bench/http: {n} stored orders, wrk {seconds} s with {connections} connections and {wrk_threads} wrk threads, {workers} workers each");
+    println!(
+        "bench/http: {n} stored orders, wrk {seconds} s with {connections} connections and {wrk_threads} wrk threads, {workers} workers each"
+    );
     let mut generator = Generator::new(7, 3);
     let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
     let uids: Vec<&str> = orders.iter().map(|o| o.order_uid.as_str()).collect();
@@ -79,7 +80,8 @@ fn main() -> anyhow::Result<()> {
         service.shutdown();
 
         // Reference: bare tiny_http with the same bytes.
-        let bodies: HashMap<String, Arc<[u8]>> = orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
+        let bodies: HashMap<String, Arc<[u8]>> =
+            orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
         let bare = BareServer::start(bodies, workers)?;
         let tiny = wrk(&dir, wrk_threads, bare.addr.clone(), "uids.txt", seconds, connections)?;
         bare.stop();
@@ -91,7 +93,12 @@ fn main() -> anyhow::Result<()> {
 
         println!();
         println!("  {:<28} {:>12} {:>10} {:>10}", "GET /order/<uid>", "requests/s", "p50", "p99");
-        for (name, r) in [("orders-svc (cache hits)", &svc), ("bare tiny_http", &tiny), ("nginx static files", &static_files), ("orders-svc (unknown ids)", &miss)] {
+        for (name, r) in [
+            ("orders-svc (cache hits)", &svc),
+            ("bare tiny_http", &tiny),
+            ("nginx static files", &static_files),
+            ("orders-svc (unknown ids)", &miss),
+        ] {
             println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", r.rps, r.p50_ms, r.p99_ms);
         }
         println!();
@@ -105,7 +112,10 @@ fn main() -> anyhow::Result<()> {
         );
         // wrk counts the misses' 404s as non-2xx; those are expected, so only hits count.
         if svc.errors + tiny.errors + static_files.errors > 0 {
-            println!("  errors (socket errors or non-2xx answers): orders-svc {} tiny_http {} nginx {}", svc.errors, tiny.errors, static_files.errors);
+            println!(
+                "  errors (socket errors or non-2xx answers): orders-svc {} tiny_http {} nginx {}",
+                svc.errors, tiny.errors, static_files.errors
+            );
         }
     }
     Ok(())
@@ -129,7 +139,14 @@ struct WrkResult {
     errors: u64,
 }
 
-fn wrk(dir: &Path, threads: usize, addr: String, ids: &str, seconds: usize, connections: usize) -> anyhow::Result<WrkResult> {
+fn wrk(
+    dir: &Path,
+    threads: usize,
+    addr: String,
+    ids: &str,
+    seconds: usize,
+    connections: usize,
+) -> anyhow::Result<WrkResult> {
     let out = Command::new("wrk")
         .args([&format!("-t{threads}"), &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "-s"])
         .arg(dir.join("random.lua"))
@@ -191,8 +208,20 @@ impl BareServer {
                     while let Ok(request) = server.recv() {
                         let uid = request.url().trim_start_matches("/order/");
                         let response = match bodies.get(uid) {
-                            Some(body) => Response::new(200.into(), vec![json.clone()], std::io::Cursor::new(body.clone()), Some(body.len()), None),
-                            None => Response::new(404.into(), vec![], std::io::Cursor::new(Arc::from(&b""[..])), Some(0), None),
+                            Some(body) => Response::new(
+                                200.into(),
+                                vec![json.clone()],
+                                std::io::Cursor::new(body.clone()),
+                                Some(body.len()),
+                                None,
+                            ),
+                            None => Response::new(
+                                404.into(),
+                                vec![],
+                                std::io::Cursor::new(Arc::from(&b""[..])),
+                                Some(0),
+                                None,
+                            ),
                         };
                         let _ = request.respond(response);
                     }

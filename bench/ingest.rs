@@ -17,11 +17,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use orders_svc::Service;
 use orders_svc::config::Config;
-use orders_svc::generate::Generator;
 use orders_svc::model::Order;
-use orders_svc::produce::Producer;
+use orders_svc::service::Service;
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::produce::Producer;
 use postgres::Client;
 
 #[path = "common.rs"]
@@ -65,7 +65,7 @@ fn main() -> anyhow::Result<()> {
     println!("  psql \\copy:           {n:>7} orders in {copy_secs:>6.2} s = {copy_rate:>8.0} orders/s");
 
     // The messages, on a topic of their own.
-    let topic = format!("{run}");
+    let topic = run.clone();
     create_topic_on(&brokers(), &topic, PARTITIONS);
     let producer = Producer::new(&brokers, &topic)?;
     let started = Instant::now();
@@ -129,7 +129,9 @@ fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) 
     let secs = first_at.elapsed().as_secs_f64();
     service.shutdown();
     let rate = (target - first_count) as f64 / secs;
-    println!("  {label:<21} {target:>7} orders in {secs:>6.2} s = {rate:>8.0} orders/s  (group join and first batch: {join_secs:.1} s)");
+    println!(
+        "  {label:<21} {target:>7} orders in {secs:>6.2} s = {rate:>8.0} orders/s  (group join and first batch: {join_secs:.1} s)"
+    );
     Ok(rate)
 }
 
@@ -163,24 +165,64 @@ fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
         writeln!(
             o,
             "{},{},{},{},{},{},{},{},{},{},{},\\x{}",
-            q(&x.order_uid), q(&x.track_number), q(&x.entry), q(&x.locale), q(&x.internal_signature),
-            q(&x.customer_id), q(&x.delivery_service), q(&x.shardkey), x.sm_id, created, q(&x.oof_shard), fingerprint
+            q(&x.order_uid),
+            q(&x.track_number),
+            q(&x.entry),
+            q(&x.locale),
+            q(&x.internal_signature),
+            q(&x.customer_id),
+            q(&x.delivery_service),
+            q(&x.shardkey),
+            x.sm_id,
+            created,
+            q(&x.oof_shard),
+            fingerprint
         )?;
         let v = &x.delivery;
-        writeln!(d, "{},{},{},{},{},{},{},{}", q(&x.order_uid), q(&v.name), q(&v.phone), q(&v.zip), q(&v.city), q(&v.address), q(&v.region), q(&v.email))?;
+        writeln!(
+            d,
+            "{},{},{},{},{},{},{},{}",
+            q(&x.order_uid),
+            q(&v.name),
+            q(&v.phone),
+            q(&v.zip),
+            q(&v.city),
+            q(&v.address),
+            q(&v.region),
+            q(&v.email)
+        )?;
         let y = &x.payment;
         writeln!(
             p,
             "{},{},{},{},{},{},{},{},{},{},{}",
-            q(&x.order_uid), q(&y.transaction), q(&y.request_id), q(&y.currency), q(&y.provider), y.amount,
-            y.payment_dt, q(&y.bank), y.delivery_cost, y.goods_total, y.custom_fee
+            q(&x.order_uid),
+            q(&y.transaction),
+            q(&y.request_id),
+            q(&y.currency),
+            q(&y.provider),
+            y.amount,
+            y.payment_dt,
+            q(&y.bank),
+            y.delivery_cost,
+            y.goods_total,
+            y.custom_fee
         )?;
         for (n, it) in x.items.iter().enumerate() {
             writeln!(
                 i,
                 "{},{n},{},{},{},{},{},{},{},{},{},{},{}",
-                q(&x.order_uid), it.chrt_id, q(&it.track_number), it.price, q(&it.rid), q(&it.name), it.sale,
-                q(&it.size), it.total_price, it.nm_id, q(&it.brand), it.status
+                q(&x.order_uid),
+                it.chrt_id,
+                q(&it.track_number),
+                it.price,
+                q(&it.rid),
+                q(&it.name),
+                it.sale,
+                q(&it.size),
+                it.total_price,
+                it.nm_id,
+                q(&it.brand),
+                it.status
             )?;
         }
     }

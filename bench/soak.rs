@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use orders_svc::generate::Generator;
-use orders_svc::produce::Producer;
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::produce::Producer;
 
 #[path = "common.rs"]
 mod common;
@@ -156,7 +156,9 @@ fn main() -> anyhow::Result<()> {
     let mut samples = Vec::new();
     let soak_start = Instant::now();
     while soak_start.elapsed() < Duration::from_secs(seconds) {
-        std::thread::sleep(Duration::from_secs(10).min(Duration::from_secs(seconds).saturating_sub(soak_start.elapsed())));
+        std::thread::sleep(
+            Duration::from_secs(10).min(Duration::from_secs(seconds).saturating_sub(soak_start.elapsed())),
+        );
         let rss = resident_kib(service.id())?;
         let t = soak_start.elapsed().as_secs();
         println!("  t={t:>4} s  rss={:>7.1} MiB  produced={}", rss as f64 / 1024.0, uids.lock().unwrap().len());
@@ -168,21 +170,40 @@ fn main() -> anyhow::Result<()> {
     latencies.sort_unstable();
 
     let metrics = common::support::get(addr, "/metrics").body;
-    let metric = |name: &str| metrics.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default();
+    let metric = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string())).unwrap_or_default()
+    };
     Command::new("kill").arg(service.id().to_string()).status()?;
     let exit = service.wait()?;
     let stored: i64 = db.client().query_one("SELECT count(*) FROM orders", &[])?.get(0);
 
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     let (first, last) = (samples.first().map_or(0, |s| s.1), samples.last().map_or(0, |s| s.1));
     let middle = samples.get(samples.len() / 2).map_or(0, |s| s.1);
     println!();
     println!("  orders produced {produced}, stored {stored}");
-    println!("  reads answered 200: {}, 404 (not stored yet): {}, errors: {}", latencies.len(), not_found.load(Ordering::Relaxed), errors.load(Ordering::Relaxed));
+    println!(
+        "  reads answered 200: {}, 404 (not stored yet): {}, errors: {}",
+        latencies.len(),
+        not_found.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
     for e in first_errors.lock().unwrap().iter() {
         println!("  error: {e}");
     }
-    println!("  read latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms", pct(0.5), pct(0.99), pct(0.999), pct(1.0));
+    println!(
+        "  read latency p50 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
     println!(
         "  resident memory: {:.1} MiB at 10 s, {:.1} MiB at the middle, {:.1} MiB at the end",
         first as f64 / 1024.0,

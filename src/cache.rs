@@ -61,8 +61,14 @@ impl Default for Stats {
         Stats {
             hits: counter("orders_cache_hits_total", "Order lookups answered from the cache."),
             misses: counter("orders_cache_misses_total", "Order lookups the cache could not answer."),
-            negative_hits: counter("orders_cache_negative_hits_total", "Misses answered 404 from the memory of unknown ids."),
-            db_reads: counter("orders_cache_db_reads_total", "Misses that read PostgreSQL (one per id, however many waited)."),
+            negative_hits: counter(
+                "orders_cache_negative_hits_total",
+                "Misses answered 404 from the memory of unknown ids.",
+            ),
+            db_reads: counter(
+                "orders_cache_db_reads_total",
+                "Misses that read PostgreSQL (one per id, however many waited).",
+            ),
             evictions: counter("orders_cache_evictions_total", "Orders evicted to keep within the bounds."),
         }
     }
@@ -174,7 +180,8 @@ impl Cache {
     /// Fills the cache at start; `orders` newest first, so the newest are kept when
     /// they do not all fit.
     pub fn warm(&self, orders: Vec<Order>) {
-        let fresh: Vec<Arc<CachedOrder>> = orders.into_iter().rev().map(|o| Arc::new(CachedOrder::new(&o.encode()))).collect();
+        let fresh: Vec<Arc<CachedOrder>> =
+            orders.into_iter().rev().map(|o| Arc::new(CachedOrder::new(&o.encode()))).collect();
         let mut inner = self.inner.write();
         for order in fresh {
             let tick = self.tick();

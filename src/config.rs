@@ -17,7 +17,7 @@ pub struct Config {
     pub ingest: Ingest,
     pub validation: crate::model::Rules,
     pub http: Http,
-    pub cache: Cache,
+    pub cache: CacheConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +64,7 @@ pub struct Http {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Cache {
+pub struct CacheConfig {
     pub max_orders: usize,
     pub max_bytes: usize,
     pub negative_ttl_ms: u64,
@@ -72,11 +72,7 @@ pub struct Cache {
 
 impl Default for Database {
     fn default() -> Self {
-        Database {
-            url: "postgres://orders_svc@127.0.0.1:5432/orders".into(),
-            pool_size: 4,
-            connect_timeout_secs: 5,
-        }
+        Database { url: "postgres://orders_svc@127.0.0.1:5432/orders".into(), pool_size: 4, connect_timeout_secs: 5 }
     }
 }
 
@@ -105,19 +101,25 @@ impl Default for Http {
     }
 }
 
-impl Default for Cache {
+impl Default for CacheConfig {
     fn default() -> Self {
-        Cache { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
+        CacheConfig { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
     }
 }
 
-impl Cache {
+impl CacheConfig {
     pub fn limits(&self) -> crate::cache::Limits {
         crate::cache::Limits {
             max_orders: self.max_orders,
             max_bytes: self.max_bytes,
             negative_ttl: Duration::from_millis(self.negative_ttl_ms),
         }
+    }
+}
+
+impl Database {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
     }
 }
 
@@ -145,8 +147,8 @@ impl Ingest {
 impl Config {
     /// Reads and checks the configuration file at `path`.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
@@ -271,10 +273,7 @@ mod tests {
 
     #[test]
     fn bad_address_and_enum_are_named() {
-        assert_eq!(
-            err("[http]\naddr = \"localhost\"\n"),
-            "key `http.addr`: invalid socket address syntax (line 2)"
-        );
+        assert_eq!(err("[http]\naddr = \"localhost\"\n"), "key `http.addr`: invalid socket address syntax (line 2)");
         assert_eq!(
             err("[kafka]\nauto_offset_reset = \"first\"\n"),
             "key `kafka.auto_offset_reset`: unknown variant `first`, expected `earliest` or `latest` (line 2)"

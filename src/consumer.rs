@@ -18,18 +18,22 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext
 use rdkafka::{ClientContext, Message as _, Offset, Statistics, TopicPartitionList};
 
 use crate::cache::Cache;
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
+use crate::service::{Backoff, Health, Shutdown};
 use crate::store::{self, BatchResult, DeadLetter};
-use crate::{Health, Shutdown};
 
 /// How long an idle poll waits before looking at the shutdown signal again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 pub struct Consumer {
     consumer: BaseConsumer<GroupContext>,
-    config: Config,
+    /// Of the config, only what the loop reads: batching and retries, the validation
+    /// rules, and the database it writes to.
+    ingest: config::Ingest,
+    rules: Rules,
+    database: config::Database,
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
@@ -78,10 +82,10 @@ impl ClientContext for GroupContext {
                     self.metrics.position_beyond_end.with_label_values(&labels).set(1);
                     if !self.beyond_end.lock().contains(&(topic.clone(), partition)) {
                         error!(
-                            "event=partition_position_beyond_end topic={topic} partition={partition} position={} end={} \
-                             hint=\"the broker has fewer messages than this consumer already read: it lost them \
-                             (a broker with memory storage restarted?) or the topic was recreated. Messages below \
-                             the position are not read. Restart orders-svc to read the partition from its \
+                            "event=partition_position_beyond_end topic={topic} partition={partition} position={} \
+                             end={} hint=\"the broker has fewer messages than this consumer already read: it lost \
+                             them (a broker with memory storage restarted?) or the topic was recreated. Messages \
+                             below the position are not read. Restart orders-svc to read the partition from its \
                              committed offset, or from its start if the broker has none; orders already stored \
                              are recognised and left unchanged\"",
                             p.next_offset, p.hi_offset
@@ -105,10 +109,12 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
-        self.health.set_assigned_partitions(assigned);
+        self.health.record_assignment(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
         match rebalance {
-            Rebalance::Assign(tpl) => info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl)),
+            Rebalance::Assign(tpl) => {
+                info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl))
+            }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => warn!("event=rebalance_error error={e}"),
         }
@@ -156,7 +162,9 @@ impl Consumer {
         info!("event=consumer_subscribed brokers={} topic={} group_id={}", k.brokers, k.topic, k.group_id);
         Ok(Consumer {
             consumer,
-            config: config.clone(),
+            ingest: config.ingest.clone(),
+            rules: config.validation.clone(),
+            database: config.database.clone(),
             cache,
             metrics,
             shutdown,
@@ -177,7 +185,7 @@ impl Consumer {
                 continue;
             }
             let started = Instant::now();
-            let (orders, dead) = decode_all(&batch, &self.config.validation);
+            let (orders, dead) = decode_all(&batch, &self.rules);
             let decoded = Instant::now();
             let Some(result) = self.write_with_retry(&orders, &dead) else {
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
@@ -198,8 +206,8 @@ impl Consumer {
     /// first message. If partitions are revoked meanwhile, what was collected is dropped:
     /// their new owner reads it again from the committed offset.
     fn collect_batch(&mut self) -> Vec<Message> {
-        let max = self.config.ingest.batch_max_messages;
-        let max_wait = self.config.ingest.batch_max_wait();
+        let max = self.ingest.batch_max_messages;
+        let max_wait = self.ingest.batch_max_wait();
         let mut batch = Vec::new();
         let mut deadline: Option<Instant> = None;
         let mut generation = self.consumer.context().revocations.load(Ordering::SeqCst);
@@ -240,39 +248,37 @@ impl Consumer {
     /// Writes the batch, retrying with capped exponential backoff until it commits.
     /// Returns None only when shutdown is signalled while the database is failing.
     fn write_with_retry(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> Option<BatchResult> {
-        let mut delay = self.config.ingest.retry_initial();
-        let mut attempt = 1u32;
+        let mut backoff = Backoff::new(self.ingest.retry_initial(), self.ingest.retry_max());
         loop {
             match self.write_once(orders, dead) {
                 Ok(result) => {
-                    if attempt > 1 {
-                        info!("event=database_recovered attempts={attempt}");
+                    if backoff.attempt() > 1 {
+                        info!("event=database_recovered attempts={}", backoff.attempt());
                     }
                     return Some(result);
                 }
                 Err(e) => {
                     self.metrics.db_retries.inc();
-                    warn!("event=batch_write_failed attempt={attempt} retry_in_ms={} error={e:#}", delay.as_millis());
+                    warn!(
+                        "event=batch_write_failed attempt={} retry_in_ms={} error={e:#}",
+                        backoff.attempt(),
+                        backoff.delay().as_millis()
+                    );
                     if self.db.as_ref().is_some_and(Client::is_closed) {
                         self.db = None;
                     }
                 }
             }
-            if self.shutdown.sleep(delay) {
+            if self.shutdown.sleep(backoff.next_delay()) {
                 return None;
             }
-            delay = (delay * 2).min(self.config.ingest.retry_max());
-            attempt += 1;
         }
     }
 
     fn write_once(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
         let db = match &mut self.db {
             Some(client) => client,
-            None => {
-                let d = &self.config.database;
-                self.db.insert(store::connect(&d.url, Duration::from_secs(d.connect_timeout_secs))?)
-            }
+            None => self.db.insert(store::connect(&self.database)?),
         };
         store::write_batch(db, orders, dead)
     }
@@ -319,8 +325,7 @@ impl Consumer {
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), next) in &self.uncommitted {
-            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                .expect("a non-negative offset is valid");
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).expect("a non-negative offset is valid");
         }
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
@@ -343,7 +348,10 @@ fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Enc
             Err(rejection) => {
                 // The detail can quote the message, and so a person's name or address:
                 // it goes to the dead letter, and to the log only at debug level.
-                warn!("event=message_rejected topic={} partition={} offset={} rule={}", m.topic, m.partition, m.offset, rejection.rule);
+                warn!(
+                    "event=message_rejected topic={} partition={} offset={} rule={}",
+                    m.topic, m.partition, m.offset, rejection.rule
+                );
                 debug!("event=message_rejected offset={} detail={:?}", m.offset, rejection.detail);
                 dead.push(DeadLetter::new(m, rejection, rules.max_message_bytes));
             }

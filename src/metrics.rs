@@ -7,13 +7,21 @@ use prometheus::{
 };
 
 use crate::cache::Cache;
+use crate::http::RouteName;
 
-/// The routes and statuses HTTP requests are counted by. Their counters are looked up
-/// once, here, not per request: a labelled lookup hashes under a lock.
-pub const ROUTES: [&str; 8] = ["order", "index", "lookup", "asset", "healthz", "readyz", "metrics", "other"];
-pub const STATUSES: [&str; 11] = ["200", "303", "304", "400", "404", "405", "414", "431", "500", "503", "other"];
-/// The statuses of `STATUSES` as numbers, in the same order; any other counts as "other".
-pub const STATUS_CODES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
+/// The statuses HTTP requests are counted by; any other is counted as "other".
+const COUNTED_STATUSES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
+
+/// Where a status's counters are: its place in `COUNTED_STATUSES`, or past the end for
+/// "other".
+fn status_slot(status: u16) -> usize {
+    COUNTED_STATUSES.iter().position(|&code| code == status).unwrap_or(COUNTED_STATUSES.len())
+}
+
+/// The `status` label: the code, or "other" for a status not counted by itself.
+fn status_label(status: u16) -> String {
+    if COUNTED_STATUSES.contains(&status) { status.to_string() } else { "other".to_string() }
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -40,9 +48,15 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
         let m = Metrics {
-            messages_consumed: counter("orders_messages_consumed_total", "Messages taken from the topic and written (as orders or dead letters)."),
+            messages_consumed: counter(
+                "orders_messages_consumed_total",
+                "Messages taken from the topic and written (as orders or dead letters).",
+            ),
             orders_stored: IntCounterVec::new(
-                Opts::new("orders_stored_total", "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered)."),
+                Opts::new(
+                    "orders_stored_total",
+                    "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered).",
+                ),
                 &["outcome"],
             )
             .expect("valid metric"),
@@ -58,13 +72,19 @@ impl Metrics {
             )
             .expect("valid metric"),
             batch_seconds: HistogramVec::new(
-                HistogramOpts::new("orders_batch_seconds", "Time per batch, by phase: decode, write (the transaction), commit (the offsets).")
-                    .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
+                HistogramOpts::new(
+                    "orders_batch_seconds",
+                    "Time per batch, by phase: decode, write (the transaction), commit (the offsets).",
+                )
+                .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
                 &["phase"],
             )
             .expect("valid metric"),
             consumer_lag: IntGaugeVec::new(
-                Opts::new("orders_consumer_lag_messages", "Messages on each assigned partition not yet committed, as librdkafka last saw it."),
+                Opts::new(
+                    "orders_consumer_lag_messages",
+                    "Messages on each assigned partition not yet committed, as librdkafka last saw it.",
+                ),
                 &["topic", "partition"],
             )
             .expect("valid metric"),
@@ -76,17 +96,27 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
-            assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.").expect("valid metric"),
-            http_requests: IntCounterVec::new(Opts::new("orders_http_requests_total", "HTTP requests, by route and status."), &["route", "status"])
+            assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.")
                 .expect("valid metric"),
-            http_by_route_status: (0..ROUTES.len() * STATUSES.len()).map(|_| std::sync::OnceLock::new()).collect(),
+            http_requests: IntCounterVec::new(
+                Opts::new("orders_http_requests_total", "HTTP requests, by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            http_by_route_status: (0..RouteName::ALL.len() * (COUNTED_STATUSES.len() + 1))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
             http_seconds: Histogram::with_opts(
-                HistogramOpts::new("orders_http_request_seconds", "Time from a request's arrival at a worker to its response written.")
-                    .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
+                HistogramOpts::new(
+                    "orders_http_request_seconds",
+                    "Time from a request's arrival at a worker to its response written.",
+                )
+                .buckets(prometheus::exponential_buckets(0.00005, 2.0, 16).expect("valid buckets")),
             )
             .expect("valid metric"),
             cache_entries: IntGauge::new("orders_cache_entries", "Orders in the cache.").expect("valid metric"),
-            cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.").expect("valid metric"),
+            cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.")
+                .expect("valid metric"),
             registry,
         };
         let s = &cache.stats;
@@ -120,12 +150,12 @@ impl Metrics {
         m
     }
 
-    /// Counts one request; `route` and `status` index `ROUTES` and `STATUSES`. Each
-    /// pair's counter is looked up on its first request and kept, so pairs never seen
+    /// Counts one request. Their counters are looked up once per route and status, here,
+    /// not per request (a labelled lookup hashes under a lock), and kept; pairs never seen
     /// stay out of the output.
-    pub fn count_request(&self, route: usize, status: usize) {
-        self.http_by_route_status[route * STATUSES.len() + status]
-            .get_or_init(|| self.http_requests.with_label_values(&[ROUTES[route], STATUSES[status]]))
+    pub fn count_request(&self, route: RouteName, status: u16) {
+        self.http_by_route_status[route as usize * (COUNTED_STATUSES.len() + 1) + status_slot(status)]
+            .get_or_init(|| self.http_requests.with_label_values(&[route.label(), &status_label(status)]))
             .inc();
     }
 
@@ -136,5 +166,18 @@ impl Metrics {
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("metrics encode to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_not_listed_count_as_other() {
+        assert_eq!(status_label(431), "431");
+        assert_eq!(status_label(418), "other");
+        assert_eq!(status_slot(418), status_slot(599));
+        assert_ne!(status_slot(200), status_slot(503));
     }
 }

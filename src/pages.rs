@@ -72,7 +72,8 @@ pub fn index(recent: Option<&[OrderSummary]>) -> Markup {
 pub fn order(order: &Order) -> Markup {
     let p = &order.payment;
     let d = &order.delivery;
-    let paid = time::OffsetDateTime::from_unix_timestamp(p.payment_dt).map_or_else(|_| p.payment_dt.to_string(), date_time);
+    let paid =
+        time::OffsetDateTime::from_unix_timestamp(p.payment_dt).map_or_else(|_| p.payment_dt.to_string(), date_time);
     let items_total: i64 = order.items.iter().map(|i| i.total_price).sum();
     layout(
         &format!("Order {}", order.order_uid),
@@ -228,9 +229,18 @@ mod tests {
     fn order_page_shows_each_section_and_the_values() {
         let html = order(&canonical()).into_string();
         for needle in [
-            "<h2>Order</h2>", "<h2>Delivery</h2>", "<h2>Payment</h2>", "<h2>Items</h2>",
-            "<td>WBILMTESTTRACK</td>", "<td>Kiryat Mozkin</td>", "<td>1,817 USD</td>", "<td>Mascaras</td>",
-            "<td>Vivienne Sabo</td>", "<td>2021-11-26 06:22 UTC</td>", "<td>317 USD</td>", "<td>1,500 USD</td>",
+            "<h2>Order</h2>",
+            "<h2>Delivery</h2>",
+            "<h2>Payment</h2>",
+            "<h2>Items</h2>",
+            "<td>WBILMTESTTRACK</td>",
+            "<td>Kiryat Mozkin</td>",
+            "<td>1,817 USD</td>",
+            "<td>Mascaras</td>",
+            "<td>Vivienne Sabo</td>",
+            "<td>2021-11-26 06:22 UTC</td>",
+            "<td>317 USD</td>",
+            "<td>1,500 USD</td>",
         ] {
             assert!(html.contains(needle), "missing {needle} in {html}");
         }
@@ -263,7 +273,10 @@ mod tests {
             ingested_at: o.date_created,
         }];
         let html = index(Some(&recent)).into_string();
-        assert!(html.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#), "{html}");
+        assert!(
+            html.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#),
+            "{html}"
+        );
         assert!(index(Some(&[])).into_string().contains("No orders yet."));
         assert!(index(None).into_string().contains("unavailable"));
     }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use orders_svc::generate::Generator;
 use orders_svc::model::Order;
+use orders_svc::tools::generate::Generator;
 
 use crate::support::*;
 

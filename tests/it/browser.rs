@@ -153,11 +153,22 @@ fn chromium_looks_up_the_canonical_order_through_the_form() {
     assert_eq!(browser.texts("h1"), vec!["Order b563feb7b2b84b6test"]);
     assert_eq!(browser.texts("h2"), vec!["Order", "Delivery", "Payment", "Items"]);
     let cells = browser.texts("td");
-    for expected in ["WBILMTESTTRACK", "Test Testov", "Kiryat Mozkin", "test@gmail.com", "wbpay", "1,817 USD", "Mascaras", "Vivienne Sabo", "317 USD"] {
+    for expected in [
+        "WBILMTESTTRACK",
+        "Test Testov",
+        "Kiryat Mozkin",
+        "test@gmail.com",
+        "wbpay",
+        "1,817 USD",
+        "Mascaras",
+        "Vivienne Sabo",
+        "317 USD",
+    ] {
         assert!(cells.iter().any(|c| c == expected), "no cell shows {expected:?}: {cells:?}");
     }
     // The stylesheet loaded under the Content-Security-Policy: the button has its colour.
-    let colour = browser.session("GET", &format!("/element/{}/css/background-color", browser.find("form.lookup button")), None);
+    let colour =
+        browser.session("GET", &format!("/element/{}/css/background-color", browser.find("form.lookup button")), None);
     assert_eq!(colour, "rgba(11, 107, 203, 1)");
     let desktop = browser.screenshot("order-desktop.png");
     browser.resize(390, 844);

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use orders_svc::generate::Generator;
 use orders_svc::model::{Order, Rules};
-use orders_svc::rejected::{self, Target};
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::rejected::{self, Target};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -57,7 +57,7 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         ("amount", changed(&base, |v| v["payment"]["amount"] = json!(1)), "amount"),
     ];
 
-    let producer = orders_svc::produce::Producer::new(&brokers(), &setup.topic).unwrap();
+    let producer = orders_svc::tools::produce::Producer::new(&brokers(), &setup.topic).unwrap();
     for order in &valid {
         producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).unwrap();
     }
@@ -119,9 +119,7 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
     let setup = Setup::new(1);
     let db = &setup.db;
     let _service = setup.start();
-    db.client()
-        .batch_execute("ALTER TABLE payments ADD CONSTRAINT refuse_bank CHECK (bank <> 'refused')")
-        .unwrap();
+    db.client().batch_execute("ALTER TABLE payments ADD CONSTRAINT refuse_bank CHECK (bank <> 'refused')").unwrap();
 
     let mut generator = Generator::new(3, 2);
     let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
@@ -131,10 +129,7 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
 
     setup.wait_committed(&[10], Duration::from_secs(30));
     assert_eq!(db.count("SELECT count(*) FROM orders"), 9);
-    let row = db
-        .client()
-        .query_one("SELECT \"offset\", rule, detail FROM rejected_messages", &[])
-        .unwrap();
+    let row = db.client().query_one("SELECT \"offset\", rule, detail FROM rejected_messages", &[]).unwrap();
     assert_eq!(row.get::<_, i64>(0), 4);
     assert_eq!(row.get::<_, String>(1), "database");
     assert_eq!(

@@ -4,8 +4,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use orders_svc::generate::Generator;
 use orders_svc::model::Order;
+use orders_svc::tools::generate::Generator;
 
 use crate::support::*;
 
@@ -71,7 +71,9 @@ fn metrics_count_what_happened() {
     // The lag librdkafka reports, against the broker's true end of the partition.
     assert_eq!(partition_ends(&brokers(), &setup.topic, 1), vec![4]);
     let lag = format!("orders_consumer_lag_messages{{partition=\"0\",topic=\"{}\"}}", setup.topic);
-    wait_for("the lag to be reported as 0", Duration::from_secs(20), || (metric(addr, &lag) == Some(0.0)).then_some(()));
+    wait_for("the lag to be reported as 0", Duration::from_secs(20), || {
+        (metric(addr, &lag) == Some(0.0)).then_some(())
+    });
 }
 
 /// Two instances in one consumer group split a 4-partition topic: 2,000 orders are
@@ -117,7 +119,7 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
 /// kind). The same seed gives the same split.
 #[test]
 fn generated_stream_with_bad_messages_ends_where_each_belongs() {
-    use orders_svc::produce::{Plan, Producer, Sent, send_generated};
+    use orders_svc::tools::produce::{Plan, Producer, Sent, send_generated};
     let setup = Setup::new(2);
     let db = &setup.db;
     let _service = setup.start();

@@ -30,7 +30,16 @@ fn canonical_order_is_served_as_json_and_on_the_page() {
     let page = http_with(addr, "GET", &format!("/order/{UID}"), &[("Accept", "text/html")]);
     assert_eq!(page.status, 200);
     assert_eq!(page.header("Content-Type"), Some("text/html; charset=utf-8"));
-    for shown in ["WBILMTESTTRACK", "Test Testov", "+9720000000", "Kiryat Mozkin", "wbpay", "1,817 USD", "Mascaras", "Vivienne Sabo"] {
+    for shown in [
+        "WBILMTESTTRACK",
+        "Test Testov",
+        "+9720000000",
+        "Kiryat Mozkin",
+        "wbpay",
+        "1,817 USD",
+        "Mascaras",
+        "Vivienne Sabo",
+    ] {
         assert!(page.body.contains(&format!("<td>{shown}</td>")), "page lacks {shown}: {}", page.body);
     }
 
@@ -55,10 +64,7 @@ fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
     wait_until_served(service.addr(), &format!("/order/{UID}"));
     let mut client = setup.db.client();
     let rows = client
-        .query(
-            "SELECT topic, partition, \"offset\", payload, payload_size, rule, detail FROM rejected_messages",
-            &[],
-        )
+        .query("SELECT topic, partition, \"offset\", payload, payload_size, rule, detail FROM rejected_messages", &[])
         .unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];

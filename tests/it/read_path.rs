@@ -74,7 +74,11 @@ fn index_lists_recent_orders() {
     let (_setup, service) = service_with_canonical_order();
     let r = get(service.addr(), "/");
     assert_eq!(r.status, 200);
-    assert!(r.body.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#), "{}", r.body);
+    assert!(
+        r.body.contains(r#"<a href="/order/b563feb7b2b84b6test"><code>b563feb7b2b84b6test</code></a>"#),
+        "{}",
+        r.body
+    );
     assert!(r.body.contains("<td class=\"num\">1,817 USD</td>"), "{}", r.body);
 }
 

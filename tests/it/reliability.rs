@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use orders_svc::generate::Generator;
 use orders_svc::model::Order;
-use orders_svc::produce::{Plan, Producer, Sent, send_generated};
 use orders_svc::store;
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::produce::{Plan, Producer, Sent, send_generated};
 use serde_json::Value;
 
 use crate::support::*;
@@ -38,7 +38,8 @@ fn hostile_corpus_ends_where_each_message_belongs() {
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let expected = name.split_once("--").unwrap().0;
-        let rows = client.query("SELECT rule FROM rejected_messages WHERE message_key = $1", &[&name.as_bytes()]).unwrap();
+        let rows =
+            client.query("SELECT rule FROM rejected_messages WHERE message_key = $1", &[&name.as_bytes()]).unwrap();
         if expected == "stored" {
             assert!(rows.is_empty(), "{name} was rejected");
             // Typed, so unknown fields (one nests 100,000 deep) are skipped, not parsed.
@@ -219,16 +220,20 @@ fn hostile_http_gets_clean_4xx_and_the_service_stays_up() {
     // the connection without an answer; percent-encoded, they reach the route (400).
     assert!(matches!(get_raw(b"/order/\xff\xfe"), None | Some(400)));
     assert_eq!(get_raw(format!("/order/{}", "a".repeat(100 * 1024)).as_bytes()), Some(414));
-    let big_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(100 * 1024));
+    let big_header =
+        format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(100 * 1024));
     assert_eq!(raw_status(addr, big_header.as_bytes()), Some(431));
     for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
-        let request = format!("{method} /order/b563feb7b2b84b6test HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let request = format!(
+            "{method} /order/b563feb7b2b84b6test HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
         assert_eq!(raw_status(addr, request.as_bytes()), Some(405), "{method}");
     }
     assert_eq!(raw_status(addr, b"BREW /coffee HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"), Some(404));
     assert_eq!(raw_status(addr, b"this is not http\r\n\r\n"), Some(400));
 
-    let idle: Vec<std::net::TcpStream> = (0..1000).map(|_| std::net::TcpStream::connect(addr).expect("an idle connection")).collect();
+    let idle: Vec<std::net::TcpStream> =
+        (0..1000).map(|_| std::net::TcpStream::connect(addr).expect("an idle connection")).collect();
     let started = Instant::now();
     let r = get(addr, "/order/b563feb7b2b84b6test");
     assert_eq!(r.status, 200);

@@ -42,7 +42,8 @@ impl Drop for TestDb {
 
 fn admin() -> Client {
     let url = admin_url();
-    Client::connect(&url, NoTls).unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e}); {HOW_TO_START}"))
+    Client::connect(&url, NoTls)
+        .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {url} ({e}); {HOW_TO_START}"))
 }
 
 /// `url` (postgres://user@host:port/db, as `scripts/stack` writes it) with another

@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use orders_svc::Service;
 use orders_svc::config::Config;
+use orders_svc::service::Service;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -154,7 +154,7 @@ pub fn produce(topic: &str, payloads: &[&[u8]]) -> BTreeMap<i32, i64> {
 }
 
 pub fn produce_on(brokers: &str, topic: &str, payloads: &[&[u8]]) -> BTreeMap<i32, i64> {
-    let producer = orders_svc::produce::Producer::new(brokers, topic).expect("create a producer");
+    let producer = orders_svc::tools::produce::Producer::new(brokers, topic).expect("create a producer");
     for payload in payloads {
         producer.send_order_json(payload).expect("send");
     }

@@ -1,5 +1,6 @@
-//! The `rejected` commands: list and show dead letters, and replay them through the
-//! current validation rules. Each returns the text to print.
+//! What the `rejected` commands say: dead letters listed and shown, and the outcome of
+//! replaying them through the current validation rules. Each function returns the text
+//! the binary prints, so that tests can check it.
 
 use std::fmt::Write as _;
 
@@ -12,7 +13,11 @@ use crate::store::{self, Replay, StoredDeadLetter};
 pub fn list(client: &mut Client, limit: i64) -> anyhow::Result<String> {
     let letters = store::dead_letters(client, limit)?;
     let mut out = String::new();
-    writeln!(out, "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  detail", "id", "rejected_at", "topic/partition@offset", "rule", "bytes", "replayed")?;
+    writeln!(
+        out,
+        "{:>8}  {:<20}  {:<24}  {:<20}  {:>9}  {:<8}  detail",
+        "id", "rejected_at", "topic/partition@offset", "rule", "bytes", "replayed"
+    )?;
     for stored in &letters {
         let d = &stored.letter;
         writeln!(
@@ -107,7 +112,10 @@ fn clip(s: &str, max: usize) -> String {
 /// UTF-8 text as it is (control characters escaped), anything else as hex.
 fn printable(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
-        Ok(text) => text.chars().flat_map(|c| if c.is_control() && c != '\n' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect(),
+        Ok(text) => text
+            .chars()
+            .flat_map(|c| if c.is_control() && c != '\n' { c.escape_default().collect::<Vec<_>>() } else { vec![c] })
+            .collect(),
         Err(_) => format!("(not UTF-8, hex) {}", hex(bytes)),
     }
 }

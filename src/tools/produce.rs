@@ -7,10 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rdkafka::{ClientContext, Message as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
+
+use crate::model::Rule;
+use rdkafka::{ClientContext, Message as _};
 
 /// Counts deliveries the broker confirmed and those it refused, and remembers where
 /// each partition's last confirmed message went.
@@ -21,11 +23,12 @@ struct Deliveries {
     ends: parking_lot::Mutex<BTreeMap<i32, i64>>,
 }
 
-struct Context_(Arc<Deliveries>);
+/// Hands librdkafka's delivery reports to `Deliveries`.
+struct DeliveryContext(Arc<Deliveries>);
 
-impl ClientContext for Context_ {}
+impl ClientContext for DeliveryContext {}
 
-impl ProducerContext for Context_ {
+impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         match result {
@@ -44,7 +47,7 @@ impl ProducerContext for Context_ {
 }
 
 pub struct Producer {
-    producer: BaseProducer<Context_>,
+    producer: BaseProducer<DeliveryContext>,
     topic: String,
     deliveries: Arc<Deliveries>,
 }
@@ -63,7 +66,7 @@ impl Producer {
             config.set(*key, *value);
         }
         let producer =
-            config.create_with_context(Context_(deliveries.clone())).context("create Kafka producer")?;
+            config.create_with_context(DeliveryContext(deliveries.clone())).context("create Kafka producer")?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 
@@ -76,7 +79,10 @@ impl Producer {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(10));
                 }
@@ -137,7 +143,7 @@ pub fn send_generated(producer: &Producer, plan: &Plan, uids: &mut dyn std::io::
     use std::io::IsTerminal;
     use std::time::Instant;
 
-    use crate::generate::Generator;
+    use super::generate::Generator;
     // Bad messages, and which messages are bad, come from generators of their own, so
     // that the valid orders of a seed are the same whatever the invalid rate.
     let mut generator = Generator::new(plan.seed, plan.max_items);
@@ -178,7 +184,7 @@ pub fn send_generated(producer: &Producer, plan: &Plan, uids: &mut dyn std::io::
 }
 
 /// Bad messages are keyed by their kind, so they are easy to find among dead letters.
-fn send_invalid(producer: &Producer, kind: &str, payload: &[u8]) -> anyhow::Result<()> {
+fn send_invalid(producer: &Producer, kind: Rule, payload: &[u8]) -> anyhow::Result<()> {
     producer.send(Some(format!("invalid-{kind}").as_bytes()), payload)
 }
 

@@ -1,0 +1,85 @@
+//! The `orders-svc` binary: parses the command line, loads the config, starts the logger,
+//! then runs the service until SIGINT or SIGTERM, or one of the commands.
+
+mod probe;
+mod produce;
+mod rejected;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use log::{error, info};
+use orders_svc::config::Config;
+use orders_svc::service::Service;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+#[derive(Parser)]
+#[command(version, about = "Takes orders from Kafka, keeps them in PostgreSQL, serves them over HTTP")]
+struct Cli {
+    /// Configuration file (TOML). Without it, defaults that match the local stack.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Put orders on the topic, each keyed by its order_uid: JSON files, or generated
+    /// orders that pass every validation rule.
+    Produce(produce::Args),
+    /// Ask a running service whether it is ready (GET /readyz on http.addr); exit 0 if
+    /// so, 1 with the reason if not. For container healthchecks.
+    Probe(probe::Args),
+    /// Inspect and replay the messages kept in `rejected_messages`.
+    Rejected {
+        #[command(subcommand)]
+        action: rejected::Action,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("orders-svc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    match cli.command {
+        None => serve(config),
+        Some(Command::Produce(args)) => produce::run(args, &config),
+        Some(Command::Probe(args)) => probe::run(args, &config),
+        Some(Command::Rejected { action }) => rejected::run(action, &config),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM]).context("install signal handlers")?;
+    info!("event=starting version={}", env!("CARGO_PKG_VERSION"));
+    let service = Service::spawn(config)?;
+    info!("event=started http={}", service.http_addr());
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    info!("event=stopping signal={signal}");
+    // A second signal means: stop now, without finishing the batch in hand.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            error!("event=forced_exit reason=second_signal");
+            std::process::exit(1);
+        }
+    });
+    service.shutdown();
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Where a request goes: its target parsed once into a `Route`, from which both the
+//! dispatch in `respond` and the label it is counted under in the metrics come.
+
+/// A request target, parsed. Paths outside this set are `Other` (404), whatever the
+/// method.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `/order/<uid>`, the uid not checked yet.
+    Order(&'a str),
+    /// `/`, including a lookup form sent with a blank uid.
+    Index,
+    /// `/?uid=…` with a uid that is not blank: form-decoded and trimmed.
+    Lookup(String),
+    /// `/assets/<name>`; only the compiled-in assets exist.
+    Asset(&'a str),
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl<'a> Route<'a> {
+    pub fn parse(url: &'a str) -> Route<'a> {
+        let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        match path {
+            "/" => match query_param(query, "uid") {
+                Some(uid) if !uid.trim().is_empty() => Route::Lookup(uid.trim().to_string()),
+                _ => Route::Index,
+            },
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            _ => match path.strip_prefix("/order/") {
+                Some(uid) => Route::Order(uid),
+                None if path.starts_with("/assets/") => Route::Asset(path.trim_start_matches("/assets/")),
+                None => Route::Other,
+            },
+        }
+    }
+
+    /// What the request is counted under: a fixed set of names, never the raw path.
+    pub fn name(&self) -> RouteName {
+        match self {
+            Route::Order(_) => RouteName::Order,
+            Route::Index => RouteName::Index,
+            Route::Lookup(_) => RouteName::Lookup,
+            Route::Asset(_) => RouteName::Asset,
+            Route::Healthz => RouteName::Healthz,
+            Route::Readyz => RouteName::Readyz,
+            Route::Metrics => RouteName::Metrics,
+            Route::Other => RouteName::Other,
+        }
+    }
+}
+
+/// A route without its data: the `route` label of `orders_http_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteName {
+    Order,
+    Index,
+    Lookup,
+    Asset,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl RouteName {
+    /// Every name, each at the index of its discriminant (`name as usize`).
+    pub const ALL: [RouteName; 8] = [
+        RouteName::Order,
+        RouteName::Index,
+        RouteName::Lookup,
+        RouteName::Asset,
+        RouteName::Healthz,
+        RouteName::Readyz,
+        RouteName::Metrics,
+        RouteName::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteName::Order => "order",
+            RouteName::Index => "index",
+            RouteName::Lookup => "lookup",
+            RouteName::Asset => "asset",
+            RouteName::Healthz => "healthz",
+            RouteName::Readyz => "readyz",
+            RouteName::Metrics => "metrics",
+            RouteName::Other => "other",
+        }
+    }
+}
+
+/// The value of `name` in an `application/x-www-form-urlencoded` query, decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| form_decode(v))
+}
+
+fn form_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() && hex(bytes[i + 1]).is_some() && hex(bytes[i + 2]).is_some() => {
+                out.push((hex(bytes[i + 1]).unwrap() * 16 + hex(bytes[i + 2]).unwrap()) as u8);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_named_for_metrics_without_raw_paths() {
+        let name = |url: &str| Route::parse(url).name().label();
+        assert_eq!(name("/order/abc"), "order");
+        assert_eq!(name("/?uid=x"), "lookup");
+        assert_eq!(name("/"), "index");
+        assert_eq!(name("/assets/style.css"), "asset");
+        assert_eq!(name("/wp-admin"), "other");
+        for (i, name) in RouteName::ALL.into_iter().enumerate() {
+            assert_eq!(name as usize, i, "{}", name.label());
+        }
+    }
+
+    #[test]
+    fn routes_carry_what_the_handlers_need() {
+        assert_eq!(Route::parse("/order/abc?x=1"), Route::Order("abc"));
+        assert_eq!(Route::parse("/?uid=+a%20b+"), Route::Lookup("a b".into()));
+        assert_eq!(Route::parse("/?uid=+"), Route::Index);
+        assert_eq!(Route::parse("/?xuid=1"), Route::Index);
+        assert_eq!(Route::parse("/assets/style.css"), Route::Asset("style.css"));
+        assert_eq!(Route::parse("/healthz"), Route::Healthz);
+        assert_eq!(Route::parse("/orders"), Route::Other);
+    }
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(query_param("uid=a%20b+c&x=1", "uid").as_deref(), Some("a b c"));
+        assert_eq!(query_param("x=1", "uid"), None);
+        assert_eq!(form_decode("100%"), "100%");
+        assert_eq!(form_decode("%zz"), "%zz");
+        assert_eq!(form_decode("%41"), "A");
+    }
+}

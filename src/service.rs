@@ -1,0 +1,277 @@
+//! The running service and what its threads share: `Service` starts the HTTP workers and
+//! the consumer thread and stops them in order; `Health` is what `/readyz` reports;
+//! `Shutdown` is the stop signal every thread watches; `Backoff` paces every retry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use log::{error, info, warn};
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{self, Pool};
+use crate::{consumer, http};
+
+/// What `/readyz` reports, set by the threads that know.
+#[derive(Debug, Default)]
+pub struct Health {
+    cache_warm: AtomicBool,
+    consumer_joined: AtomicBool,
+    assigned_partitions: AtomicUsize,
+    /// Why the start is not done yet, while the consumer thread waits for PostgreSQL.
+    startup_problem: parking_lot::Mutex<Option<String>>,
+}
+
+impl Health {
+    pub fn cache_warm(&self) -> bool {
+        self.cache_warm.load(Ordering::SeqCst)
+    }
+    pub fn set_cache_warm(&self) {
+        *self.startup_problem.lock() = None;
+        self.cache_warm.store(true, Ordering::SeqCst);
+    }
+    pub fn startup_problem(&self) -> Option<String> {
+        self.startup_problem.lock().clone()
+    }
+    pub fn set_startup_problem(&self, problem: String) {
+        *self.startup_problem.lock() = Some(problem);
+    }
+    /// True once the consumer has had its first assignment, even of zero partitions
+    /// (a group can have more members than the topic has partitions).
+    pub fn consumer_joined(&self) -> bool {
+        self.consumer_joined.load(Ordering::SeqCst)
+    }
+    pub fn assigned_partitions(&self) -> usize {
+        self.assigned_partitions.load(Ordering::SeqCst)
+    }
+    /// Records a rebalance's outcome: `n` partitions held now, and the group joined.
+    pub fn record_assignment(&self, n: usize) {
+        self.assigned_partitions.store(n, Ordering::SeqCst);
+        self.consumer_joined.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The stop signal every thread watches. It is a channel nobody sends on: dropping the
+/// `ShutdownTrigger` disconnects it, which wakes every waiting `sleep` at once.
+#[derive(Clone)]
+pub struct Shutdown(Receiver<()>);
+
+pub struct ShutdownTrigger(Option<Sender<()>>);
+
+pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
+    let (tx, rx) = crossbeam_channel::bounded(0);
+    (ShutdownTrigger(Some(tx)), Shutdown(rx))
+}
+
+impl ShutdownTrigger {
+    pub fn signal(&mut self) {
+        self.0.take();
+    }
+}
+
+impl Shutdown {
+    pub fn is_signalled(&self) -> bool {
+        matches!(self.0.try_recv(), Err(TryRecvError::Disconnected))
+    }
+    /// Sleeps for `d` or until shutdown is signalled; returns true in the latter case.
+    pub fn sleep(&self, d: Duration) -> bool {
+        matches!(self.0.recv_timeout(d), Err(RecvTimeoutError::Disconnected))
+    }
+}
+
+/// The running service: HTTP workers and the consumer thread.
+pub struct Service {
+    http: http::Server,
+    consumer: JoinHandle<()>,
+    trigger: ShutdownTrigger,
+    health: Arc<Health>,
+    cache: Arc<Cache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// Starts answering HTTP and returns. The consumer thread then connects to
+    /// PostgreSQL (retrying with backoff while it is not there), applies the migrations,
+    /// fills the cache, and consumes. Meanwhile `/healthz` answers and `/readyz` says
+    /// what the service waits for; order requests wait for the cache.
+    pub fn spawn(config: Config) -> anyhow::Result<Service> {
+        let (trigger, shutdown) = shutdown_channel();
+        let health = Arc::new(Health::default());
+        let cache = Arc::new(Cache::new(config.cache.limits()));
+        let metrics = Arc::new(Metrics::new(&cache));
+        let pool = Arc::new(Pool::new(&config.database));
+        let state =
+            Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
+        let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
+
+        // Created here so that a bad Kafka setting stops the start; it reaches no broker
+        // yet, so a broker that is not up does not.
+        let consumer =
+            consumer::Consumer::new(&config, cache.clone(), health.clone(), metrics.clone(), shutdown.clone())?;
+        let (cache_for_thread, health_for_thread) = (cache.clone(), health.clone());
+        let consumer = thread::Builder::new()
+            .name("consumer".into())
+            .spawn(move || {
+                if prepare(&config, &cache_for_thread, &health_for_thread, &shutdown) {
+                    consumer.run();
+                }
+            })
+            .context("spawn consumer thread")?;
+        Ok(Service { http, consumer, trigger, health, cache, metrics })
+    }
+
+    /// `spawn`, then waits until the cache is filled, for callers (tests, benchmarks)
+    /// that want to use the service at once. Fails after `limit` with what it waited for.
+    pub fn start(config: Config) -> anyhow::Result<Service> {
+        let limit = Duration::from_secs(60);
+        let service = Service::spawn(config)?;
+        let started = Instant::now();
+        while !service.health.cache_warm() {
+            if started.elapsed() > limit {
+                let problem = service.health.startup_problem().unwrap_or_else(|| "no reason given".into());
+                service.shutdown();
+                anyhow::bail!("the service was not ready after {limit:?}: {problem}");
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(service)
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.addr()
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Stops consuming (the batch in hand is written and committed first), then lets the
+    /// HTTP workers finish their requests, and joins every thread.
+    pub fn shutdown(mut self) {
+        let started = Instant::now();
+        self.trigger.signal();
+        if self.consumer.join().is_err() {
+            error!("event=consumer_panicked");
+        }
+        self.http.stop();
+        info!("event=shutdown_complete ms={}", started.elapsed().as_millis());
+    }
+}
+
+/// Connects to PostgreSQL, applies the migrations and fills the cache, retrying with
+/// capped exponential backoff until it succeeds. False if shutdown came first.
+fn prepare(config: &Config, cache: &Cache, health: &Health, shutdown: &Shutdown) -> bool {
+    let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
+    loop {
+        let started = Instant::now();
+        let loaded = store::connect(&config.database).and_then(|mut client| {
+            store::migrate(&mut client)?;
+            store::recent_orders(&mut client, config.cache.max_orders)
+        });
+        match loaded {
+            Ok(recent) => {
+                let read = recent.len();
+                cache.warm(recent);
+                health.set_cache_warm();
+                info!(
+                    "event=cache_warmed orders={} read={read} bytes={} ms={}",
+                    cache.len(),
+                    cache.bytes(),
+                    started.elapsed().as_millis()
+                );
+                return true;
+            }
+            Err(e) => {
+                let attempt = backoff.attempt();
+                warn!(
+                    "event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}",
+                    backoff.delay().as_millis()
+                );
+                health.set_startup_problem(format!("waiting for PostgreSQL (attempt {attempt}): {e:#}"));
+            }
+        }
+        if shutdown.sleep(backoff.next_delay()) {
+            return false;
+        }
+    }
+}
+
+/// Capped exponential backoff, for operations retried until they succeed: the wait
+/// doubles after each failed attempt, up to `max`.
+#[derive(Debug)]
+pub struct Backoff {
+    delay: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff { delay: initial, max, attempt: 1 }
+    }
+
+    /// The attempt under way, counted from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// How long `next_delay` will wait.
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The wait before the next attempt. Moves on to that attempt and doubles the
+    /// following wait, up to the cap.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.delay;
+        self.delay = (delay * 2).min(self.max);
+        self.attempt += 1;
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_counts_attempts() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        assert_eq!((b.attempt(), b.delay()), (1, Duration::from_millis(100)));
+        let waits: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500]);
+        assert_eq!(b.attempt(), 6);
+    }
+
+    #[test]
+    fn health_records_an_assignment_of_zero_partitions_as_joined() {
+        let h = Health::default();
+        assert!(!h.consumer_joined());
+        h.record_assignment(0);
+        assert!(h.consumer_joined());
+        assert_eq!(h.assigned_partitions(), 0);
+    }
+
+    #[test]
+    fn dropping_the_trigger_wakes_a_sleeper() {
+        let (mut trigger, shutdown) = shutdown_channel();
+        assert!(!shutdown.is_signalled());
+        trigger.signal();
+        assert!(shutdown.is_signalled());
+        assert!(shutdown.sleep(Duration::from_secs(60)));
+    }
+}

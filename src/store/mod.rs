@@ -1,0 +1,58 @@
+//! Everything the service says to PostgreSQL: the schema migrations, the batch write of
+//! orders and dead letters, and the reads behind the cache and the commands. Only this
+//! module contains SQL; `tables` names every column it writes, once.
+
+mod dead_letters;
+mod migrate;
+mod pool;
+mod read;
+mod tables;
+mod write;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use postgres::{Client, NoTls};
+
+pub use dead_letters::{
+    DeadLetter, KEPT_OF_OVERSIZE, Replay, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay, replay,
+};
+pub use migrate::{MIGRATIONS, migrate};
+pub use pool::Pool;
+pub use read::{order, recent_orders, recent_summaries};
+pub use write::{BatchResult, write_batch};
+
+use crate::config;
+
+/// Opens one connection to the configured database.
+pub fn connect(db: &config::Database) -> anyhow::Result<Client> {
+    connect_to(&db.url, db.connect_timeout())
+}
+
+fn connect_to(url: &str, timeout: Duration) -> anyhow::Result<Client> {
+    let mut config: postgres::Config = url.parse().context("parse database url")?;
+    config.connect_timeout(timeout).application_name("orders-svc");
+    let target = describe(&config);
+    config.connect(NoTls).with_context(|| format!("connect to PostgreSQL at {target}"))
+}
+
+/// `host:port/dbname as user`, for messages; never the password.
+fn describe(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "{host}:{port}/{} as {}",
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default)")
+    )
+}
+
+/// A round trip to the server, for readiness.
+pub fn ping(client: &mut Client) -> anyhow::Result<()> {
+    client.simple_query("SELECT 1").context("ping PostgreSQL")?;
+    Ok(())
+}

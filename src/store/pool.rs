@@ -1,0 +1,46 @@
+//! Connections for the read path, reused between requests.
+
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use postgres::Client;
+
+use crate::config;
+
+/// Connections for the read path. Idle connections are reused; a broken one is dropped
+/// and a new one opened on the next request.
+pub struct Pool {
+    url: String,
+    timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    /// Keeps up to `database.pool_size` idle connections.
+    pub fn new(db: &config::Database) -> Pool {
+        Pool {
+            url: db.url.clone(),
+            timeout: db.connect_timeout(),
+            max_idle: db.pool_size,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` with a connection. The pool's lock is held only to take or return one.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let idle = self.idle.lock().pop();
+        let mut client = match idle {
+            Some(c) if !c.is_closed() => c,
+            _ => super::connect_to(&self.url, self.timeout)?,
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.max_idle {
+                idle.push(client);
+            }
+        }
+        result
+    }
+}
