@@ -42,6 +42,8 @@ pub struct Consumer {
     uncommitted: BTreeMap<(String, i32), i64>,
     /// `GroupContext::revocations` when `uncommitted` was last added to.
     uncommitted_generation: u64,
+    /// After a failed commit: when to try again while idle, and the backoff after that.
+    commit_retry: Option<(Instant, Backoff)>,
 }
 
 /// Follows the consumer group's rebalances. Its callbacks run on the consumer thread,
@@ -83,11 +85,11 @@ impl ClientContext for GroupContext {
                     if !self.beyond_end.lock().contains(&(topic.clone(), partition)) {
                         error!(
                             "event=partition_position_beyond_end topic={topic} partition={partition} position={} \
-                             end={} hint=\"the broker has fewer messages than this consumer already read: it lost \
-                             them (a broker with memory storage restarted?) or the topic was recreated. Messages \
-                             below the position are not read. Restart orders-svc to read the partition from its \
-                             committed offset, or from its start if the broker has none; orders already stored \
-                             are recognised and left unchanged\"",
+                             end={} hint=\"the broker has fewer messages than this consumer already read: the topic \
+                             was deleted and created again, or the broker lost its data. Messages below the position \
+                             are not read. Stop the group's instances, reset the group's offset for this partition to \
+                             its start (kafka-consumer-groups.sh --reset-offsets --to-earliest --execute), and start \
+                             them again: orders already stored are recognised and left unchanged\"",
                             p.next_offset, p.hi_offset
                         );
                     }
@@ -171,6 +173,7 @@ impl Consumer {
             db: None,
             uncommitted: BTreeMap::new(),
             uncommitted_generation: 0,
+            commit_retry: None,
         })
     }
 
@@ -181,7 +184,9 @@ impl Consumer {
         while !self.shutdown.is_signalled() {
             let batch = self.collect_batch();
             if batch.is_empty() {
-                self.commit_pending();
+                // Idle: a commit that failed is tried again, paced by its backoff, so the
+                // committed offsets reach the end of the topic even when nothing new comes.
+                self.commit_pending(false);
                 continue;
             }
             let started = Instant::now();
@@ -198,13 +203,14 @@ impl Consumer {
             log_batch(&batch, &result, timings);
             self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
         }
-        self.commit_pending();
+        self.commit_pending(true);
         info!("event=consumer_stopped");
     }
 
     /// Takes messages until the batch is full or `batch_max_wait` has passed since its
-    /// first message. If partitions are revoked meanwhile, what was collected is dropped:
-    /// their new owner reads it again from the committed offset.
+    /// first message; returns an empty batch when a poll finds nothing to start one. If
+    /// partitions are revoked meanwhile, what was collected is dropped: their new owner
+    /// reads it again from the committed offset.
     fn collect_batch(&mut self) -> Vec<Message> {
         let max = self.ingest.batch_max_messages;
         let max_wait = self.ingest.batch_max_wait();
@@ -225,6 +231,7 @@ impl Consumer {
                     deadline.get_or_insert_with(|| Instant::now() + max_wait);
                 }
                 Some(Err(e)) => warn!("event=kafka_error error={e}"),
+                None if batch.is_empty() => return batch,
                 None => {}
             }
             let now_generation = self.consumer.context().revocations.load(Ordering::SeqCst);
@@ -299,8 +306,8 @@ impl Consumer {
     }
 
     /// Commits, per partition, one past the highest offset of the batch. A commit that
-    /// fails is tried again on the next pass of the loop; committing a later offset also
-    /// covers it.
+    /// fails is tried again with the next batch, or while idle after a backoff; committing
+    /// a later offset also covers it.
     fn commit_offsets(&mut self, batch: &[Message]) {
         let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
         if generation != self.uncommitted_generation {
@@ -312,11 +319,17 @@ impl Consumer {
             let next = self.uncommitted.entry((m.topic.clone(), m.partition)).or_insert(0);
             *next = (*next).max(m.offset + 1);
         }
-        self.commit_pending();
+        self.commit_pending(true);
     }
 
-    fn commit_pending(&mut self) {
+    /// Commits the offsets written but not committed yet. Unless `now`, waits out the
+    /// backoff of a commit that failed before.
+    fn commit_pending(&mut self, now: bool) {
         if self.uncommitted.is_empty() {
+            self.commit_retry = None;
+            return;
+        }
+        if !now && self.commit_retry.as_ref().is_some_and(|(at, _)| Instant::now() < *at) {
             return;
         }
         if self.consumer.context().revocations.load(Ordering::SeqCst) != self.uncommitted_generation {
@@ -331,8 +344,20 @@ impl Consumer {
             Ok(()) => {
                 debug!("event=offsets_committed offsets={}", describe_offsets(&self.uncommitted));
                 self.uncommitted.clear();
+                self.commit_retry = None;
             }
-            Err(e) => warn!("event=offset_commit_failed offsets={} error={e}", describe_offsets(&self.uncommitted)),
+            Err(e) => {
+                let (_, mut backoff) = self.commit_retry.take().unwrap_or_else(|| {
+                    (Instant::now(), Backoff::new(self.ingest.retry_initial(), self.ingest.retry_max()))
+                });
+                let (attempt, delay) = (backoff.attempt(), backoff.next_delay());
+                warn!(
+                    "event=offset_commit_failed attempt={attempt} retry_in_ms={} offsets={} error={e}",
+                    delay.as_millis(),
+                    describe_offsets(&self.uncommitted)
+                );
+                self.commit_retry = Some((Instant::now() + delay, backoff));
+            }
         }
     }
 }

@@ -263,8 +263,8 @@ fn ten_mebibytes_is_rejected_by_size_unread() {
 }
 
 /// Random damage to the canonical message (flipped, dropped, repeated and inserted
-/// bytes, truncation), for a bounded time: decoding never panics, and every verdict
-/// is an order that passes validation or a rejection under a known rule.
+/// bytes, truncation), 20,000 times from a fixed seed: decoding never panics, and every
+/// verdict is an order that passes validation or a rejection under a known rule.
 #[test]
 fn random_mutations_never_panic_and_always_name_a_rule() {
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -275,13 +275,12 @@ fn random_mutations_never_panic_and_always_name_a_rule() {
         state
     };
     let base = MODEL.as_bytes();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    let (mut runs, mut accepted) = (0u64, 0u64);
+    let (runs, mut accepted) = (20_000u64, 0u64);
     let interesting: &[&[u8]] = &[
         b"\"", b"\\", b"{", b"}", b"[", b"]", b",", b":", b"-", b"0", b"1e999", b"null", b"\\u0000", b"\xff", b"\xc3",
         b" ",
     ];
-    while std::time::Instant::now() < deadline {
+    for _ in 0..runs {
         let mut m = base.to_vec();
         for _ in 0..1 + next() % 4 {
             let at = (next() as usize) % m.len().max(1);
@@ -313,8 +312,7 @@ fn random_mutations_never_panic_and_always_name_a_rule() {
             }
             Err(r) => assert!(Rule::ALL.contains(&r.rule), "unknown rule {}", r.rule),
         }
-        runs += 1;
     }
-    assert!(runs > 1000, "only {runs} mutations in the time given");
-    assert!(accepted < runs);
+    // Some damage leaves a valid order (a changed digit, a repeated space); most does not.
+    assert!(0 < accepted && accepted < runs / 2, "{accepted} of {runs} damaged messages were accepted");
 }

@@ -33,6 +33,17 @@ pub fn create_topic_on(brokers: &str, name: &str, partitions: i32) {
     }
 }
 
+pub fn delete_topic_on(brokers: &str, name: &str) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", brokers).create().expect("create a Kafka admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let results = futures_executor::block_on(admin.delete_topics(&[name], &options))
+        .unwrap_or_else(|e| panic!("delete topic {name} on {brokers}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("delete topic {topic} on {brokers}: {e}"));
+    }
+}
+
 /// Where a broker of a test's own keeps its messages.
 #[derive(Clone)]
 pub enum Storage {

@@ -20,7 +20,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use broker::{Broker, Storage, create_topic, create_topic_on, temp_dir};
+pub use broker::{Broker, Storage, create_topic, create_topic_on, delete_topic_on, temp_dir};
 pub use db::{DbProxy, TestDb};
 pub use http::{HttpResponse, get, http, http_with, raw_status, request};
 
