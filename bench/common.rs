@@ -6,7 +6,7 @@
 #[path = "../tests/support/mod.rs"]
 pub mod support;
 
-pub use support::{TestDb, brokers, create_topic_on, unique};
+pub use support::{TestDb, brokers, create_topic_on};
 
 pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -61,7 +61,7 @@ fn main() -> anyhow::Result<()> {
         let message = Message { topic: run.clone(), partition: 0, offset: 0, key: None, payload: None };
         let batch: Vec<(&Message, Encoded)> = orders.iter().map(|o| (&message, o.clone().encode())).collect();
         store::write_batch(&mut client, &batch, &[])?;
-        create_topic_on(&brokers(), &run, 1);
+        create_topic_on(&brokers, &run, 1);
 
         let mut config = Config::default();
         config.database.url = db.url.clone();

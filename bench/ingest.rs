@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
 
     // The messages, on a topic of their own.
     let topic = run.clone();
-    create_topic_on(&brokers(), &topic, PARTITIONS);
+    create_topic_on(&brokers, &topic, PARTITIONS);
     let producer = Producer::new(&brokers, &topic)?;
     let started = Instant::now();
     for order in &orders {

@@ -3,7 +3,7 @@
 //! that stops it on drop, a producer, a broker of a test's own, and one HTTP client.
 //! Everything here panics with a message that says what is missing and how to start it.
 
-#![allow(dead_code)] // each user of this module uses a different part of it
+#![allow(dead_code, unused_imports)] // each user of this module uses a different part of it
 
 pub mod broker;
 pub mod db;
