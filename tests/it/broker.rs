@@ -16,6 +16,22 @@ fn slices(payloads: &[Vec<u8>]) -> Vec<&[u8]> {
     payloads.iter().map(Vec::as_slice).collect()
 }
 
+/// A service consuming a one-partition topic of `broker`, with 20 generated orders
+/// stored; the generator goes on from there.
+fn twenty_orders_stored(broker: &Broker, seed: u64) -> (TestDb, String, Running, Generator) {
+    let db = TestDb::new();
+    let topic = unique("broker-topic");
+    create_topic_on(&broker.addr(), &topic, 1);
+    let service = Running::start(Setup::config_for(&db, &broker.addr(), &topic, &unique("group")));
+    let mut generator = Generator::new(seed, 2);
+    let before: Vec<Order> = (0..20).map(|_| generator.order()).collect();
+    produce_on(&broker.addr(), &topic, &slices(&payloads(&before)));
+    wait_for("the first 20 orders", Duration::from_secs(30), || {
+        (db.count("SELECT count(*) FROM orders") == 20).then_some(())
+    });
+    (db, topic, service, generator)
+}
+
 /// The broker (SQLite storage) killed with SIGKILL in the middle of an ingest of 6,000
 /// orders and started again: cached orders and `/healthz` are served throughout, the
 /// consumer reconnects by itself, every order is stored once with all its items, the
@@ -78,17 +94,7 @@ fn broker_killed_mid_ingest_and_restarted_loses_nothing() {
 #[test]
 fn memory_broker_restarted_empty_beneath_the_service() {
     let mut broker = Broker::start(Storage::Memory);
-    let db = TestDb::new();
-    let topic = unique("broker-memory");
-    create_topic_on(&broker.addr(), &topic, 1);
-    let service = Running::start(Setup::config_for(&db, &broker.addr(), &topic, &unique("group")));
-
-    let mut generator = Generator::new(43, 2);
-    let before: Vec<Order> = (0..20).map(|_| generator.order()).collect();
-    produce_on(&broker.addr(), &topic, &slices(&payloads(&before)));
-    wait_for("the first 20 orders", Duration::from_secs(30), || {
-        (db.count("SELECT count(*) FROM orders") == 20).then_some(())
-    });
+    let (db, topic, service, mut generator) = twenty_orders_stored(&broker, 43);
 
     broker.kill();
     broker.restart();
@@ -108,19 +114,8 @@ fn memory_broker_restarted_empty_beneath_the_service() {
 /// it, as a metric and an error log saying what to do, instead of waiting in silence.
 #[test]
 fn topic_recreated_beneath_the_service_is_reported() {
-    let dir = temp_dir("broker");
-    let broker = Broker::start(Storage::Sqlite(dir));
-    let db = TestDb::new();
-    let topic = unique("recreated");
-    create_topic_on(&broker.addr(), &topic, 1);
-    let service = Running::start(Setup::config_for(&db, &broker.addr(), &topic, &unique("group")));
-
-    let mut generator = Generator::new(47, 2);
-    let before: Vec<Order> = (0..20).map(|_| generator.order()).collect();
-    produce_on(&broker.addr(), &topic, &slices(&payloads(&before)));
-    wait_for("the first 20 orders", Duration::from_secs(30), || {
-        (db.count("SELECT count(*) FROM orders") == 20).then_some(())
-    });
+    let broker = Broker::start(Storage::Sqlite(temp_dir("broker")));
+    let (db, topic, service, mut generator) = twenty_orders_stored(&broker, 47);
 
     delete_topic_on(&broker.addr(), &topic);
     create_topic_on(&broker.addr(), &topic, 1);
