@@ -49,7 +49,7 @@ Install one (rustup toolchain install stable), or set STACK_NISSHI to a nisshi $
 install_nisshi() {
     local toolchain log="$STACK/nisshi-install.log"
     command -v cargo >/dev/null 2>&1 || die "nisshi is not installed and there is no cargo to install it with"
-    toolchain="$(rust_toolchain_for_nisshi)"
+    toolchain="$(rust_toolchain_for_nisshi)" || exit 1
     mkdir -p "$STACK" "$HOME/.cargo"
     # One install at a time, whichever clone asks: a second `stack up` waits for the first.
     exec 9>"$HOME/.cargo/.nisshi-install.lock"
