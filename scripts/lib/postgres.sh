@@ -75,7 +75,7 @@ pg_up() {
     [[ "$PG_KIND" == existing ]] || PG_PORT="$(sed -n 4p "$PG_DATA/postmaster.pid")"
     pg_superuser_ok "$PG_PORT" || die "PostgreSQL on 127.0.0.1:$PG_PORT does not let user postgres in"
     say "postgres: $PG_KIND server on 127.0.0.1:$PG_PORT; creating role orders_svc and database orders if missing"
-    "$(pg_bin psql)" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+    PGOPTIONS="-c client_min_messages=warning" "$(pg_bin psql)" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
         -f "$ROOT/sql/admin/create_role_and_database.sql" >/dev/null ||
         die "sql/admin/create_role_and_database.sql failed on 127.0.0.1:$PG_PORT"
 }
