@@ -197,6 +197,8 @@ impl Consumer {
                 break;
             };
             let written = Instant::now();
+            #[cfg(debug_assertions)]
+            crate::fault::point("exit_after_database_commit");
             self.commit_offsets(&batch);
             let timings = [decoded - started, written - decoded, written.elapsed()];
             self.record(&batch, &result, timings);

@@ -10,6 +10,8 @@
 pub mod cache;
 pub mod config;
 pub mod consumer;
+#[cfg(debug_assertions)]
+mod fault;
 pub mod http;
 pub mod metrics;
 pub mod model;

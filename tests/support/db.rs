@@ -1,9 +1,11 @@
 //! PostgreSQL for tests: a database of one test's own, and a proxy in front of the
-//! server that a test can cut to make the database go away.
+//! server that a test can cut to make the database go away, or hold to make it hang.
 
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use postgres::{Client, NoTls};
 
@@ -54,11 +56,15 @@ fn with_database(url: &str, name: &str) -> String {
 }
 
 /// A TCP proxy in front of PostgreSQL that a test can cut and restore: to the service, a
-/// cut looks like the database going away (connections reset, new ones refused).
+/// cut looks like the database going away (connections reset, new ones refused). Held,
+/// it keeps every connection open but passes no byte on, in either direction, until
+/// released: to the service, the database hangs.
 pub struct DbProxy {
     pub addr: SocketAddr,
     up: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    held: Arc<AtomicBool>,
+    held_bytes: Arc<AtomicUsize>,
 }
 
 impl DbProxy {
@@ -75,8 +81,11 @@ impl DbProxy {
             addr: listener.local_addr().unwrap(),
             up: Arc::new(AtomicBool::new(true)),
             open: Arc::new(Mutex::new(Vec::new())),
+            held: Arc::new(AtomicBool::new(false)),
+            held_bytes: Arc::new(AtomicUsize::new(0)),
         };
         let (up, open) = (proxy.up.clone(), proxy.open.clone());
+        let (held, held_bytes) = (proxy.held.clone(), proxy.held_bytes.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -85,12 +94,9 @@ impl DbProxy {
                 }
                 let Ok(server) = TcpStream::connect(target) else { continue };
                 open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let (held, held_bytes) = (held.clone(), held_bytes.clone());
+                    std::thread::spawn(move || pump(from, to, &held, &held_bytes));
                 }
             }
         });
@@ -109,8 +115,45 @@ impl DbProxy {
         self.up.store(true, Ordering::SeqCst);
     }
 
+    /// The database "hangs": from now on bytes are read but not passed on.
+    pub fn hold(&self) {
+        self.held_bytes.store(0, Ordering::SeqCst);
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// How many bytes arrived, in either direction, since `hold`.
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Passes on what was held, and everything after it.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+
     /// `db`'s URL, through this proxy.
     pub fn url(&self, db: &TestDb) -> String {
         format!("postgres://postgres@{}/{}", self.addr, db.name)
     }
+}
+
+/// Copies `from` to `to` until either side closes, waiting while `held`.
+fn pump(mut from: TcpStream, mut to: TcpStream, held: &AtomicBool, held_bytes: &AtomicUsize) {
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if held.load(Ordering::SeqCst) {
+            held_bytes.fetch_add(n, Ordering::SeqCst);
+            while held.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }

@@ -1,0 +1,90 @@
+//! The service binary run as a process of its own, for what cannot happen to a thread of
+//! the test: SIGKILL, SIGSTOP, an exit in the middle of a batch.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use super::http::get;
+use super::{brokers, wait_for};
+
+/// An `orders.toml` for a process on `db`, the stack's broker, `topic` and `group`,
+/// answering HTTP on `addr`; `extra` is appended (more sections or keys of `[ingest]`).
+pub fn config_toml(db_url: &str, topic: &str, group: &str, addr: SocketAddr, extra: &str) -> String {
+    format!(
+        "[database]\nurl = \"{db_url}\"\nconnect_timeout_secs = 2\n\
+         [kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\n\
+         [http]\naddr = \"{addr}\"\nworkers = 2\n{extra}",
+        brokers()
+    )
+}
+
+/// A loopback address with a port free at the time of asking.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A running `orders-svc --config <file>`, its log in `<dir>/<name>.log`. Killed when
+/// dropped, so a failed assertion leaves nothing behind.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn start(dir: &Path, name: &str, toml: &str, env: &[(&str, &str)]) -> Process {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_orders-svc"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start orders-svc");
+        Process { child, log }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name: KILL, TERM, STOP, CONT.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").arg(format!("-{name}")).arg(self.id().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{name} {}", self.id());
+    }
+
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().unwrap()
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_for("the process to exit", limit, || self.child.try_wait().unwrap())
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until the process at `addr` answers `/readyz` with 200.
+pub fn wait_ready(addr: SocketAddr) {
+    wait_for(&format!("{addr} to be ready"), Duration::from_secs(60), || {
+        std::net::TcpStream::connect(addr).ok()?;
+        (get(addr, "/readyz").status == 200).then_some(())
+    });
+}
