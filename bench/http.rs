@@ -60,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         let mut client = db.client();
         let message = Message { topic: run.clone(), partition: 0, offset: 0, key: None, payload: None };
         let batch: Vec<(&Message, Encoded)> = orders.iter().map(|o| (&message, o.clone().encode())).collect();
-        store::write_batch(&mut client, &batch, &[])?;
+        store::write_batch(&mut client, "bench", &[], &batch, &[])?;
         create_topic_on(&brokers, &run, 1);
 
         let mut config = Config::default();

@@ -26,6 +26,8 @@ pub struct Database {
     pub url: String,
     pub pool_size: usize,
     pub connect_timeout_secs: u64,
+    pub write_statement_timeout_ms: u64,
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +52,7 @@ pub enum OffsetReset {
 #[serde(default, deny_unknown_fields)]
 pub struct Ingest {
     pub batch_max_messages: usize,
+    pub batch_max_bytes: usize,
     pub batch_max_wait_ms: u64,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
@@ -72,7 +75,13 @@ pub struct CacheConfig {
 
 impl Default for Database {
     fn default() -> Self {
-        Database { url: "postgres://orders_svc@127.0.0.1:5432/orders".into(), pool_size: 4, connect_timeout_secs: 5 }
+        Database {
+            url: "postgres://orders_svc@127.0.0.1:5432/orders".into(),
+            pool_size: 4,
+            connect_timeout_secs: 5,
+            write_statement_timeout_ms: 30_000,
+            idle_in_transaction_timeout_ms: 15_000,
+        }
     }
 }
 
@@ -91,7 +100,13 @@ impl Default for Kafka {
 
 impl Default for Ingest {
     fn default() -> Self {
-        Ingest { batch_max_messages: 5000, batch_max_wait_ms: 50, retry_initial_ms: 100, retry_max_ms: 10_000 }
+        Ingest {
+            batch_max_messages: 5000,
+            batch_max_bytes: 16 << 20,
+            batch_max_wait_ms: 50,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+        }
     }
 }
 
@@ -205,7 +220,10 @@ impl Config {
         not_empty("kafka.topic", &self.kafka.topic)?;
         not_empty("kafka.group_id", &self.kafka.group_id)?;
         positive("kafka.session_timeout_ms", self.kafka.session_timeout_ms.into())?;
+        positive("database.write_statement_timeout_ms", self.database.write_statement_timeout_ms)?;
+        positive("database.idle_in_transaction_timeout_ms", self.database.idle_in_transaction_timeout_ms)?;
         positive("ingest.batch_max_messages", self.ingest.batch_max_messages as u64)?;
+        positive("ingest.batch_max_bytes", self.ingest.batch_max_bytes as u64)?;
         positive("ingest.retry_initial_ms", self.ingest.retry_initial_ms)?;
         if self.ingest.retry_max_ms < self.ingest.retry_initial_ms {
             bail!(

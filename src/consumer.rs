@@ -1,11 +1,14 @@
 //! The Kafka loop: the one thread that takes messages from the topic, writes them to
 //! PostgreSQL, commits their offsets and publishes the stored orders to the cache.
 //!
-//! Its order of effects is the service's main promise: an offset is committed only after
-//! the transaction holding its message (as an order or as a dead letter) has committed,
-//! and a failed write is retried until it succeeds, so no offset ever passes it.
+//! Its order of effects is the service's main promise. The group's position lives in
+//! PostgreSQL (`consumer_offsets`) and advances in the same transaction as the rows of
+//! each batch, by compare-and-set from where this consumer started reading: a batch is
+//! written once, by the partition's current owner, or not at all. On assignment each
+//! partition is read from its stored offset. A failed write is retried until it succeeds,
+//! so no offset ever passes it. Kafka's committed offsets follow, for lag tools.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +17,9 @@ use anyhow::Context as _;
 use log::{debug, error, info, warn};
 use postgres::Client;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, Statistics, TopicPartitionList};
 
 use crate::cache::Cache;
@@ -22,10 +27,16 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
 use crate::service::{Backoff, Health, Shutdown};
-use crate::store::{self, BatchResult, DeadLetter};
+use crate::store::{self, BatchResult, Claim, DeadLetter, Written};
 
 /// How long an idle poll waits before looking at the shutdown signal again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often partitions waiting on the database or past their end are looked at again.
+const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// The longest wait for the broker in a seek or a watermark query.
+const BROKER_CALL: Duration = Duration::from_secs(5);
+
+type Partition = (String, i32);
 
 pub struct Consumer {
     consumer: BaseConsumer<GroupContext>,
@@ -39,11 +50,15 @@ pub struct Consumer {
     shutdown: Shutdown,
     db: Option<Client>,
     /// Offsets of written batches whose commit to Kafka has not succeeded yet.
-    uncommitted: BTreeMap<(String, i32), i64>,
+    uncommitted: BTreeMap<Partition, i64>,
     /// `GroupContext::revocations` when `uncommitted` was last added to.
     uncommitted_generation: u64,
     /// After a failed commit: when to try again while idle, and the backoff after that.
     commit_retry: Option<(Instant, Backoff)>,
+    /// Partitions paused because the database's offset is past the broker's end.
+    blocked: BTreeSet<Partition>,
+    /// When partitions waiting on something were last looked at.
+    reconciled: Instant,
 }
 
 /// Follows the consumer group's rebalances. Its callbacks run on the consumer thread,
@@ -51,11 +66,22 @@ pub struct Consumer {
 pub struct GroupContext {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    group: String,
+    database: config::Database,
     /// Counts revocations, so the loop can tell that partitions it held were taken away
     /// while it was collecting a batch.
     revocations: AtomicU64,
+    /// For each assigned partition, where this consumer reads next as the database has
+    /// it: the stored offset at assignment, then one past each batch written. None while
+    /// the group has no stored offset for it (it starts from Kafka's committed offset,
+    /// else `auto_offset_reset`).
+    positions: parking_lot::Mutex<HashMap<Partition, Option<i64>>>,
+    /// Assigned partitions whose stored offset could not be read: paused until it is.
+    unpositioned: parking_lot::Mutex<BTreeSet<Partition>>,
+    /// Stored offsets read at assignment, to be committed to Kafka too (for lag tools).
+    assigned_offsets: parking_lot::Mutex<Vec<(Partition, i64)>>,
     /// Partitions whose end is behind this consumer's position, as last reported.
-    beyond_end: parking_lot::Mutex<BTreeSet<(String, i32)>>,
+    beyond_end: parking_lot::Mutex<BTreeSet<Partition>>,
 }
 
 impl ClientContext for GroupContext {
@@ -87,9 +113,8 @@ impl ClientContext for GroupContext {
                             "event=partition_position_beyond_end topic={topic} partition={partition} position={} \
                              end={} hint=\"the broker has fewer messages than this consumer already read: the topic \
                              was deleted and created again, or the broker lost its data. Messages below the position \
-                             are not read. Stop the group's instances, reset the group's offset for this partition to \
-                             its start (kafka-consumer-groups.sh --reset-offsets --to-earliest --execute), and start \
-                             them again: orders already stored are recognised and left unchanged\"",
+                             are not read. Run orders-svc reset-offsets --config <file> to set the group's stored \
+                             offsets to the partitions' starts; running instances follow within seconds\"",
                             p.next_offset, p.hi_offset
                         );
                     }
@@ -102,25 +127,103 @@ impl ClientContext for GroupContext {
 }
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            self.revocations.fetch_add(1, Ordering::SeqCst);
-            info!("event=partitions_revoked count={}", tpl.count());
+    /// Replaces rdkafka's default: each assigned partition starts at the group's offset
+    /// stored in PostgreSQL, not at Kafka's committed one, which may lag behind it.
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                warn!("event=rebalance_error error={}", RDKafkaErrorCode::from(other));
+                self.revoke(consumer, tpl);
+            }
         }
-    }
-
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
         self.health.record_assignment(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                info!("event=partitions_assigned count={} partitions={}", tpl.count(), partitions(tpl))
+    }
+}
+
+impl GroupContext {
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let assigned = partition_keys(tpl);
+        let stored = self.read_stored(&assigned);
+        if let Ok(stored) = &stored {
+            for ((topic, partition), offset) in stored {
+                tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
+                    .expect("the partition is in the list");
             }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => warn!("event=rebalance_error error={e}"),
+        }
+        let assign = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = assign {
+            error!("event=assign_failed partitions={} error={e}", partitions(tpl));
+            return;
+        }
+        match stored {
+            Ok(stored) => {
+                info!(
+                    "event=partitions_assigned count={} partitions={} stored_offsets={}",
+                    tpl.count(),
+                    partitions(tpl),
+                    describe_offsets(&stored.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                );
+                let mut positions = self.positions.lock();
+                for key in assigned {
+                    let offset = stored.get(&key).copied();
+                    if let Some(offset) = offset {
+                        self.assigned_offsets.lock().push((key.clone(), offset));
+                    }
+                    positions.insert(key, offset);
+                }
+            }
+            Err(e) => {
+                warn!(
+                    "event=partitions_assigned_unpositioned partitions={} action=paused_until_the_database_answers \
+                     error={e:#}",
+                    partitions(tpl)
+                );
+                if let Err(e) = consumer.pause(tpl) {
+                    error!("event=pause_failed partitions={} error={e}", partitions(tpl));
+                }
+                self.unpositioned.lock().extend(assigned);
+            }
         }
     }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        self.revocations.fetch_add(1, Ordering::SeqCst);
+        info!("event=partitions_revoked count={}", tpl.count());
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => {
+                let revoked = partition_keys(tpl);
+                self.positions.lock().retain(|k, _| !revoked.contains(k));
+                self.unpositioned.lock().retain(|k| !revoked.contains(k));
+                consumer.incremental_unassign(tpl)
+            }
+            _ => {
+                self.positions.lock().clear();
+                self.unpositioned.lock().clear();
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            error!("event=unassign_failed error={e}");
+        }
+    }
+
+    /// The group's stored offsets of `partitions`, on a connection of its own: this runs
+    /// inside `poll`, in the middle of a rebalance.
+    fn read_stored(&self, partitions: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
+        let mut client = store::connect_writer(&self.database)?;
+        store::stored_offsets(&mut client, &self.group, partitions)
+    }
+}
+
+fn partition_keys(tpl: &TopicPartitionList) -> Vec<Partition> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
 }
 
 fn partitions(tpl: &TopicPartitionList) -> String {
@@ -141,7 +244,12 @@ impl Consumer {
         let context = GroupContext {
             health,
             metrics: metrics.clone(),
+            group: k.group_id.clone(),
+            database: config.database.clone(),
             revocations: AtomicU64::new(0),
+            positions: parking_lot::Mutex::new(HashMap::new()),
+            unpositioned: parking_lot::Mutex::new(BTreeSet::new()),
+            assigned_offsets: parking_lot::Mutex::new(Vec::new()),
             beyond_end: parking_lot::Mutex::new(BTreeSet::new()),
         };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
@@ -174,6 +282,8 @@ impl Consumer {
             uncommitted: BTreeMap::new(),
             uncommitted_generation: 0,
             commit_retry: None,
+            blocked: BTreeSet::new(),
+            reconciled: Instant::now(),
         })
     }
 
@@ -183,6 +293,10 @@ impl Consumer {
     pub fn run(mut self) {
         while !self.shutdown.is_signalled() {
             let batch = self.collect_batch();
+            self.take_assigned_offsets();
+            if self.reconciled.elapsed() >= RECONCILE_EVERY {
+                self.reconcile();
+            }
             if batch.is_empty() {
                 // Idle: a commit that failed is tried again, paced by its backoff, so the
                 // committed offsets reach the end of the topic even when nothing new comes.
@@ -190,12 +304,28 @@ impl Consumer {
                 continue;
             }
             let started = Instant::now();
+            let claims = self.claims(&batch);
             let (orders, dead) = decode_all(&batch, &self.rules);
             let decoded = Instant::now();
-            let Some(result) = self.write_with_retry(&orders, &dead) else {
-                info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
-                break;
+            let written = self.write_with_retry(&claims, &orders, &dead);
+            let result = match written {
+                None => {
+                    info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
+                    break;
+                }
+                Some(Written::Fenced(fenced)) => {
+                    self.fenced(&claims, &fenced);
+                    continue;
+                }
+                Some(Written::Committed(result)) => result,
             };
+            let mut positions = self.consumer.context().positions.lock();
+            for c in &claims {
+                if let Some(position) = positions.get_mut(&(c.topic.clone(), c.partition)) {
+                    *position = Some(c.next);
+                }
+            }
+            drop(positions);
             let written = Instant::now();
             #[cfg(debug_assertions)]
             crate::fault::point("exit_after_database_commit");
@@ -209,23 +339,38 @@ impl Consumer {
         info!("event=consumer_stopped");
     }
 
-    /// Takes messages until the batch is full or `batch_max_wait` has passed since its
-    /// first message; returns an empty batch when a poll finds nothing to start one. If
-    /// partitions are revoked meanwhile, what was collected is dropped: their new owner
-    /// reads it again from the committed offset.
+    /// Takes messages until the batch holds `batch_max_messages` or `batch_max_bytes`, or
+    /// `batch_max_wait` has passed since its first message; returns an empty batch when a
+    /// poll finds nothing to start one. If partitions are revoked meanwhile, what was
+    /// collected is dropped: their new owner reads it again from the stored offset. A
+    /// message before this consumer's position (the broker reset the position backwards)
+    /// is skipped, and its partition sought back to the position.
     fn collect_batch(&mut self) -> Vec<Message> {
-        let max = self.ingest.batch_max_messages;
+        let (max, max_bytes) = (self.ingest.batch_max_messages, self.ingest.batch_max_bytes);
         let max_wait = self.ingest.batch_max_wait();
         let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut behind = BTreeSet::new();
         let mut deadline: Option<Instant> = None;
         let mut generation = self.consumer.context().revocations.load(Ordering::SeqCst);
         loop {
             let timeout = deadline.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()));
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) => {
+                    let key = (m.topic().to_string(), m.partition());
+                    match self.consumer.context().positions.lock().get(&key) {
+                        Some(Some(position)) if m.offset() < *position => {
+                            behind.insert(key);
+                            continue;
+                        }
+                        Some(_) => {}
+                        // Not assigned any more, or waiting for its stored offset.
+                        None => continue,
+                    }
+                    bytes += m.payload_len();
                     batch.push(Message {
-                        topic: m.topic().to_string(),
-                        partition: m.partition(),
+                        topic: key.0,
+                        partition: key.1,
                         offset: m.offset(),
                         key: m.key().map(<[u8]>::to_vec),
                         payload: m.payload().map(<[u8]>::to_vec),
@@ -233,7 +378,7 @@ impl Consumer {
                     deadline.get_or_insert_with(|| Instant::now() + max_wait);
                 }
                 Some(Err(e)) => warn!("event=kafka_error error={e}"),
-                None if batch.is_empty() => return batch,
+                None if batch.is_empty() => break,
                 None => {}
             }
             let now_generation = self.consumer.context().revocations.load(Ordering::SeqCst);
@@ -242,24 +387,212 @@ impl Consumer {
                     info!("event=batch_dropped reason=partitions_revoked messages={}", batch.len());
                 }
                 batch.clear();
+                bytes = 0;
                 deadline = None;
                 generation = now_generation;
             }
-            if batch.len() >= max || deadline.is_some_and(|d| Instant::now() >= d) {
-                return batch;
+            if batch.len() >= max || bytes >= max_bytes || deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
             }
             if batch.is_empty() && self.shutdown.is_signalled() {
-                return batch;
+                break;
+            }
+        }
+        for key in behind {
+            self.seek_back(key);
+        }
+        batch
+    }
+
+    /// For each partition of the batch: where this consumer started reading it, one past
+    /// its last message, and how many messages it has.
+    fn claims(&self, batch: &[Message]) -> Vec<Claim> {
+        let positions = self.consumer.context().positions.lock();
+        let mut claims: BTreeMap<Partition, Claim> = BTreeMap::new();
+        for m in batch {
+            let key = (m.topic.clone(), m.partition);
+            let claim = claims.entry(key.clone()).or_insert_with(|| Claim {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                expected: positions.get(&key).copied().flatten(),
+                next: 0,
+                messages: 0,
+            });
+            claim.next = claim.next.max(m.offset + 1);
+            claim.messages += 1;
+        }
+        claims.into_values().collect()
+    }
+
+    /// A batch was fenced: another consumer wrote past where this one started. Nothing
+    /// of it was written; each of its partitions is read again from the stored offset.
+    fn fenced(&mut self, claims: &[Claim], fenced: &[Partition]) {
+        self.metrics.batches_fenced.inc();
+        let messages: i64 = claims.iter().map(|c| c.messages).sum();
+        warn!(
+            "event=batch_fenced messages={messages} partitions={} reason=\"another consumer of the group wrote these \
+             partitions past where this one started reading (a rebalance while this batch was in flight)\" \
+             action=read_again_from_stored_offsets",
+            fenced.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
+        );
+        let keys: Vec<Partition> = claims.iter().map(|c| (c.topic.clone(), c.partition)).collect();
+        let stored = match self.read_stored(&keys) {
+            Ok(stored) => stored,
+            Err(e) => {
+                // Read again at the next reconcile; until then these partitions wait.
+                warn!("event=stored_offsets_unavailable error={e:#}");
+                self.pause(&keys);
+                self.consumer.context().unpositioned.lock().extend(keys);
+                return;
+            }
+        };
+        for key in keys {
+            let offset = stored.get(&key).copied();
+            self.seek_to_stored(key, offset);
+        }
+    }
+
+    /// Moves an assigned partition to its stored offset (or, with none stored, leaves it
+    /// where it is) and records that as its position.
+    fn seek_to_stored(&mut self, key: Partition, stored: Option<i64>) {
+        let mut positions = self.consumer.context().positions.lock();
+        let Some(position) = positions.get_mut(&key) else { return };
+        *position = stored;
+        drop(positions);
+        if let Some(offset) = stored
+            && let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), BROKER_CALL)
+        {
+            warn!("event=seek_failed partition={}/{} offset={offset} error={e}", key.0, key.1);
+        }
+    }
+
+    /// A partition delivered messages before this consumer's position: the broker moved
+    /// it back (an out-of-range reset, as after the topic was recreated). If the position
+    /// is past the partition's end, the partition is paused and the operator told what to
+    /// do; otherwise it is sought back to the position.
+    fn seek_back(&mut self, key: Partition) {
+        let Some(Some(position)) = self.consumer.context().positions.lock().get(&key).copied() else { return };
+        let end = self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL).map(|(_, high)| high);
+        match end {
+            Ok(end) if position > end => {
+                error!(
+                    "event=partition_position_beyond_end topic={} partition={} position={position} end={end} \
+                     action=paused hint=\"the database's offset for this group is past the partition's end: the \
+                     topic was deleted and created again, or the broker lost its data. Run orders-svc reset-offsets \
+                     --config <file> to set the group's stored offsets to the partitions' starts\"",
+                    key.0, key.1
+                );
+                self.metrics.position_beyond_end.with_label_values(&[key.0.as_str(), &key.1.to_string()]).set(1);
+                self.pause(std::slice::from_ref(&key));
+                self.blocked.insert(key);
+            }
+            _ => self.seek_to_stored(key, Some(position)),
+        }
+    }
+
+    fn pause(&self, keys: &[Partition]) {
+        let tpl = partition_list(keys);
+        if let Err(e) = self.consumer.pause(&tpl) {
+            warn!("event=pause_failed partitions={} error={e}", partitions(&tpl));
+        }
+    }
+
+    /// Partitions that wait on something are looked at again: those whose stored offset
+    /// could not be read at assignment, and those whose position is past the broker's end
+    /// (until `reset-offsets` moves the stored offset).
+    fn reconcile(&mut self) {
+        self.reconciled = Instant::now();
+        let context = self.consumer.context();
+        let unpositioned: Vec<Partition> = context.unpositioned.lock().iter().cloned().collect();
+        let mut waiting: BTreeSet<Partition> = context.beyond_end.lock().clone();
+        waiting.extend(self.blocked.iter().cloned());
+        if unpositioned.is_empty() && waiting.is_empty() {
+            return;
+        }
+        let keys: Vec<Partition> = unpositioned.iter().chain(&waiting).cloned().collect();
+        let stored = match self.read_stored(&keys) {
+            Ok(stored) => stored,
+            Err(e) => {
+                debug!("event=stored_offsets_unavailable error={e:#}");
+                return;
+            }
+        };
+        for key in unpositioned {
+            let offset = stored.get(&key).copied();
+            self.consumer.context().unpositioned.lock().remove(&key);
+            self.seek_to_stored(key.clone(), offset);
+            self.resume(key);
+        }
+        for key in waiting {
+            let position = self.consumer.context().positions.lock().get(&key).copied().flatten();
+            let offset = stored.get(&key).copied();
+            if offset.is_some() && offset != position {
+                info!(
+                    "event=partition_position_reset topic={} partition={} from={position:?} to={offset:?}",
+                    key.0, key.1
+                );
+                self.metrics.position_beyond_end.with_label_values(&[key.0.as_str(), &key.1.to_string()]).set(0);
+                self.blocked.remove(&key);
+                self.seek_to_stored(key.clone(), offset);
+                self.resume(key);
             }
         }
     }
 
+    fn resume(&self, key: Partition) {
+        let tpl = partition_list(std::slice::from_ref(&key));
+        if let Err(e) = self.consumer.resume(&tpl) {
+            warn!("event=resume_failed partition={}/{} error={e}", key.0, key.1);
+        }
+    }
+
+    /// The group's stored offsets, on the consumer's own connection.
+    fn read_stored(&mut self, keys: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
+        let group = self.consumer.context().group.clone();
+        let result = self.connection().and_then(|db| store::stored_offsets(db, &group, keys));
+        if result.is_err() && self.db.as_ref().is_some_and(Client::is_closed) {
+            self.db = None;
+        }
+        result
+    }
+
+    fn connection(&mut self) -> anyhow::Result<&mut Client> {
+        if self.db.is_none() {
+            self.db = Some(store::connect_writer(&self.database)?);
+        }
+        Ok(self.db.as_mut().expect("connected above"))
+    }
+
+    /// Stored offsets read at assignment go to Kafka too, so that its committed offsets
+    /// (what lag tools read) catch up with the database's even before anything new comes.
+    fn take_assigned_offsets(&mut self) {
+        let assigned = std::mem::take(&mut *self.consumer.context().assigned_offsets.lock());
+        if assigned.is_empty() {
+            return;
+        }
+        let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+        if generation != self.uncommitted_generation {
+            self.uncommitted.clear();
+            self.uncommitted_generation = generation;
+        }
+        for (key, offset) in assigned {
+            let next = self.uncommitted.entry(key).or_insert(0);
+            *next = (*next).max(offset);
+        }
+        self.commit_retry = None;
+    }
+
     /// Writes the batch, retrying with capped exponential backoff until it commits.
     /// Returns None only when shutdown is signalled while the database is failing.
-    fn write_with_retry(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> Option<BatchResult> {
+    fn write_with_retry(
+        &mut self,
+        claims: &[Claim],
+        orders: &[(&Message, Encoded)],
+        dead: &[DeadLetter],
+    ) -> Option<Written> {
         let mut backoff = Backoff::new(self.ingest.retry_initial(), self.ingest.retry_max());
         loop {
-            match self.write_once(orders, dead) {
+            match self.write_once(claims, orders, dead) {
                 Ok(result) => {
                     if backoff.attempt() > 1 {
                         info!("event=database_recovered attempts={}", backoff.attempt());
@@ -284,12 +617,14 @@ impl Consumer {
         }
     }
 
-    fn write_once(&mut self, orders: &[(&Message, Encoded)], dead: &[DeadLetter]) -> anyhow::Result<BatchResult> {
-        let db = match &mut self.db {
-            Some(client) => client,
-            None => self.db.insert(store::connect(&self.database)?),
-        };
-        store::write_batch(db, orders, dead)
+    fn write_once(
+        &mut self,
+        claims: &[Claim],
+        orders: &[(&Message, Encoded)],
+        dead: &[DeadLetter],
+    ) -> anyhow::Result<Written> {
+        let group = self.consumer.context().group.clone();
+        store::write_batch(self.connection()?, &group, claims, orders, dead)
     }
 
     fn record(&self, batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
@@ -298,6 +633,7 @@ impl Consumer {
         m.orders_stored.with_label_values(&["inserted"]).inc_by(result.inserted as u64);
         m.orders_stored.with_label_values(&["replaced"]).inc_by(result.replaced as u64);
         m.orders_stored.with_label_values(&["unchanged"]).inc_by(result.unchanged as u64);
+        m.orders_stored.with_label_values(&["stale"]).inc_by(result.stale as u64);
         for dead in &result.dead_letters {
             m.messages_rejected.with_label_values(&[dead.rule.as_str()]).inc();
         }
@@ -349,6 +685,7 @@ impl Consumer {
                 self.commit_retry = None;
             }
             Err(e) => {
+                self.metrics.kafka_commit_failures.inc();
                 let (_, mut backoff) = self.commit_retry.take().unwrap_or_else(|| {
                     (Instant::now(), Backoff::new(self.ingest.retry_initial(), self.ingest.retry_max()))
                 });
@@ -387,7 +724,7 @@ fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Enc
     (orders, dead)
 }
 
-fn describe_offsets(offsets: &BTreeMap<(String, i32), i64>) -> String {
+fn describe_offsets(offsets: &BTreeMap<Partition, i64>) -> String {
     let list: Vec<String> = offsets.iter().map(|((t, p), o)| format!("{t}/{p}@{o}")).collect();
     list.join(",")
 }
@@ -396,12 +733,21 @@ fn describe_offsets(offsets: &BTreeMap<(String, i32), i64>) -> String {
 fn log_batch(batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
     let [decode, write, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
     info!(
-        "event=batch_committed messages={} inserted={} replaced={} unchanged={} rejected={} \
+        "event=batch_committed messages={} inserted={} replaced={} unchanged={} stale={} rejected={} \
          decode_ms={decode:.1} write_ms={write:.1} commit_ms={commit:.1}",
         batch.len(),
         result.inserted,
         result.replaced,
         result.unchanged,
+        result.stale,
         result.dead_letters.len()
     );
+}
+
+fn partition_list(keys: &[Partition]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in keys {
+        tpl.add_partition(topic, *partition);
+    }
+    tpl
 }

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub orders_stored: IntCounterVec,
     pub messages_rejected: IntCounterVec,
     pub db_retries: IntCounter,
+    pub batches_fenced: IntCounter,
+    pub kafka_commit_failures: IntCounter,
     pub batch_messages: Histogram,
     pub batch_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
@@ -55,7 +57,8 @@ impl Metrics {
             orders_stored: IntCounterVec::new(
                 Opts::new(
                     "orders_stored_total",
-                    "Orders written, by outcome: inserted, replaced (new content), unchanged (redelivered).",
+                    "Orders in written batches, by outcome: inserted, replaced (a newer version), unchanged (the same \
+                     content), stale (the stored version came from a later message; left alone).",
                 ),
                 &["outcome"],
             )
@@ -66,6 +69,14 @@ impl Metrics {
             )
             .expect("valid metric"),
             db_retries: counter("orders_db_retries_total", "Batch writes that failed and were retried."),
+            batches_fenced: counter(
+                "orders_batches_fenced_total",
+                "Batches not written because another consumer had written past where this one started reading.",
+            ),
+            kafka_commit_failures: counter(
+                "orders_kafka_commit_failures_total",
+                "Commits of offsets to Kafka (for lag tools) that failed and were retried.",
+            ),
             batch_messages: Histogram::with_opts(
                 HistogramOpts::new("orders_batch_messages", "Messages per written batch.")
                     .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0]),
@@ -125,6 +136,8 @@ impl Metrics {
             Box::new(m.orders_stored.clone()),
             Box::new(m.messages_rejected.clone()),
             Box::new(m.db_retries.clone()),
+            Box::new(m.batches_fenced.clone()),
+            Box::new(m.kafka_commit_failures.clone()),
             Box::new(m.batch_messages.clone()),
             Box::new(m.batch_seconds.clone()),
             Box::new(m.consumer_lag.clone()),

@@ -227,6 +227,7 @@ pub(super) mod tests {
             url: "postgres://nobody@127.0.0.1:1/none".into(),
             pool_size: 1,
             connect_timeout_secs: 1,
+            ..Default::default()
         }
     }
 

@@ -49,7 +49,8 @@ impl DeadLetter {
     }
 }
 
-/// A redelivered dead letter hits the (topic, partition, offset) key and is not stored twice.
+/// A redelivered dead letter hits the (topic, partition, offset, payload digest) key and
+/// is not stored twice; a different message at a reused position is stored.
 pub(super) fn insert_dead_letters(tx: &mut Transaction<'_>, dead: &[DeadLetter]) -> Result<(), postgres::Error> {
     if dead.is_empty() {
         return Ok(());
@@ -132,6 +133,9 @@ pub fn dead_letters_to_replay(client: &mut Client) -> anyhow::Result<Vec<i64>> {
 pub enum Replay {
     /// It passes now and is stored as this order; the dead letter is marked replayed.
     Stored(String),
+    /// It passes now, but the stored order came from a later position of its partition:
+    /// the order is left as it is, and the dead letter is marked replayed.
+    Superseded(String),
     /// It still breaks a rule; nothing changed.
     StillRejected(Rejection),
     /// Only the first part of it was kept (it was over the size limit): it cannot pass.
@@ -166,10 +170,14 @@ pub fn replay(
         Err(rejection) => return Ok(Replay::StillRejected(rejection)),
     };
     let uid = encoded.order.order_uid.clone();
-    write_orders(&mut tx, &[&encoded]).with_context(|| format!("store order {uid} of dead letter {id}"))?;
+    // Its position is the dead letter's, so a newer version of the order stays.
+    let source =
+        Message { topic: dead.topic.clone(), partition: dead.partition, offset: dead.offset, key: None, payload: None };
+    let counts = write_orders(&mut tx, &[(&source, &encoded)])
+        .with_context(|| format!("store order {uid} of dead letter {id}"))?;
     tx.execute("UPDATE rejected_messages SET replayed_at = now() WHERE id = $1", &[&id])?;
     tx.commit().context("commit replay")?;
-    Ok(Replay::Stored(uid))
+    Ok(if counts.stale == 1 { Replay::Superseded(uid) } else { Replay::Stored(uid) })
 }
 
 #[cfg(test)]

@@ -7,7 +7,10 @@ use postgres::Client;
 
 /// The files of `sql/`, applied in this order and recorded in `schema_version`.
 /// A test checks that every `sql/*.sql` file is listed here.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "0001_orders.sql", include_str!("../../sql/0001_orders.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "0001_orders.sql", include_str!("../../sql/0001_orders.sql")),
+    (2, "0002_exactly_once.sql", include_str!("../../sql/0002_exactly_once.sql")),
+];
 
 /// Any fixed number: concurrent starts of several instances take this advisory lock so
 /// that one of them applies the migrations and the others then see them applied.

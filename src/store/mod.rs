@@ -4,6 +4,7 @@
 
 mod dead_letters;
 mod migrate;
+mod offsets;
 mod pool;
 mod read;
 mod tables;
@@ -18,20 +19,36 @@ pub use dead_letters::{
     DeadLetter, KEPT_OF_OVERSIZE, Replay, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay, replay,
 };
 pub use migrate::{MIGRATIONS, migrate};
+pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::Pool;
 pub use read::{order, recent_orders, recent_summaries};
-pub use write::{BatchResult, write_batch};
+pub use write::{BatchResult, Written, write_batch};
 
 use crate::config;
 
 /// Opens one connection to the configured database.
 pub fn connect(db: &config::Database) -> anyhow::Result<Client> {
-    connect_to(&db.url, db.connect_timeout())
+    connect_to(&db.url, db.connect_timeout(), None)
 }
 
-fn connect_to(url: &str, timeout: Duration) -> anyhow::Result<Client> {
+/// Opens the consumer's connection: its statements are cancelled after
+/// `write_statement_timeout_ms`, and the server ends its transaction if the consumer
+/// goes silent inside one for `idle_in_transaction_timeout_ms` (a frozen process, a
+/// connection cut off), so that its locks never hold up the instance that took over.
+pub fn connect_writer(db: &config::Database) -> anyhow::Result<Client> {
+    let options = format!(
+        "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        db.write_statement_timeout_ms, db.idle_in_transaction_timeout_ms
+    );
+    connect_to(&db.url, db.connect_timeout(), Some(&options))
+}
+
+fn connect_to(url: &str, timeout: Duration, options: Option<&str>) -> anyhow::Result<Client> {
     let mut config: postgres::Config = url.parse().context("parse database url")?;
     config.connect_timeout(timeout).application_name("orders-svc");
+    if let Some(options) = options {
+        config.options(options);
+    }
     let target = describe(&config);
     config.connect(NoTls).with_context(|| format!("connect to PostgreSQL at {target}"))
 }

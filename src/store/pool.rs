@@ -32,7 +32,7 @@ impl Pool {
         let idle = self.idle.lock().pop();
         let mut client = match idle {
             Some(c) if !c.is_closed() => c,
-            _ => super::connect_to(&self.url, self.timeout)?,
+            _ => super::connect_to(&self.url, self.timeout, None)?,
         };
         let result = f(&mut client);
         if !client.is_closed() {

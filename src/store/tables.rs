@@ -27,6 +27,9 @@ pub(super) const ORDERS: Table = Table {
         ("date_created", Type::TIMESTAMPTZ),
         ("oof_shard", Type::TEXT),
         ("content_sha256", Type::BYTEA),
+        ("source_topic", Type::TEXT),
+        ("source_partition", Type::INT4),
+        ("source_offset", Type::INT8),
     ],
 };
 
@@ -129,7 +132,7 @@ pub(super) static ORDER_SELECT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {}, {}, {} FROM orders o JOIN deliveries d ON d.order_uid = o.order_uid \
          JOIN payments p ON p.order_uid = o.order_uid",
-        ORDERS.select("o", "", &["content_sha256"]),
+        ORDERS.select("o", "", &["content_sha256", "source_topic", "source_partition", "source_offset"]),
         DELIVERIES.select("d", "delivery_", &["order_uid"]),
         PAYMENTS.select("p", "payment_", &["order_uid"]),
     )
@@ -151,13 +154,14 @@ pub(super) static DEAD_LETTER_SELECT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Inserts dead letters given as one array per column; a redelivered one is skipped.
+/// Inserts dead letters given as one array per column; a redelivered one (the same
+/// payload at the same position) is skipped.
 pub(super) static DEAD_LETTER_INSERT: LazyLock<String> = LazyLock::new(|| {
     let t = &REJECTED_MESSAGES;
     let arrays: Vec<String> =
         t.columns.iter().enumerate().map(|(i, (_, ty))| format!("${}::{}[]", i + 1, ty.name())).collect();
     format!(
-        "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (topic, partition, \"offset\") DO NOTHING",
+        "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (topic, partition, \"offset\", payload_sha256) DO NOTHING",
         t.name,
         t.names(&[]).join(", "),
         arrays.join(", ")
@@ -173,7 +177,8 @@ mod tests {
         assert_eq!(
             ORDERS.copy_in(),
             "COPY orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, \
-             shardkey, sm_id, date_created, oof_shard, content_sha256) FROM STDIN BINARY"
+             shardkey, sm_id, date_created, oof_shard, content_sha256, source_topic, source_partition, source_offset) \
+             FROM STDIN BINARY"
         );
         assert_eq!(
             ORDER_ITEMS.copy_in(),
@@ -189,7 +194,7 @@ mod tests {
         assert!(select.starts_with("SELECT o.order_uid, o.track_number, "), "{select}");
         assert!(select.contains(", o.oof_shard, d.name AS delivery_name, "), "{select}");
         assert!(select.contains(", p.custom_fee AS payment_custom_fee FROM orders o JOIN"), "{select}");
-        assert!(!select.contains("content_sha256"), "{select}");
+        assert!(!select.contains("content_sha256") && !select.contains("source_"), "{select}");
         let head = select.split(" FROM ").next().unwrap().trim_start_matches("SELECT ");
         let names: Vec<&str> = head.split(", ").map(|c| c.rsplit([' ', '.']).next().unwrap()).collect();
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
@@ -203,7 +208,7 @@ mod tests {
             "INSERT INTO rejected_messages (topic, partition, \"offset\", message_key, payload, payload_size, \
              payload_sha256, rule, detail) SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], \
              $5::bytea[], $6::int8[], $7::bytea[], $8::text[], $9::text[]) \
-             ON CONFLICT (topic, partition, \"offset\") DO NOTHING"
+             ON CONFLICT (topic, partition, \"offset\", payload_sha256) DO NOTHING"
         );
         assert_eq!(
             DEAD_LETTER_SELECT.as_str(),

@@ -1,6 +1,9 @@
-//! Writing a batch: every order and dead letter of it in one transaction, the orders by
-//! binary COPY, and, when the database refuses one order's rows, the batch again with
-//! each order under its own savepoint so that only the refused ones become dead letters.
+//! Writing a batch: in one transaction, the stored offsets advanced by compare-and-set
+//! (`offsets`), every order by binary COPY, and every dead letter. An order replaces the
+//! stored one only if it comes from a later position. When the database refuses some of
+//! the rows (a constraint, a program limit, a statement timeout), the batch is split in
+//! halves under savepoints until each refused order is alone, and it becomes a dead
+//! letter: a poison message costs a few statements, never a consumer stuck retrying.
 
 use std::collections::HashMap;
 
@@ -10,6 +13,7 @@ use postgres::Transaction;
 use postgres::binary_copy::BinaryCopyInWriter;
 
 use super::dead_letters::{DeadLetter, insert_dead_letters};
+use super::offsets::{self, Claim};
 use super::tables::{DELIVERIES, ORDER_ITEMS, ORDERS, PAYMENTS};
 use crate::model::{Encoded, Message, Order, Rejection, Rule};
 
@@ -22,20 +26,48 @@ pub struct BatchResult {
     pub inserted: usize,
     pub replaced: usize,
     pub unchanged: usize,
+    /// Orders left alone because the stored version came from a later position.
+    pub stale: usize,
     /// Dead letters written, including orders the database itself refused.
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Writes one batch in one transaction: every order (new ones inserted, changed ones
-/// replaced, identical ones left alone) and every dead letter. When the database refuses
-/// the data of one order (a constraint, a byte it cannot store), the batch is written
-/// again with each order under its own savepoint, and only the refused ones become dead
-/// letters. Any other error is returned, nothing is committed, and the caller retries.
+/// How a batch's transaction ended.
+#[derive(Debug)]
+pub enum Written {
+    Committed(BatchResult),
+    /// Nothing was written: these partitions' stored offsets are no longer where the
+    /// consumer started reading them. Another consumer has written past it.
+    Fenced(Vec<(String, i32)>),
+}
+
+impl Written {
+    /// The result, if the batch committed.
+    pub fn committed(self) -> Option<BatchResult> {
+        match self {
+            Written::Committed(result) => Some(result),
+            Written::Fenced(_) => None,
+        }
+    }
+}
+
+/// Writes one batch in one transaction: `claims` advance the group's stored offsets
+/// (none, for a batch not read from Kafka), then every order (new ones inserted, newer
+/// versions replacing older ones, the rest left alone) and every dead letter. An error
+/// that is not about the rows (the connection, a lock, the server) is returned with
+/// nothing committed, and the caller retries.
 pub fn write_batch(
     client: &mut postgres::Client,
+    group: &str,
+    claims: &[Claim],
     orders: &[(&Message, Encoded)],
     dead: &[DeadLetter],
-) -> anyhow::Result<BatchResult> {
+) -> anyhow::Result<Written> {
+    let mut tx = client.transaction().context("begin batch")?;
+    let fenced = offsets::advance(&mut tx, group, claims).context("advance the stored offsets")?;
+    if !fenced.is_empty() {
+        return Ok(Written::Fenced(fenced)); // dropping `tx` rolls it back
+    }
     // A later message for the same order wins over an earlier one in the same batch.
     let mut latest: HashMap<&str, usize> = HashMap::with_capacity(orders.len());
     for (i, (_, encoded)) in orders.iter().enumerate() {
@@ -43,86 +75,173 @@ pub fn write_batch(
     }
     let mut keep: Vec<usize> = latest.into_values().collect();
     keep.sort_unstable();
-    let superseded = orders.len() - keep.len();
-
-    let mut tx = client.transaction().context("begin batch")?;
-    let all: Vec<&Encoded> = keep.iter().map(|&i| &orders[i].1).collect();
-    let mut result = match write_orders(&mut tx, &all) {
-        Ok(counts) => BatchResult { stored: keep, dead_letters: dead.to_vec(), ..counts },
-        Err(e) if is_data_error(&e) => {
-            warn!("event=batch_refused reason={:?} action=retry_each_order_alone", db_message(&e));
-            drop(tx);
-            tx = client.transaction().context("begin batch")?;
-            write_one_by_one(&mut tx, orders, keep, dead)?
-        }
-        Err(e) => return Err(e).context("write orders"),
-    };
-    result.unchanged += superseded;
-    insert_dead_letters(&mut tx, &result.dead_letters).context("write dead letters")?;
+    let mut result = BatchResult { unchanged: orders.len() - keep.len(), ..BatchResult::default() };
+    write_isolating(&mut tx, orders, &keep, &mut result).context("write orders")?;
+    let mut dead_letters: Vec<DeadLetter> = dead.iter().cloned().chain(result.dead_letters.drain(..)).collect();
+    insert_isolating(&mut tx, &mut dead_letters).context("write dead letters")?;
+    result.dead_letters = dead_letters;
     tx.commit().context("commit batch")?;
-    Ok(result)
+    Ok(Written::Committed(result))
 }
 
-fn write_one_by_one(
+/// Writes the orders `part` (indexes into `orders`) under a savepoint. If the database
+/// refuses their rows, writes each half the same way; an order refused alone becomes a
+/// dead letter. Any other error is returned.
+fn write_isolating(
     tx: &mut Transaction<'_>,
     orders: &[(&Message, Encoded)],
-    keep: Vec<usize>,
-    dead: &[DeadLetter],
-) -> anyhow::Result<BatchResult> {
-    let mut result = BatchResult { dead_letters: dead.to_vec(), ..BatchResult::default() };
-    for i in keep {
-        let (message, encoded) = &orders[i];
-        let order = &encoded.order;
-        let mut savepoint = tx.transaction().context("savepoint")?;
-        match write_orders(&mut savepoint, &[encoded]) {
-            Ok(counts) => {
-                savepoint.commit().context("release savepoint")?;
-                result.inserted += counts.inserted;
-                result.replaced += counts.replaced;
-                result.unchanged += counts.unchanged;
-                result.stored.push(i);
-            }
-            Err(e) if is_data_error(&e) => {
-                drop(savepoint);
+    part: &[usize],
+    result: &mut BatchResult,
+) -> Result<(), postgres::Error> {
+    if part.is_empty() {
+        return Ok(());
+    }
+    let mut savepoint = tx.transaction()?;
+    let sources: Vec<(&Message, &Encoded)> = part.iter().map(|&i| (orders[i].0, &orders[i].1)).collect();
+    match write_orders(&mut savepoint, &sources) {
+        Ok(counts) => {
+            savepoint.commit()?;
+            result.inserted += counts.inserted;
+            result.replaced += counts.replaced;
+            result.unchanged += counts.unchanged;
+            result.stale += counts.stale;
+            result.stored.extend(counts.stored.into_iter().map(|i| part[i]));
+            Ok(())
+        }
+        Err(e) if refuses_rows(&e) => {
+            drop(savepoint);
+            if let [i] = part {
+                let (message, encoded) = &orders[*i];
                 let detail = db_message(&e);
                 warn!(
                     "event=order_refused_by_database topic={} partition={} offset={} order_uid={} reason={detail:?}",
-                    message.topic, message.partition, message.offset, order.order_uid
+                    message.topic, message.partition, message.offset, encoded.order.order_uid
                 );
                 // The order was decoded, so its message is within the size limit.
                 result.dead_letters.push(DeadLetter::new(message, Rejection::new(Rule::Database, detail), usize::MAX));
+                return Ok(());
             }
-            Err(e) => return Err(e).context("write order"),
+            info!("event=orders_refused_by_database orders={} reason={:?} action=split", part.len(), db_message(&e));
+            let (first, second) = part.split_at(part.len() / 2);
+            write_isolating(tx, orders, first, result)?;
+            write_isolating(tx, orders, second, result)
         }
+        Err(e) => Err(e),
     }
-    Ok(result)
 }
 
-/// Inserts new orders and replaces changed ones. Returns the counts, with `stored` empty.
-pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[&Encoded]) -> Result<BatchResult, postgres::Error> {
+/// Inserts dead letters under a savepoint, halving them when the database refuses their
+/// rows. One refused alone is kept without its payload (its size and digest stay), with
+/// the database's reason added to its detail; only if even that is refused is the error
+/// returned.
+fn insert_isolating(tx: &mut Transaction<'_>, dead: &mut [DeadLetter]) -> Result<(), postgres::Error> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let mut savepoint = tx.transaction()?;
+    match insert_dead_letters(&mut savepoint, dead) {
+        Ok(()) => savepoint.commit(),
+        Err(e) if refuses_rows(&e) => {
+            drop(savepoint);
+            if let [d] = dead {
+                let reason = db_message(&e);
+                warn!(
+                    "event=dead_letter_refused_by_database topic={} partition={} offset={} reason={reason:?} \
+                     action=keep_without_payload",
+                    d.topic, d.partition, d.offset
+                );
+                d.payload.clear();
+                d.key = None;
+                d.detail = format!("{}; the payload was not kept: the database refused it: {reason}", d.detail);
+                return insert_dead_letters(tx, dead);
+            }
+            let (first, second) = dead.split_at_mut(dead.len() / 2);
+            insert_isolating(tx, first)?;
+            insert_isolating(tx, second)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The stored source of an order: where its stored version was read.
+struct Stored {
+    sha256: Vec<u8>,
+    topic: Option<String>,
+    partition: Option<i32>,
+    offset: Option<i64>,
+}
+
+impl Stored {
+    /// True if `m` comes from the same partition as the stored version, at or before it:
+    /// a redelivery or a replay, never newer. From another partition, or with no known
+    /// source, the message wins (the last committed wins).
+    fn is_newer_than(&self, m: &Message) -> bool {
+        self.topic.as_deref() == Some(m.topic.as_str())
+            && self.partition == Some(m.partition)
+            && self.offset.is_some_and(|o| o >= m.offset)
+    }
+
+    fn is_from(&self, m: &Message) -> bool {
+        self.topic.as_deref() == Some(m.topic.as_str())
+            && self.partition == Some(m.partition)
+            && self.offset == Some(m.offset)
+    }
+}
+
+/// Inserts new orders and replaces older versions with newer ones; leaves identical
+/// ones (recording the newer source) and stale ones alone. `stored` indexes `orders`.
+pub(super) fn write_orders(
+    tx: &mut Transaction<'_>,
+    orders: &[(&Message, &Encoded)],
+) -> Result<BatchResult, postgres::Error> {
     let mut counts = BatchResult::default();
     if orders.is_empty() {
         return Ok(counts);
     }
-    let uids: Vec<&str> = orders.iter().map(|e| e.order.order_uid.as_str()).collect();
-    let existing: HashMap<String, Vec<u8>> = tx
-        .query("SELECT order_uid, content_sha256 FROM orders WHERE order_uid = ANY($1)", &[&uids])?
+    let uids: Vec<&str> = orders.iter().map(|(_, e)| e.order.order_uid.as_str()).collect();
+    // Locked, so that a writer of the same order from another partition waits for this
+    // transaction and then compares against what it wrote.
+    let existing: HashMap<String, Stored> = tx
+        .query(
+            "SELECT order_uid, content_sha256, source_topic, source_partition, source_offset \
+             FROM orders WHERE order_uid = ANY($1) FOR UPDATE",
+            &[&uids],
+        )?
         .into_iter()
-        .map(|row| (row.get("order_uid"), row.get("content_sha256")))
+        .map(|row| {
+            let stored = Stored {
+                sha256: row.get("content_sha256"),
+                topic: row.get("source_topic"),
+                partition: row.get("source_partition"),
+                offset: row.get("source_offset"),
+            };
+            (row.get("order_uid"), stored)
+        })
         .collect();
     let mut to_write = Vec::with_capacity(orders.len());
     let mut to_replace = Vec::new();
-    for &encoded in orders {
+    let mut to_touch = Vec::new();
+    for (i, &(message, encoded)) in orders.iter().enumerate() {
         let order = &encoded.order;
         match existing.get(&order.order_uid) {
-            Some(old) if old.as_slice() == encoded.sha256 => counts.unchanged += 1,
+            Some(old) if old.is_newer_than(message) => {
+                counts.stale += 1;
+                continue;
+            }
+            Some(old) if old.sha256.as_slice() == encoded.sha256 => {
+                counts.unchanged += 1;
+                if !old.is_from(message) {
+                    to_touch.push((order.order_uid.as_str(), message));
+                }
+            }
             Some(_) => {
                 info!("event=order_replaced order_uid={}", order.order_uid);
                 to_replace.push(order.order_uid.as_str());
-                to_write.push((order, encoded.sha256));
+                to_write.push((order, encoded.sha256, message));
             }
-            None => to_write.push((order, encoded.sha256)),
+            None => to_write.push((order, encoded.sha256, message)),
         }
+        counts.stored.push(i);
     }
     counts.replaced = to_replace.len();
     counts.inserted = to_write.len() - to_replace.len();
@@ -133,14 +252,26 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[&Encoded]) -> Res
     if !to_write.is_empty() {
         copy_orders(tx, &to_write)?;
     }
+    if !to_touch.is_empty() {
+        let uids: Vec<&str> = to_touch.iter().map(|(uid, _)| *uid).collect();
+        let topics: Vec<&str> = to_touch.iter().map(|(_, m)| m.topic.as_str()).collect();
+        let partitions: Vec<i32> = to_touch.iter().map(|(_, m)| m.partition).collect();
+        let offsets: Vec<i64> = to_touch.iter().map(|(_, m)| m.offset).collect();
+        tx.execute(
+            "UPDATE orders o SET source_topic = s.topic, source_partition = s.partition, source_offset = s.off \
+             FROM UNNEST($1::text[], $2::text[], $3::int4[], $4::int8[]) AS s (uid, topic, partition, off) \
+             WHERE o.order_uid = s.uid",
+            &[&uids, &topics, &partitions, &offsets],
+        )?;
+    }
     Ok(counts)
 }
 
 /// One binary COPY per table: the fastest way into PostgreSQL short of a bulk load. Each
 /// row's values are in the order of its table's columns in `tables`.
-fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Result<(), postgres::Error> {
+fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]) -> Result<(), postgres::Error> {
     let mut w = BinaryCopyInWriter::new(tx.copy_in(&ORDERS.copy_in())?, &ORDERS.types());
-    for (o, fingerprint) in orders {
+    for (o, fingerprint, source) in orders {
         let fingerprint: &[u8] = fingerprint;
         w.write(&[
             &o.order_uid,
@@ -155,19 +286,22 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
             &o.date_created,
             &o.oof_shard,
             &fingerprint,
+            &source.topic,
+            &source.partition,
+            &source.offset,
         ])?;
     }
     w.finish()?;
 
     let mut w = BinaryCopyInWriter::new(tx.copy_in(&DELIVERIES.copy_in())?, &DELIVERIES.types());
-    for (o, _) in orders {
+    for (o, ..) in orders {
         let d = &o.delivery;
         w.write(&[&o.order_uid, &d.name, &d.phone, &d.zip, &d.city, &d.address, &d.region, &d.email])?;
     }
     w.finish()?;
 
     let mut w = BinaryCopyInWriter::new(tx.copy_in(&PAYMENTS.copy_in())?, &PAYMENTS.types());
-    for (o, _) in orders {
+    for (o, ..) in orders {
         let p = &o.payment;
         w.write(&[
             &o.order_uid,
@@ -186,7 +320,7 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
     w.finish()?;
 
     let mut w = BinaryCopyInWriter::new(tx.copy_in(&ORDER_ITEMS.copy_in())?, &ORDER_ITEMS.types());
-    for (o, _) in orders {
+    for (o, ..) in orders {
         for (position, i) in o.items.iter().enumerate() {
             let position = position as i32;
             w.write(&[
@@ -210,10 +344,23 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32])]) -> Resul
     Ok(())
 }
 
-/// Data errors (class 22) and constraint violations (class 23) are about the rows, not
-/// the connection: retrying the same rows would fail the same way.
-fn is_data_error(e: &postgres::Error) -> bool {
-    e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+/// The primary keys of the order tables. A duplicate key there can only come from another
+/// transaction writing the same order at the same time (each batch deletes what it
+/// replaces first): that is a race to retry, not a property of the rows.
+const ORDER_KEYS: [&str; 4] = ["orders_pkey", "deliveries_pkey", "payments_pkey", "order_items_pkey"];
+
+/// Errors about the rows written, not the database: data exceptions (class 22),
+/// constraint violations (23), program limits such as a row too big to index (54), and a
+/// statement cancelled by its timeout (57014). The same rows would fail the same way, so
+/// they are isolated; anything else (the connection, a lock, a server going down, a
+/// missing table) is retried, with the batch whole.
+pub(super) fn refuses_rows(e: &postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else { return false };
+    let code = db.code().code();
+    if code == "23505" && db.constraint().is_some_and(|c| ORDER_KEYS.contains(&c)) {
+        return false;
+    }
+    code.starts_with("22") || code.starts_with("23") || code.starts_with("54") || code == "57014"
 }
 
 fn db_message(e: &postgres::Error) -> String {

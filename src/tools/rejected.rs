@@ -85,6 +85,10 @@ pub fn replay(client: &mut Client, target: Target, rules: &Rules) -> anyhow::Res
                 log::info!("event=dead_letter_replayed id={id} order_uid={uid}");
                 format!("stored as order {uid}")
             }
+            Replay::Superseded(uid) => {
+                log::info!("event=dead_letter_replayed id={id} order_uid={uid} outcome=superseded");
+                format!("passes now, but order {uid} is stored from a later message: left as it is")
+            }
             Replay::StillRejected(r) => format!("still rejected: {r}"),
             Replay::Truncated => "cannot be replayed: only the first part of it was kept".to_string(),
             Replay::AlreadyReplayed => "already replayed".to_string(),

@@ -1,8 +1,10 @@
-//! The broker failing under the service: killed and restarted with its messages kept,
-//! and a broker with memory storage restarted empty beneath a running consumer.
+//! The broker failing under the service: killed and restarted with its messages kept, a
+//! broker with memory storage restarted empty beneath a running consumer, and a topic
+//! deleted and created again.
 
 use std::time::{Duration, Instant};
 
+use orders_svc::config::Config;
 use orders_svc::model::Order;
 use orders_svc::tools::generate::Generator;
 
@@ -18,18 +20,51 @@ fn slices(payloads: &[Vec<u8>]) -> Vec<&[u8]> {
 
 /// A service consuming a one-partition topic of `broker`, with 20 generated orders
 /// stored; the generator goes on from there.
-fn twenty_orders_stored(broker: &Broker, seed: u64) -> (TestDb, String, Running, Generator) {
+fn twenty_orders_stored(broker: &Broker, seed: u64) -> (TestDb, Config, Running, Generator) {
     let db = TestDb::new();
     let topic = unique("broker-topic");
     create_topic_on(&broker.addr(), &topic, 1);
-    let service = Running::start(Setup::config_for(&db, &broker.addr(), &topic, &unique("group")));
+    let config = Setup::config_for(&db, &broker.addr(), &topic, &unique("group"));
+    let service = Running::start(config.clone());
     let mut generator = Generator::new(seed, 2);
     let before: Vec<Order> = (0..20).map(|_| generator.order()).collect();
     produce_on(&broker.addr(), &topic, &slices(&payloads(&before)));
     wait_for("the first 20 orders", Duration::from_secs(30), || {
         (db.count("SELECT count(*) FROM orders") == 20).then_some(())
     });
-    (db, topic, service, generator)
+    (db, config, service, generator)
+}
+
+/// The topic of `config` starts over beneath the running service (5 new orders on it)
+/// while the database's offset is 20: the service reports its position past the
+/// partition's end, as a metric and an error log saying what to do, instead of waiting in
+/// silence. `reset-offsets` then sets the stored offset to the partition's start, and
+/// the running service reads the 5 new orders.
+fn reported_then_reset(db: &TestDb, config: &Config, service: &Running, generator: &mut Generator) {
+    let (broker, topic) = (&config.kafka.brokers, &config.kafka.topic);
+    let after: Vec<Order> = (0..5).map(|_| generator.order()).collect();
+    produce_on(broker, topic, &slices(&payloads(&after)));
+    let beyond = format!("orders_partition_position_beyond_end{{partition=\"0\",topic=\"{topic}\"}}");
+    wait_for("the service to report its position past the partition's end", Duration::from_secs(60), || {
+        (metric(service.addr(), &beyond) == Some(1.0)).then_some(())
+    });
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 20);
+
+    let out = orders_svc::tools::offsets::reset(config).unwrap();
+    assert_eq!(
+        out,
+        format!(
+            "{topic}/0: next offset 0\ngroup {}: 1 partitions reset; 20 orders from {topic} will take the next \
+             message for them\n",
+            config.kafka.group_id
+        )
+    );
+    wait_for("the 5 orders produced after the topic started over", Duration::from_secs(60), || {
+        (db.count("SELECT count(*) FROM orders") == 25).then_some(())
+    });
+    let r = get(service.addr(), &format!("/order/{}", after[4].order_uid));
+    assert_eq!(r.json()["order_uid"], after[4].order_uid.as_str());
+    assert_eq!(db.count("SELECT next_offset FROM consumer_offsets"), 5);
 }
 
 /// The broker (SQLite storage) killed with SIGKILL in the middle of an ingest of 6,000
@@ -87,44 +122,28 @@ fn broker_killed_mid_ingest_and_restarted_loses_nothing() {
 }
 
 /// A broker with memory storage restarted beneath a running service comes back empty,
-/// without the group, its committed offsets or the messages already read. The consumer
-/// rejoins by itself, finds no committed offset, starts the new partition from its
-/// beginning, and stores the orders produced after the restart; what it stored before
-/// stays.
+/// without the group, its committed offsets or the messages already read; the offsets
+/// start over. What the service stored before stays.
 #[test]
 fn memory_broker_restarted_empty_beneath_the_service() {
     let mut broker = Broker::start(Storage::Memory);
-    let (db, topic, service, mut generator) = twenty_orders_stored(&broker, 43);
+    let (db, config, service, mut generator) = twenty_orders_stored(&broker, 43);
 
     broker.kill();
     broker.restart();
-    create_topic_on(&broker.addr(), &topic, 1);
-    let after: Vec<Order> = (0..5).map(|_| generator.order()).collect();
-    produce_on(&broker.addr(), &topic, &slices(&payloads(&after)));
-    wait_for("the 5 orders produced after the restart", Duration::from_secs(60), || {
-        (db.count("SELECT count(*) FROM orders") == 25).then_some(())
-    });
-    let r = get(service.addr(), &format!("/order/{}", after[4].order_uid));
-    assert_eq!(r.json()["order_uid"], after[4].order_uid.as_str());
+    create_topic_on(&broker.addr(), &config.kafka.topic, 1);
+    reported_then_reset(&db, &config, &service, &mut generator);
 }
 
 /// A topic deleted and created again on a broker that keeps the group's committed
-/// offsets: the consumer's position is past the end of the new partition, where nisshi
-/// answers fetches with nothing (Kafka would answer out of range). The service reports
-/// it, as a metric and an error log saying what to do, instead of waiting in silence.
+/// offsets: nisshi answers fetches past the new partition's end with nothing (Kafka would
+/// answer out of range, and the consumer would see its position go back).
 #[test]
-fn topic_recreated_beneath_the_service_is_reported() {
+fn topic_recreated_beneath_the_service_is_reported_and_reset() {
     let broker = Broker::start(Storage::Sqlite(temp_dir("broker")));
-    let (db, topic, service, mut generator) = twenty_orders_stored(&broker, 47);
+    let (db, config, service, mut generator) = twenty_orders_stored(&broker, 47);
 
-    delete_topic_on(&broker.addr(), &topic);
-    create_topic_on(&broker.addr(), &topic, 1);
-    let after: Vec<Order> = (0..5).map(|_| generator.order()).collect();
-    produce_on(&broker.addr(), &topic, &slices(&payloads(&after)));
-
-    let beyond = format!("orders_partition_position_beyond_end{{partition=\"0\",topic=\"{topic}\"}}");
-    wait_for("the service to report its position past the partition's end", Duration::from_secs(60), || {
-        (metric(service.addr(), &beyond) == Some(1.0)).then_some(())
-    });
-    assert_eq!(db.count("SELECT count(*) FROM orders"), 20);
+    delete_topic_on(&broker.addr(), &config.kafka.topic);
+    create_topic_on(&broker.addr(), &config.kafka.topic, 1);
+    reported_then_reset(&db, &config, &service, &mut generator);
 }

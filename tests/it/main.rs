@@ -12,3 +12,4 @@ mod operations;
 mod pipeline;
 mod read_path;
 mod reliability;
+mod store;

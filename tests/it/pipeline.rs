@@ -124,7 +124,7 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
 
     let message = Message { topic: setup.topic.clone(), partition: 0, offset: 0, key: None, payload: None };
     let order = model::decode(Some(MODEL.as_bytes()), &Default::default()).unwrap();
-    store::write_batch(&mut setup.db.client(), &[(&message, order.encode())], &[]).unwrap();
+    store::write_batch(&mut setup.db.client(), &setup.group, &[], &[(&message, order.encode())], &[]).unwrap();
     assert_eq!(service.cache().len(), 0);
 
     let r = get(addr, &format!("/order/{UID}"));
@@ -153,10 +153,10 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
 fn migrations_apply_once() {
     let db = TestDb::new();
     let mut client = db.client();
-    assert_eq!(store::migrate(&mut client).unwrap(), 1);
+    assert_eq!(store::migrate(&mut client).unwrap(), 2);
     assert_eq!(store::migrate(&mut client).unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM schema_version"), 1);
-    assert_eq!(db.count("SELECT max(version)::bigint FROM schema_version"), 1);
+    assert_eq!(db.count("SELECT count(*) FROM schema_version"), 2);
+    assert_eq!(db.count("SELECT max(version)::bigint FROM schema_version"), 2);
 }
 
 /// Health and readiness answer with small JSON bodies; once the consumer has joined its

@@ -39,6 +39,10 @@ enum Command {
         #[command(subcommand)]
         action: rejected::Action,
     },
+    /// Set the group's offsets stored in PostgreSQL to the start of each partition of the
+    /// topic, and let the next message for each stored order replace it: after the topic
+    /// was deleted and created again, or the broker lost its data.
+    ResetOffsets,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Produce(args)) => produce::run(args, &config),
         Some(Command::Probe(args)) => probe::run(args, &config),
         Some(Command::Rejected { action }) => rejected::run(action, &config),
+        Some(Command::ResetOffsets) => {
+            print!("{}", orders_svc::tools::offsets::reset(&config)?);
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,213 @@
+//! The batch write against PostgreSQL alone: the compare-and-set on the stored offsets,
+//! versions that only go forward, poison orders and dead letters isolated by splitting,
+//! and dead letters keyed by position and payload.
+
+use orders_svc::model::{Encoded, Message, Order, Rejection, Rule};
+use orders_svc::store::{self, BatchResult, Claim, DeadLetter, Replay, Written};
+use orders_svc::tools::generate::Generator;
+
+use crate::support::*;
+
+fn at(partition: i32, offset: i64) -> Message {
+    Message { topic: "orders".into(), partition, offset, key: None, payload: Some(b"{}".to_vec()) }
+}
+
+fn migrated() -> TestDb {
+    let db = TestDb::new();
+    store::migrate(&mut db.client()).unwrap();
+    db
+}
+
+/// Writes `orders`, each from its message, with no claims; the batch must commit.
+fn write(db: &TestDb, orders: &[(&Message, &Order)]) -> BatchResult {
+    let batch: Vec<(&Message, Encoded)> = orders.iter().map(|(m, o)| (*m, (*o).clone().encode())).collect();
+    store::write_batch(&mut db.client(), "g", &[], &batch, &[]).unwrap().committed().expect("committed")
+}
+
+fn stored_name(db: &TestDb, uid: &str) -> String {
+    db.client().query_one("SELECT name FROM deliveries WHERE order_uid = $1", &[&uid]).unwrap().get(0)
+}
+
+fn named(order: &Order, name: &str) -> Order {
+    let mut o = order.clone();
+    o.delivery.name = name.into();
+    o
+}
+
+fn claim(expected: Option<i64>, next: i64) -> Claim {
+    Claim { topic: "orders".into(), partition: 0, expected, next, messages: next - expected.unwrap_or(0) }
+}
+
+/// A message replaces an order only from a later offset of the same partition; from
+/// another partition the last one written wins; a replayed dead letter from an earlier
+/// offset leaves the newer order alone.
+#[test]
+fn versions_only_go_forward_within_a_partition() {
+    let db = migrated();
+    let x = Generator::new(1, 2).order();
+    let uid = x.order_uid.as_str();
+
+    let r = write(&db, &[(&at(0, 5), &named(&x, "five"))]);
+    assert_eq!((r.inserted, r.stored.len()), (1, 1));
+    let r = write(&db, &[(&at(0, 3), &named(&x, "three"))]);
+    assert_eq!((r.stale, r.replaced, r.stored.len()), (1, 0, 0));
+    assert_eq!(stored_name(&db, uid), "five");
+    let r = write(&db, &[(&at(0, 5), &named(&x, "five"))]);
+    assert_eq!((r.stale, r.unchanged), (1, 0));
+    let r = write(&db, &[(&at(0, 7), &named(&x, "seven"))]);
+    assert_eq!(r.replaced, 1);
+    assert_eq!(stored_name(&db, uid), "seven");
+    // Two messages for it in one batch: the later one.
+    let r = write(&db, &[(&at(0, 8), &named(&x, "eight")), (&at(0, 9), &named(&x, "nine"))]);
+    assert_eq!((r.replaced, r.unchanged, r.stored), (1, 1, vec![1]));
+    assert_eq!(stored_name(&db, uid), "nine");
+    // The same content from a later offset: unchanged, but its source moves on.
+    let r = write(&db, &[(&at(0, 12), &named(&x, "nine"))]);
+    assert_eq!(r.unchanged, 1);
+    let r = write(&db, &[(&at(0, 11), &named(&x, "eleven"))]);
+    assert_eq!(r.stale, 1);
+    assert_eq!(stored_name(&db, uid), "nine");
+    assert_eq!(db.count("SELECT source_offset FROM orders"), 12);
+
+    // A dead letter from offset 10 that passes now is older than offset 12: superseded.
+    let payload = named(&x, "ten").to_json();
+    let message = Message { payload: Some(payload), ..at(0, 10) };
+    let dead = DeadLetter::new(&message, Rejection::new(Rule::Amount, "then"), usize::MAX);
+    let batch: Vec<(&Message, Encoded)> = Vec::new();
+    store::write_batch(&mut db.client(), "g", &[], &batch, &[dead]).unwrap().committed().unwrap();
+    let decode = |p: &[u8]| Ok(serde_json::from_slice::<Order>(p).unwrap());
+    assert_eq!(store::replay(&mut db.client(), 1, decode).unwrap(), Replay::Superseded(x.order_uid.clone()));
+    assert_eq!(stored_name(&db, uid), "nine");
+
+    // From another partition, the last one written wins, whatever its offset.
+    let r = write(&db, &[(&at(1, 0), &named(&x, "elsewhere"))]);
+    assert_eq!(r.replaced, 1);
+    assert_eq!(stored_name(&db, uid), "elsewhere");
+}
+
+/// The stored offset advances only from where the writer started; a writer that started
+/// elsewhere, or expects no row where there is one, writes nothing at all.
+#[test]
+fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
+    let db = migrated();
+    let mut generator = Generator::new(2, 1);
+    let (a, b) = (generator.order(), generator.order());
+    let write_claimed = |claims: &[Claim], order: &Order| {
+        let m = at(0, claims[0].next - 1);
+        store::write_batch(&mut db.client(), "g", claims, &[(&m, order.clone().encode())], &[]).unwrap()
+    };
+    assert!(matches!(write_claimed(&[claim(None, 5)], &a), Written::Committed(_)));
+    assert!(matches!(write_claimed(&[claim(None, 9)], &b), Written::Fenced(f) if f == [("orders".to_string(), 0)]));
+    assert!(matches!(write_claimed(&[claim(Some(4), 9)], &b), Written::Fenced(_)));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
+    assert!(matches!(write_claimed(&[claim(Some(5), 9)], &b), Written::Committed(_)));
+    let row = db.client().query_one("SELECT next_offset, messages FROM consumer_offsets", &[]).unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (9, 9));
+    let stored = store::stored_offsets(&mut db.client(), "g", &[("orders".into(), 0), ("orders".into(), 1)]).unwrap();
+    assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 9)]);
+}
+
+/// Orders the database refuses for reasons other than constraints (a program limit, a
+/// statement cancelled by its timeout; raised here by a trigger for two of ten orders)
+/// are found by splitting the batch and kept as dead letters with the database's
+/// message; the other eight are stored, in one commit, with the offset advanced.
+#[test]
+fn poison_orders_are_isolated_by_splitting_the_batch() {
+    let db = migrated();
+    db.client()
+        .batch_execute(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                 IF NEW.track_number = 'LIMIT' THEN
+                     RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
+                 ELSIF NEW.track_number = 'TIMEOUT' THEN
+                     RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION poison();",
+        )
+        .unwrap();
+    let mut generator = Generator::new(3, 2);
+    let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
+    orders[2].track_number = "LIMIT".into();
+    orders[7].track_number = "TIMEOUT".into();
+    let messages: Vec<Message> = (0..10).map(|i| at(0, i)).collect();
+    let batch: Vec<(&Message, Encoded)> = messages.iter().zip(&orders).map(|(m, o)| (m, o.clone().encode())).collect();
+
+    let written = store::write_batch(&mut db.client(), "g", &[claim(None, 10)], &batch, &[]).unwrap();
+    let result = written.committed().expect("committed");
+    assert_eq!((result.inserted, result.stored.len(), result.dead_letters.len()), (8, 8, 2));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 8);
+    let rows = db.client().query("SELECT \"offset\", rule, detail FROM rejected_messages ORDER BY 1", &[]).unwrap();
+    let got: Vec<(i64, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        got,
+        [
+            (2, "database".to_string(), "row is too big (54000)".to_string()),
+            (7, "database".to_string(), "canceling statement due to statement timeout (57014)".to_string()),
+        ]
+    );
+    assert_eq!(db.count("SELECT next_offset FROM consumer_offsets"), 10);
+}
+
+/// A dead letter the database refuses (here a trigger, for one whose detail says so) is
+/// kept without its payload, with the reason; the other dead letters are kept whole.
+#[test]
+fn a_dead_letter_the_database_refuses_is_kept_without_its_payload() {
+    let db = migrated();
+    db.client()
+        .batch_execute(
+            "CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                 IF NEW.detail LIKE 'giant%' AND length(NEW.payload) > 0 THEN
+                     RAISE EXCEPTION 'payload too large' USING ERRCODE = 'program_limit_exceeded';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_big BEFORE INSERT ON rejected_messages FOR EACH ROW EXECUTE FUNCTION refuse_big();",
+        )
+        .unwrap();
+    let dead: Vec<DeadLetter> = ["small", "giant", "small too"]
+        .iter()
+        .enumerate()
+        .map(|(i, detail)| DeadLetter::new(&at(0, i as i64), Rejection::new(Rule::Json, *detail), usize::MAX))
+        .collect();
+    let batch: Vec<(&Message, Encoded)> = Vec::new();
+    let result = store::write_batch(&mut db.client(), "g", &[], &batch, &dead).unwrap().committed().unwrap();
+    assert_eq!(result.dead_letters.len(), 3);
+    let rows = db
+        .client()
+        .query("SELECT \"offset\", length(payload), payload_size, detail FROM rejected_messages ORDER BY 1", &[])
+        .unwrap();
+    let got: Vec<(i64, i32, i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    assert_eq!(
+        got,
+        [
+            (0, 2, 2, "small".to_string()),
+            (
+                1,
+                0,
+                2,
+                "giant; the payload was not kept: the database refused it: payload too large (54000)".to_string()
+            ),
+            (2, 2, 2, "small too".to_string()),
+        ]
+    );
+}
+
+/// A redelivered bad message (same position, same payload) is one dead letter; a
+/// different message at a reused position (the topic recreated) is another.
+#[test]
+fn dead_letters_at_a_reused_position_are_kept() {
+    let db = migrated();
+    let letter = |payload: &[u8]| {
+        let m = Message { payload: Some(payload.to_vec()), ..at(0, 0) };
+        DeadLetter::new(&m, Rejection::new(Rule::Json, "not JSON"), usize::MAX)
+    };
+    let batch: Vec<(&Message, Encoded)> = Vec::new();
+    for payload in [&b"first"[..], b"first", b"second"] {
+        store::write_batch(&mut db.client(), "g", &[], &batch, &[letter(payload)]).unwrap();
+    }
+    let rows = db.client().query("SELECT payload FROM rejected_messages ORDER BY id", &[]).unwrap();
+    let payloads: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(payloads, [b"first".to_vec(), b"second".to_vec()]);
+}
