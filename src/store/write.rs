@@ -1,9 +1,10 @@
 //! Writing a batch: in one transaction, the stored offsets advanced by compare-and-set
 //! (`offsets`), every order by binary COPY, and every dead letter. An order replaces the
 //! stored one only if it comes from a later position. When the database refuses some of
-//! the rows (a constraint, a program limit, a statement timeout), the batch is split in
-//! halves under savepoints until each refused order is alone, and it becomes a dead
-//! letter: a poison message costs a few statements, never a consumer stuck retrying.
+//! the rows (a constraint, a program limit, a statement timeout), the transaction is
+//! written again with the batch split in halves under savepoints until each refused
+//! order is alone, and it becomes a dead letter: a poison message costs a few
+//! statements, never a consumer stuck retrying.
 
 use std::collections::HashMap;
 
@@ -63,6 +64,26 @@ pub fn write_batch(
     orders: &[(&Message, Encoded)],
     dead: &[DeadLetter],
 ) -> anyhow::Result<Written> {
+    // Savepoints make every row a subtransaction's, which costs PostgreSQL: the batch is
+    // written without them, and only written again with them when some rows are refused.
+    match write_transaction(client, group, claims, orders, dead, false) {
+        Err(e) if e.downcast_ref::<postgres::Error>().is_some_and(refuses_rows) => {
+            info!("event=batch_refused_by_database reason={e:#} action=write_again_isolating_the_refused_rows");
+            write_transaction(client, group, claims, orders, dead, true)
+        }
+        other => other,
+    }
+}
+
+/// `write_batch`'s transaction. Unless `isolate`, an error about the rows is returned.
+fn write_transaction(
+    client: &mut postgres::Client,
+    group: &str,
+    claims: &[Claim],
+    orders: &[(&Message, Encoded)],
+    dead: &[DeadLetter],
+    isolate: bool,
+) -> anyhow::Result<Written> {
     let mut tx = client.transaction().context("begin batch")?;
     let fenced = offsets::advance(&mut tx, group, claims).context("advance the stored offsets")?;
     if !fenced.is_empty() {
@@ -76,12 +97,31 @@ pub fn write_batch(
     let mut keep: Vec<usize> = latest.into_values().collect();
     keep.sort_unstable();
     let mut result = BatchResult { unchanged: orders.len() - keep.len(), ..BatchResult::default() };
-    write_isolating(&mut tx, orders, &keep, &mut result).context("write orders")?;
-    let mut dead_letters: Vec<DeadLetter> = dead.iter().cloned().chain(result.dead_letters.drain(..)).collect();
-    insert_isolating(&mut tx, &mut dead_letters).context("write dead letters")?;
+    let mut dead_letters: Vec<DeadLetter> = dead.to_vec();
+    if isolate {
+        write_isolating(&mut tx, orders, &keep, &mut result).context("write orders")?;
+        dead_letters.append(&mut result.dead_letters);
+        insert_isolating(&mut tx, &mut dead_letters).context("write dead letters")?;
+    } else {
+        let all: Vec<(&Message, &Encoded)> = keep.iter().map(|&i| (orders[i].0, &orders[i].1)).collect();
+        let counts = write_orders(&mut tx, &all).context("write orders")?;
+        result.add(counts, &keep);
+        insert_dead_letters(&mut tx, &dead_letters).context("write dead letters")?;
+    }
     result.dead_letters = dead_letters;
     tx.commit().context("commit batch")?;
     Ok(Written::Committed(result))
+}
+
+impl BatchResult {
+    /// Adds the counts of `write_orders` on `part` (indexes into the batch's orders).
+    fn add(&mut self, counts: BatchResult, part: &[usize]) {
+        self.inserted += counts.inserted;
+        self.replaced += counts.replaced;
+        self.unchanged += counts.unchanged;
+        self.stale += counts.stale;
+        self.stored.extend(counts.stored.into_iter().map(|i| part[i]));
+    }
 }
 
 /// Writes the orders `part` (indexes into `orders`) under a savepoint. If the database
@@ -101,11 +141,7 @@ fn write_isolating(
     match write_orders(&mut savepoint, &sources) {
         Ok(counts) => {
             savepoint.commit()?;
-            result.inserted += counts.inserted;
-            result.replaced += counts.replaced;
-            result.unchanged += counts.unchanged;
-            result.stale += counts.stale;
-            result.stored.extend(counts.stored.into_iter().map(|i| part[i]));
+            result.add(counts, part);
             Ok(())
         }
         Err(e) if refuses_rows(&e) => {
