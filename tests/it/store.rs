@@ -34,6 +34,17 @@ fn named(order: &Order, name: &str) -> Order {
     o
 }
 
+/// A trigger before each insert into `table` that runs `body` (plpgsql raising for the
+/// rows the test wants refused).
+fn refuse_on_insert(db: &TestDb, table: &str, body: &str) {
+    db.client()
+        .batch_execute(&format!(
+            "CREATE FUNCTION refuse_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} RETURN NEW; END $$;
+             CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_{table}();"
+        ))
+        .unwrap();
+}
+
 fn claim(expected: Option<i64>, next: i64) -> Claim {
     Claim { topic: "orders".into(), partition: 0, expected, next, messages: next - expected.unwrap_or(0) }
 }
@@ -114,19 +125,15 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
 #[test]
 fn poison_orders_are_isolated_by_splitting_the_batch() {
     let db = migrated();
-    db.client()
-        .batch_execute(
-            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-                 IF NEW.track_number = 'LIMIT' THEN
-                     RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
-                 ELSIF NEW.track_number = 'TIMEOUT' THEN
-                     RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION poison();",
-        )
-        .unwrap();
+    refuse_on_insert(
+        &db,
+        "orders",
+        "IF NEW.track_number = 'LIMIT' THEN
+             RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
+         ELSIF NEW.track_number = 'TIMEOUT' THEN
+             RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
+         END IF;",
+    );
     let mut generator = Generator::new(3, 2);
     let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
     orders[2].track_number = "LIMIT".into();
@@ -155,17 +162,13 @@ fn poison_orders_are_isolated_by_splitting_the_batch() {
 #[test]
 fn a_dead_letter_the_database_refuses_is_kept_without_its_payload() {
     let db = migrated();
-    db.client()
-        .batch_execute(
-            "CREATE FUNCTION refuse_big() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
-                 IF NEW.detail LIKE 'giant%' AND length(NEW.payload) > 0 THEN
-                     RAISE EXCEPTION 'payload too large' USING ERRCODE = 'program_limit_exceeded';
-                 END IF;
-                 RETURN NEW;
-             END $$;
-             CREATE TRIGGER refuse_big BEFORE INSERT ON rejected_messages FOR EACH ROW EXECUTE FUNCTION refuse_big();",
-        )
-        .unwrap();
+    refuse_on_insert(
+        &db,
+        "rejected_messages",
+        "IF NEW.detail LIKE 'giant%' AND length(NEW.payload) > 0 THEN
+             RAISE EXCEPTION 'payload too large' USING ERRCODE = 'program_limit_exceeded';
+         END IF;",
+    );
     let dead: Vec<DeadLetter> = ["small", "giant", "small too"]
         .iter()
         .enumerate()
