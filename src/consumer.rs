@@ -55,8 +55,6 @@ pub struct Consumer {
     uncommitted_generation: u64,
     /// After a failed commit: when to try again while idle, and the backoff after that.
     commit_retry: Option<(Instant, Backoff)>,
-    /// Partitions paused because the database's offset is past the broker's end.
-    blocked: BTreeSet<Partition>,
     /// When partitions waiting on something were last looked at.
     reconciled: Instant,
 }
@@ -82,6 +80,8 @@ pub struct GroupContext {
     assigned_offsets: parking_lot::Mutex<Vec<(Partition, i64)>>,
     /// Partitions whose end is behind this consumer's position, as last reported.
     beyond_end: parking_lot::Mutex<BTreeSet<Partition>>,
+    /// Partitions paused because the database's offset is past the broker's end.
+    blocked: parking_lot::Mutex<BTreeSet<Partition>>,
 }
 
 impl ClientContext for GroupContext {
@@ -123,6 +123,11 @@ impl ClientContext for GroupContext {
             }
         }
         *self.beyond_end.lock() = beyond;
+        // Paused by `seek_back` (the broker reset the position rather than answering with
+        // nothing): still past the end until `reset-offsets` moves the stored offset.
+        for (topic, partition) in self.blocked.lock().iter() {
+            self.metrics.position_beyond_end.with_label_values(&[topic.as_str(), &partition.to_string()]).set(1);
+        }
     }
 }
 
@@ -251,6 +256,7 @@ impl Consumer {
             unpositioned: parking_lot::Mutex::new(BTreeSet::new()),
             assigned_offsets: parking_lot::Mutex::new(Vec::new()),
             beyond_end: parking_lot::Mutex::new(BTreeSet::new()),
+            blocked: parking_lot::Mutex::new(BTreeSet::new()),
         };
         let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
             .set("bootstrap.servers", &k.brokers)
@@ -282,7 +288,6 @@ impl Consumer {
             uncommitted: BTreeMap::new(),
             uncommitted_generation: 0,
             commit_retry: None,
-            blocked: BTreeSet::new(),
             reconciled: Instant::now(),
         })
     }
@@ -484,7 +489,7 @@ impl Consumer {
                 );
                 self.metrics.position_beyond_end.with_label_values(&[key.0.as_str(), &key.1.to_string()]).set(1);
                 self.pause(std::slice::from_ref(&key));
-                self.blocked.insert(key);
+                self.consumer.context().blocked.lock().insert(key);
             }
             _ => self.seek_to_stored(key, Some(position)),
         }
@@ -505,7 +510,7 @@ impl Consumer {
         let context = self.consumer.context();
         let unpositioned: Vec<Partition> = context.unpositioned.lock().iter().cloned().collect();
         let mut waiting: BTreeSet<Partition> = context.beyond_end.lock().clone();
-        waiting.extend(self.blocked.iter().cloned());
+        waiting.extend(context.blocked.lock().iter().cloned());
         if unpositioned.is_empty() && waiting.is_empty() {
             return;
         }
@@ -532,7 +537,7 @@ impl Consumer {
                     key.0, key.1
                 );
                 self.metrics.position_beyond_end.with_label_values(&[key.0.as_str(), &key.1.to_string()]).set(0);
-                self.blocked.remove(&key);
+                self.consumer.context().blocked.lock().remove(&key);
                 self.seek_to_stored(key.clone(), offset);
                 self.resume(key);
             }
