@@ -6,6 +6,7 @@ mod support;
 
 mod broker;
 mod browser;
+mod coherence;
 mod exactly_once;
 mod ingest;
 mod operations;
