@@ -1,21 +1,31 @@
 //! The reads behind the cache and the index page: one order by id, the most recent
-//! orders, and their summaries. Rows are read by column name.
+//! orders, and their summaries. Each read sees one snapshot, so an order is never put
+//! together from two versions of it. Rows are read by column name.
 
 use std::collections::HashMap;
 
 use anyhow::Context;
-use postgres::{Client, Row};
+use postgres::{Client, GenericClient, IsolationLevel, Row};
 
-use super::tables::{ITEM_SELECT, ORDER_SELECT};
+use super::tables::{ITEM_SELECT, ORDER_SELECT, ORDER_WITH_ITEMS_SELECT};
 use crate::model::{Delivery, Item, Order, OrderSummary, Payment};
 
-/// The `limit` most recently ingested orders, newest first, in two queries.
+/// The `limit` most recently ingested orders, newest first: two queries in one read-only
+/// repeatable-read transaction, so that the items are those of the same versions.
 pub fn recent_orders(client: &mut Client, limit: usize) -> anyhow::Result<Vec<Order>> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows = client
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .context("begin reading recent orders")?;
+    let rows = tx
         .query(&format!("{} ORDER BY o.ingested_at DESC, o.order_uid LIMIT $1", *ORDER_SELECT), &[&limit])
         .context("read recent orders")?;
-    with_items(client, rows)
+    let orders = with_items(&mut tx, rows)?;
+    tx.commit().context("end reading recent orders")?;
+    Ok(orders)
 }
 
 /// The `limit` most recently ingested orders, in brief, newest first.
@@ -42,16 +52,57 @@ pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<O
         .collect())
 }
 
-/// One order by id, or None.
+/// One order by id, or None, in one statement.
 pub fn order(client: &mut Client, uid: &str) -> anyhow::Result<Option<Order>> {
-    let rows = client
-        .query(&format!("{} WHERE o.order_uid = $1", *ORDER_SELECT), &[&uid])
-        .with_context(|| format!("read order {uid}"))?;
-    Ok(with_items(client, rows)?.pop())
+    let rows = client.query(ORDER_WITH_ITEMS_SELECT.as_str(), &[&uid]).with_context(|| format!("read order {uid}"))?;
+    let Some(head) = rows.first() else { return Ok(None) };
+    let mut order = order_from_row(head);
+    for row in &rows {
+        if row.get::<_, Option<i32>>("item_position").is_some() {
+            order.items.push(item_from_row(row, &ITEM_COLUMNS_PREFIXED));
+        }
+    }
+    Ok(Some(order))
+}
+
+/// The columns of an item as `ITEM_SELECT` names them.
+const ITEM_COLUMNS: [&str; 11] =
+    ["chrt_id", "track_number", "price", "rid", "name", "sale", "size", "total_price", "nm_id", "brand", "status"];
+
+/// The same columns as `ORDER_WITH_ITEMS_SELECT` names them.
+const ITEM_COLUMNS_PREFIXED: [&str; 11] = [
+    "item_chrt_id",
+    "item_track_number",
+    "item_price",
+    "item_rid",
+    "item_name",
+    "item_sale",
+    "item_size",
+    "item_total_price",
+    "item_nm_id",
+    "item_brand",
+    "item_status",
+];
+
+/// An item from a row whose columns are named `names` (in `ITEM_COLUMNS`' order).
+fn item_from_row(row: &Row, names: &[&str; 11]) -> Item {
+    Item {
+        chrt_id: row.get(names[0]),
+        track_number: row.get(names[1]),
+        price: row.get(names[2]),
+        rid: row.get(names[3]),
+        name: row.get(names[4]),
+        sale: row.get(names[5]),
+        size: row.get(names[6]),
+        total_price: row.get(names[7]),
+        nm_id: row.get(names[8]),
+        brand: row.get(names[9]),
+        status: row.get(names[10]),
+    }
 }
 
 /// Builds orders from their head rows and one query for all their items.
-fn with_items(client: &mut Client, rows: Vec<Row>) -> anyhow::Result<Vec<Order>> {
+fn with_items(client: &mut impl GenericClient, rows: Vec<Row>) -> anyhow::Result<Vec<Order>> {
     let mut orders: Vec<Order> = rows.iter().map(order_from_row).collect();
     if orders.is_empty() {
         return Ok(orders);
@@ -61,20 +112,7 @@ fn with_items(client: &mut Client, rows: Vec<Row>) -> anyhow::Result<Vec<Order>>
     let items = client.query(ITEM_SELECT.as_str(), &[&uids]).context("read order items")?;
     for row in items {
         let uid: &str = row.get("order_uid");
-        let item = Item {
-            chrt_id: row.get("chrt_id"),
-            track_number: row.get("track_number"),
-            price: row.get("price"),
-            rid: row.get("rid"),
-            name: row.get("name"),
-            sale: row.get("sale"),
-            size: row.get("size"),
-            total_price: row.get("total_price"),
-            nm_id: row.get("nm_id"),
-            brand: row.get("brand"),
-            status: row.get("status"),
-        };
-        orders[index[uid]].items.push(item);
+        orders[index[uid]].items.push(item_from_row(&row, &ITEM_COLUMNS));
     }
     Ok(orders)
 }

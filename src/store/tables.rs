@@ -128,15 +128,32 @@ impl Table {
 
 /// An order's head row: the order, its delivery and its payment, joined. Delivery and
 /// payment columns are read as `delivery_<column>` and `payment_<column>`.
-pub(super) static ORDER_SELECT: LazyLock<String> = LazyLock::new(|| {
+pub(super) static ORDER_SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {} FROM {HEAD_JOIN}", head_columns()));
+
+/// One order with its items, in one statement and so from one snapshot: a row per item,
+/// in their order, each with the head row's columns and the item's as `item_<column>`
+/// (null on the one row of an order without items). `$1` is the order's id.
+pub(super) static ORDER_WITH_ITEMS_SELECT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {}, {}, {} FROM orders o JOIN deliveries d ON d.order_uid = o.order_uid \
-         JOIN payments p ON p.order_uid = o.order_uid",
+        "SELECT {}, {} FROM {HEAD_JOIN} LEFT JOIN order_items i ON i.order_uid = o.order_uid \
+         WHERE o.order_uid = $1 ORDER BY i.position",
+        head_columns(),
+        ORDER_ITEMS.select("i", "item_", &["order_uid"]),
+    )
+});
+
+const HEAD_JOIN: &str =
+    "orders o JOIN deliveries d ON d.order_uid = o.order_uid JOIN payments p ON p.order_uid = o.order_uid";
+
+fn head_columns() -> String {
+    format!(
+        "{}, {}, {}",
         ORDERS.select("o", "", &["content_sha256", "source_topic", "source_partition", "source_offset"]),
         DELIVERIES.select("d", "delivery_", &["order_uid"]),
         PAYMENTS.select("p", "payment_", &["order_uid"]),
     )
-});
+}
 
 /// The items of orders, in their order.
 pub(super) static ITEM_SELECT: LazyLock<String> = LazyLock::new(|| {
@@ -199,6 +216,17 @@ mod tests {
         let names: Vec<&str> = head.split(", ").map(|c| c.rsplit([' ', '.']).next().unwrap()).collect();
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
         assert_eq!((names.len(), unique.len()), (28, 28));
+        let with_items = ORDER_WITH_ITEMS_SELECT.as_str();
+        assert!(
+            with_items.contains(", p.custom_fee AS payment_custom_fee, i.position AS item_position, "),
+            "{with_items}"
+        );
+        assert!(
+            with_items.ends_with(
+                "LEFT JOIN order_items i ON i.order_uid = o.order_uid WHERE o.order_uid = $1 ORDER BY i.position"
+            ),
+            "{with_items}"
+        );
     }
 
     #[test]
