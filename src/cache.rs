@@ -5,8 +5,12 @@
 //!
 //! It only ever holds what PostgreSQL has committed: the consumer publishes after each
 //! commit, and the miss path inserts only what it read from the database, never over a
-//! newer version the consumer published meanwhile. Locks are held for map operations,
-//! never across IO, SQL or rendering.
+//! newer version the consumer published meanwhile. Other instances' commits arrive as
+//! notifications (`listener`): an entry whose version differs from the one notified is
+//! dropped. While notifications may be missed (the listening connection lost, or silent
+//! for longer than `SILENCE_LIMIT`), entries are not served as they are: each request
+//! reads the order again, and only if that fails is the copy served, marked as possibly
+//! stale. Locks are held for map operations, never across IO, SQL or rendering.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,9 +18,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use prometheus::IntCounter;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::model::{Encoded, Order};
+use crate::store::Change;
+
+/// How long the listening connection may go without a sign of life (a notification, or
+/// the answer to the listener's ping) before entries are no longer served as fresh.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(3);
 
 /// An order as the HTTP side sends it.
 #[derive(Debug)]
@@ -29,13 +38,13 @@ pub struct CachedOrder {
 
 impl CachedOrder {
     pub fn new(encoded: &Encoded) -> CachedOrder {
-        let mut etag = String::with_capacity(26);
-        etag.push('"');
-        for b in &encoded.sha256[..12] {
-            etag.push_str(&format!("{b:02x}"));
-        }
-        etag.push('"');
+        let etag = format!("\"{}\"", encoded.version());
         CachedOrder { uid: encoded.order.order_uid.clone(), json: encoded.json.clone(), etag }
+    }
+
+    /// The version this is (`model::version_of`): the ETag without its quotes.
+    pub fn version(&self) -> &str {
+        &self.etag[1..self.etag.len() - 1]
     }
 
     /// What an entry is charged against `max_bytes`: its JSON, its key and validator,
@@ -53,6 +62,11 @@ pub struct Stats {
     pub negative_hits: IntCounter,
     pub db_reads: IntCounter,
     pub evictions: IntCounter,
+    pub notifications: IntCounter,
+    pub invalidations: IntCounter,
+    pub listener_reconnects: IntCounter,
+    pub listener_up: IntGauge,
+    pub stale_served: IntCounter,
 }
 
 impl Default for Stats {
@@ -70,6 +84,28 @@ impl Default for Stats {
                 "Misses that read PostgreSQL (one per id, however many waited).",
             ),
             evictions: counter("orders_cache_evictions_total", "Orders evicted to keep within the bounds."),
+            notifications: counter(
+                "orders_cache_notifications_total",
+                "Change notifications received from PostgreSQL (each names up to about 90 orders).",
+            ),
+            invalidations: counter(
+                "orders_cache_invalidations_total",
+                "Entries dropped because a notification, or the check after reconnecting, named another version.",
+            ),
+            listener_reconnects: counter(
+                "orders_cache_listener_reconnects_total",
+                "Times the listening connection was lost and opened again.",
+            ),
+            listener_up: IntGauge::new(
+                "orders_cache_listener_up",
+                "1 while change notifications are received and the cache is served as fresh, else 0.",
+            )
+            .expect("valid metric"),
+            stale_served: counter(
+                "orders_cache_stale_served_total",
+                "Orders served from a copy that may be stale: notifications may have been missed and the database \
+                 could not be read.",
+            ),
         }
     }
 }
@@ -105,9 +141,28 @@ struct Inner {
 struct Flight {
     result: Mutex<Option<Result<Option<Arc<CachedOrder>>, String>>>,
     done: Condvar,
-    /// Set when the consumer publishes this uid during the read: the read's result may
-    /// be older, so it is returned to its waiters but not remembered.
+    /// Set when the consumer publishes this uid, or a notification names it, during the
+    /// read: the read's result may be older, so it is returned to its waiters but not
+    /// remembered.
     superseded: AtomicBool,
+    /// The cache's `generation` when the read began: a read during which the listening
+    /// connection was lost or established is not remembered either.
+    generation: u64,
+}
+
+/// An order as found: `stale` when it is a cached copy served only because the database
+/// could not be read while notifications may have been missed.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub order: Arc<CachedOrder>,
+    pub stale: bool,
+}
+
+impl std::ops::Deref for Found {
+    type Target = CachedOrder;
+    fn deref(&self) -> &CachedOrder {
+        &self.order
+    }
 }
 
 pub struct Cache {
@@ -116,6 +171,16 @@ pub struct Cache {
     limits: Limits,
     negative: Mutex<HashMap<String, Instant>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
+    /// False from when the listening connection is lost until it listens again and every
+    /// entry has been checked.
+    listening: AtomicBool,
+    /// Set once a listener reports: from then on its silence counts.
+    watched: AtomicBool,
+    /// When the listening connection last proved alive, in ms since `started`.
+    heard_at_ms: AtomicU64,
+    started: Instant,
+    /// Bumped whenever the listening connection is lost or established.
+    generation: AtomicU64,
     pub stats: Stats,
 }
 
@@ -130,7 +195,114 @@ impl Cache {
             limits,
             negative: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            listening: AtomicBool::new(true),
+            watched: AtomicBool::new(false),
+            heard_at_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            generation: AtomicU64::new(0),
             stats: Stats::default(),
+        }
+    }
+
+    /// Whether entries can be served as they are: no notification can have been missed.
+    /// A cache no listener reports to (a single process, a test) is always fresh.
+    pub fn fresh(&self) -> bool {
+        if !self.listening.load(Ordering::SeqCst) {
+            return false;
+        }
+        !self.watched.load(Ordering::Relaxed)
+            || self.started.elapsed().as_millis() as u64 - self.heard_at_ms.load(Ordering::Relaxed)
+                < SILENCE_LIMIT.as_millis() as u64
+    }
+
+    /// The listening connection proved alive just now.
+    pub fn heard(&self) {
+        self.heard_at_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.watched.store(true, Ordering::Relaxed);
+    }
+
+    /// The listening connection is lost: notifications may be missed from now on, so
+    /// entries stop being served as fresh, and the memory of missing ids is dropped.
+    pub fn listener_lost(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.negative.lock().clear();
+        self.stats.listener_up.set(0);
+    }
+
+    /// A listening connection is established: reads begun before it are not remembered
+    /// (what they read may have changed unnoticed). `check` and `listening` follow.
+    pub fn listener_established(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Entries are served as fresh again: every change from now on is notified, and every
+    /// entry held has been checked.
+    pub fn listening(&self) {
+        self.heard();
+        self.listening.store(true, Ordering::SeqCst);
+        self.stats.listener_up.set(1);
+    }
+
+    /// Applies a notification: orders now stored at these versions. An entry of another
+    /// version is dropped, and so is the memory of the id as missing; a read in flight
+    /// for it is not remembered. Returns how many entries were dropped.
+    pub fn changed(&self, changes: &[Change]) -> usize {
+        {
+            let flights = self.flights.lock();
+            for change in changes {
+                if let Some(flight) = flights.get(change.uid.as_str()) {
+                    flight.superseded.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        {
+            let mut negative = self.negative.lock();
+            if !negative.is_empty() {
+                for change in changes {
+                    negative.remove(&change.uid);
+                }
+            }
+        }
+        let mut inner = self.inner.write();
+        let stale: Vec<&str> = changes
+            .iter()
+            .filter(|c| inner.map.get(c.uid.as_str()).is_some_and(|e| e.value.version() != c.version))
+            .map(|c| c.uid.as_str())
+            .collect();
+        for uid in &stale {
+            Self::remove(&mut inner, uid);
+        }
+        self.stats.invalidations.inc_by(stale.len() as u64);
+        stale.len()
+    }
+
+    /// Every entry's id and version, to be checked against the database.
+    pub fn versions(&self) -> Vec<(Arc<str>, String)> {
+        self.inner.read().map.iter().map(|(k, e)| (k.clone(), e.value.version().to_string())).collect()
+    }
+
+    /// Drops each entry whose version is not the one `stored` gives (or that the database
+    /// does not have). Returns how many were dropped.
+    pub fn keep_only(&self, stored: &HashMap<String, String>) -> usize {
+        let mut inner = self.inner.write();
+        let stale: Vec<Arc<str>> = inner
+            .map
+            .iter()
+            .filter(|(k, e)| stored.get(&***k).is_none_or(|v| v != e.value.version()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for uid in &stale {
+            Self::remove(&mut inner, uid);
+        }
+        self.stats.invalidations.inc_by(stale.len() as u64);
+        stale.len()
+    }
+
+    fn remove(inner: &mut Inner, uid: &str) {
+        if let Some(old) = inner.map.remove(uid) {
+            inner.by_age.remove(&old.indexed_at);
+            inner.bytes -= old.value.size();
         }
     }
 
@@ -191,10 +363,7 @@ impl Cache {
 
     fn put(&self, inner: &mut Inner, value: Arc<CachedOrder>, tick: u64) {
         let key: Arc<str> = value.uid.as_str().into();
-        if let Some(old) = inner.map.remove(&key) {
-            inner.by_age.remove(&old.indexed_at);
-            inner.bytes -= old.value.size();
-        }
+        Self::remove(inner, &key);
         inner.bytes += value.size();
         inner.by_age.insert(tick, key.clone());
         inner.map.insert(key, Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick });
@@ -219,27 +388,52 @@ impl Cache {
 
     /// The order for `uid`: from memory, or else from `load` (PostgreSQL). Concurrent
     /// lookups of one missing uid share one `load`. Found orders are kept; ids `load`
-    /// does not find are remembered as missing for `negative_ttl`.
+    /// does not find are remembered as missing for `negative_ttl`. While the cache is not
+    /// `fresh`, every lookup loads, and a held copy is served (as `stale`) only if the
+    /// load fails.
     pub fn lookup(
         &self,
         uid: &str,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
-    ) -> Result<Option<Arc<CachedOrder>>, String> {
-        if let Some(hit) = self.get(uid) {
-            self.stats.hits.inc();
-            return Ok(Some(hit));
+    ) -> Result<Option<Found>, String> {
+        let fresh = self.fresh();
+        let held = self.get(uid);
+        if fresh {
+            if let Some(hit) = held {
+                self.stats.hits.inc();
+                return Ok(Some(Found { order: hit, stale: false }));
+            }
         }
         self.stats.misses.inc();
-        if self.remembered_missing(uid) {
+        if fresh && self.remembered_missing(uid) {
             self.stats.negative_hits.inc();
             return Ok(None);
         }
+        let loaded = self.load_once(uid, load);
+        match (loaded, held) {
+            (Ok(order), _) => Ok(order.map(|order| Found { order, stale: false })),
+            (Err(_), Some(copy)) => {
+                self.stats.stale_served.inc();
+                Ok(Some(Found { order: copy, stale: true }))
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    /// Runs `load` for `uid` once however many ask at the same time, and remembers what
+    /// it found unless the order changed, or the listener came or went, meanwhile.
+    fn load_once(
+        &self,
+        uid: &str,
+        load: impl FnOnce() -> anyhow::Result<Option<Order>>,
+    ) -> Result<Option<Arc<CachedOrder>>, String> {
         let (flight, leader) = {
             let mut flights = self.flights.lock();
             match flights.get(uid) {
                 Some(flight) => (flight.clone(), false),
                 None => {
-                    let flight = Arc::new(Flight::default());
+                    let generation = self.generation.load(Ordering::SeqCst);
+                    let flight = Arc::new(Flight { generation, ..Flight::default() });
                     flights.insert(uid.to_string(), flight.clone());
                     (flight, true)
                 }
@@ -259,13 +453,11 @@ impl Cache {
             Ok(None) => Ok(None),
             Err(e) => Err(format!("{e:#}")),
         };
-        // Remember before the flight ends, so no request in between reads again.
-        if !flight.superseded.load(Ordering::SeqCst) {
-            match &result {
-                Ok(Some(order)) => self.insert_if_absent(order.clone()),
-                Ok(None) => self.remember_missing(uid),
-                Err(_) => {}
-            }
+        // Remembered before the flight ends, so that no request in between reads again.
+        match &result {
+            Ok(Some(order)) => self.keep_read(&flight, order.clone()),
+            Ok(None) => self.remember_missing(&flight, uid),
+            Err(_) => {}
         }
         self.flights.lock().remove(uid);
         *flight.result.lock() = Some(result.clone());
@@ -273,10 +465,17 @@ impl Cache {
         result
     }
 
-    /// The miss path's write: never over an entry the consumer published meanwhile.
-    fn insert_if_absent(&self, value: Arc<CachedOrder>) {
+    /// Whether what `flight` read may be remembered. Checked under the lock the result
+    /// goes in with: whoever supersedes it sets the flag before taking that lock.
+    fn still_current(&self, flight: &Flight) -> bool {
+        !flight.superseded.load(Ordering::SeqCst) && self.generation.load(Ordering::SeqCst) == flight.generation
+    }
+
+    /// The miss path's write, over any entry held (which it was reading again), unless
+    /// the read was superseded.
+    fn keep_read(&self, flight: &Flight, value: Arc<CachedOrder>) {
         let mut inner = self.inner.write();
-        if !inner.map.contains_key(value.uid.as_str()) {
+        if self.still_current(flight) {
             let tick = self.tick();
             self.put(&mut inner, value, tick);
         }
@@ -294,12 +493,15 @@ impl Cache {
         }
     }
 
-    fn remember_missing(&self, uid: &str) {
+    fn remember_missing(&self, flight: &Flight, uid: &str) {
         if self.limits.negative_ttl.is_zero() {
             return;
         }
         let now = Instant::now();
         let mut negative = self.negative.lock();
+        if !self.still_current(flight) {
+            return;
+        }
         if negative.len() >= MAX_NEGATIVE {
             negative.retain(|_, until| *until > now);
             if negative.len() >= MAX_NEGATIVE {
@@ -352,7 +554,24 @@ mod tests {
     }
 
     fn hit(cache: &Cache, uid: &str) -> Option<Arc<CachedOrder>> {
-        cache.lookup(uid, never).unwrap()
+        cache.lookup(uid, never).unwrap().map(|found| {
+            assert!(!found.stale);
+            found.order
+        })
+    }
+
+    fn change(uid: &str, encoded: &Encoded) -> Change {
+        Change { uid: uid.into(), version: encoded.version() }
+    }
+
+    fn city(found: &CachedOrder) -> String {
+        serde_json::from_slice::<Order>(&found.json).unwrap().delivery.city
+    }
+
+    fn moved(uid: &str, to: &str) -> Order {
+        let mut o = order(uid);
+        o.delivery.city = to.into();
+        o
     }
 
     #[test]
@@ -481,5 +700,93 @@ mod tests {
             .unwrap();
         assert!(!std::str::from_utf8(&got.json).unwrap().contains("Newer"));
         assert!(std::str::from_utf8(&hit(&c, "a").unwrap().json).unwrap().contains("Newer"));
+    }
+
+    #[test]
+    fn a_notification_drops_other_versions_and_the_memory_of_absence() {
+        let c = cache(10);
+        c.publish(&[enc("a"), enc("b")]);
+        assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
+        let newer = moved("a", "Haifa").encode();
+        let dropped = c.changed(&[change("a", &newer), change("b", &enc("b")), change("x", &enc("x"))]);
+        assert_eq!((dropped, c.stats.invalidations.get()), (1, 1));
+        assert!(!c.contains("a") && c.contains("b"));
+        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        assert_eq!(city(&got), "Haifa");
+        assert_eq!(c.lookup("x", || Ok(Some(order("x")))).unwrap().unwrap().uid, "x");
+    }
+
+    #[test]
+    fn a_read_overtaken_by_a_notification_is_not_kept() {
+        let c = cache(10);
+        let got = c
+            .lookup("a", || {
+                c.changed(&[change("a", &moved("a", "Newer").encode())]);
+                Ok(Some(order("a")))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(city(&got), "Kiryat Mozkin");
+        assert!(!c.contains("a"));
+    }
+
+    #[test]
+    fn while_not_listening_entries_are_read_again_and_served_stale_only_if_that_fails() {
+        let c = cache(10);
+        c.publish(&[enc("a")]);
+        c.listener_lost();
+        assert!(!c.fresh());
+        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
+        // Read during the outage: kept, to be checked when listening again.
+        assert!(c.contains("a"));
+        let got = c.lookup("a", || Err(anyhow::anyhow!("down"))).unwrap().unwrap();
+        assert_eq!((city(&got), got.stale), ("Haifa".to_string(), true));
+        assert_eq!(c.stats.stale_served.get(), 1);
+        assert_eq!(c.lookup("b", || Err(anyhow::anyhow!("down"))).unwrap_err(), "down");
+        assert_eq!(c.stats.hits.get(), 0);
+    }
+
+    #[test]
+    fn a_read_begun_before_the_listener_was_established_is_not_kept() {
+        let c = cache(10);
+        c.listener_lost();
+        let got = c
+            .lookup("a", || {
+                c.listener_established();
+                Ok(Some(order("a")))
+            })
+            .unwrap();
+        assert_eq!(got.unwrap().uid, "a");
+        assert!(!c.contains("a"));
+    }
+
+    #[test]
+    fn the_check_after_reconnecting_keeps_only_the_stored_versions() {
+        let c = cache(10);
+        c.publish(&[enc("a"), enc("b"), enc("c")]);
+        c.listener_lost();
+        c.listener_established();
+        let held = c.versions();
+        assert_eq!(held.len(), 3);
+        let stored: HashMap<String, String> =
+            [("a".to_string(), enc("a").version()), ("b".to_string(), moved("b", "Haifa").encode().version())].into();
+        assert_eq!(c.keep_only(&stored), 2);
+        c.listening();
+        assert!(c.fresh());
+        assert!(c.contains("a") && !c.contains("b") && !c.contains("c"));
+        assert_eq!(c.stats.listener_up.get(), 1);
+    }
+
+    #[test]
+    fn a_silent_listener_stops_entries_being_served_as_fresh() {
+        let mut c = cache(10);
+        assert!(c.fresh()); // nobody listens: a cache of its own
+        c.started = Instant::now() - SILENCE_LIMIT * 2;
+        c.heard_at_ms.store(0, Ordering::Relaxed);
+        c.watched.store(true, Ordering::Relaxed);
+        assert!(!c.fresh());
+        c.heard();
+        assert!(c.fresh());
     }
 }

@@ -13,6 +13,7 @@ pub mod consumer;
 #[cfg(debug_assertions)]
 mod fault;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod pages;

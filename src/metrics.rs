@@ -152,6 +152,11 @@ impl Metrics {
             Box::new(s.negative_hits.clone()),
             Box::new(s.db_reads.clone()),
             Box::new(s.evictions.clone()),
+            Box::new(s.notifications.clone()),
+            Box::new(s.invalidations.clone()),
+            Box::new(s.listener_reconnects.clone()),
+            Box::new(s.listener_up.clone()),
+            Box::new(s.stale_served.clone()),
         ];
         for c in collectors {
             m.registry.register(c).expect("each metric registered once");

@@ -1,5 +1,6 @@
-//! The running service and what its threads share: `Service` starts the HTTP workers and
-//! the consumer thread and stops them in order; `Health` is what `/readyz` reports;
+//! The running service and what its threads share: `Service` starts the HTTP workers, the
+//! listener thread (which fills the cache and keeps it in step) and the consumer thread,
+//! and stops them in order; `Health` is what `/readyz` reports;
 //! `Shutdown` is the stop signal every thread watches; `Backoff` paces every retry.
 
 use std::net::SocketAddr;
@@ -10,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
-use log::{error, info, warn};
+use log::{error, info};
 
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::{self, Pool};
-use crate::{consumer, http};
+use crate::store::Pool;
+use crate::{consumer, http, listener};
 
 /// What `/readyz` reports, set by the threads that know.
 #[derive(Debug, Default)]
@@ -24,8 +25,11 @@ pub struct Health {
     cache_warm: AtomicBool,
     consumer_joined: AtomicBool,
     assigned_partitions: AtomicUsize,
-    /// Why the start is not done yet, while the consumer thread waits for PostgreSQL.
+    /// Why the start is not done yet, while the listener thread waits for PostgreSQL.
     startup_problem: parking_lot::Mutex<Option<String>>,
+    /// Why change notifications are not being received, since the listening connection
+    /// was lost and until it is back.
+    listener_problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -41,6 +45,12 @@ impl Health {
     }
     pub fn set_startup_problem(&self, problem: String) {
         *self.startup_problem.lock() = Some(problem);
+    }
+    pub fn listener_problem(&self) -> Option<String> {
+        self.listener_problem.lock().clone()
+    }
+    pub fn set_listener_problem(&self, problem: Option<String>) {
+        *self.listener_problem.lock() = problem;
     }
     /// True once the consumer has had its first assignment, even of zero partitions
     /// (a group can have more members than the topic has partitions).
@@ -85,9 +95,10 @@ impl Shutdown {
     }
 }
 
-/// The running service: HTTP workers and the consumer thread.
+/// The running service: HTTP workers, the listener thread and the consumer thread.
 pub struct Service {
     http: http::Server,
+    listener: JoinHandle<()>,
     consumer: JoinHandle<()>,
     trigger: ShutdownTrigger,
     health: Arc<Health>,
@@ -96,10 +107,11 @@ pub struct Service {
 }
 
 impl Service {
-    /// Starts answering HTTP and returns. The consumer thread then connects to
+    /// Starts answering HTTP and returns. The listener thread then connects to
     /// PostgreSQL (retrying with backoff while it is not there), applies the migrations,
-    /// fills the cache, and consumes. Meanwhile `/healthz` answers and `/readyz` says
-    /// what the service waits for; order requests wait for the cache.
+    /// listens for changes and fills the cache; the consumer thread waits for that, then
+    /// consumes. Meanwhile `/healthz` answers and `/readyz` says what the service waits
+    /// for; order requests wait for the cache.
     pub fn spawn(config: Config) -> anyhow::Result<Service> {
         let (trigger, shutdown) = shutdown_channel();
         let health = Arc::new(Health::default());
@@ -114,16 +126,27 @@ impl Service {
         // yet, so a broker that is not up does not.
         let consumer =
             consumer::Consumer::new(&config, cache.clone(), health.clone(), metrics.clone(), shutdown.clone())?;
-        let (cache_for_thread, health_for_thread) = (cache.clone(), health.clone());
+        let listener = {
+            let (config, cache, health, shutdown) = (config.clone(), cache.clone(), health.clone(), shutdown.clone());
+            let name = format!("orders-svc listener {}", http.addr());
+            thread::Builder::new()
+                .name("listener".into())
+                .spawn(move || listener::run(&config, &name, &cache, &health, &shutdown))
+                .context("spawn listener thread")?
+        };
+        let health_for_thread = health.clone();
         let consumer = thread::Builder::new()
             .name("consumer".into())
             .spawn(move || {
-                if prepare(&config, &cache_for_thread, &health_for_thread, &shutdown) {
-                    consumer.run();
+                while !health_for_thread.cache_warm() {
+                    if shutdown.sleep(Duration::from_millis(10)) {
+                        return;
+                    }
                 }
+                consumer.run();
             })
             .context("spawn consumer thread")?;
-        Ok(Service { http, consumer, trigger, health, cache, metrics })
+        Ok(Service { http, listener, consumer, trigger, health, cache, metrics })
     }
 
     /// `spawn`, then waits until the cache is filled, for callers (tests, benchmarks)
@@ -159,54 +182,19 @@ impl Service {
         &self.metrics
     }
 
-    /// Stops consuming (the batch in hand is written and committed first), then lets the
-    /// HTTP workers finish their requests, and joins every thread.
+    /// Stops consuming (the batch in hand is written and committed first) and listening,
+    /// then lets the HTTP workers finish their requests, and joins every thread.
     pub fn shutdown(mut self) {
         let started = Instant::now();
         self.trigger.signal();
         if self.consumer.join().is_err() {
             error!("event=consumer_panicked");
         }
+        if self.listener.join().is_err() {
+            error!("event=listener_panicked");
+        }
         self.http.stop();
         info!("event=shutdown_complete ms={}", started.elapsed().as_millis());
-    }
-}
-
-/// Connects to PostgreSQL, applies the migrations and fills the cache, retrying with
-/// capped exponential backoff until it succeeds. False if shutdown came first.
-fn prepare(config: &Config, cache: &Cache, health: &Health, shutdown: &Shutdown) -> bool {
-    let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
-    loop {
-        let started = Instant::now();
-        let loaded = store::connect(&config.database).and_then(|mut client| {
-            store::migrate(&mut client)?;
-            store::recent_orders(&mut client, config.cache.max_orders)
-        });
-        match loaded {
-            Ok(recent) => {
-                let read = recent.len();
-                cache.warm(recent);
-                health.set_cache_warm();
-                info!(
-                    "event=cache_warmed orders={} read={read} bytes={} ms={}",
-                    cache.len(),
-                    cache.bytes(),
-                    started.elapsed().as_millis()
-                );
-                return true;
-            }
-            Err(e) => {
-                let attempt = backoff.attempt();
-                warn!(
-                    "event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}",
-                    backoff.delay().as_millis()
-                );
-                health.set_startup_problem(format!("waiting for PostgreSQL (attempt {attempt}): {e:#}"));
-            }
-        }
-        if shutdown.sleep(backoff.next_delay()) {
-            return false;
-        }
     }
 }
 

@@ -112,7 +112,11 @@ fn order(state: &State, request: &Request, uid: &str) -> Reply {
     }
     let found = state.cache.lookup(uid, || state.pool.with(|client| store::order(client, uid)));
     let reply = match found {
-        Ok(Some(order)) => found_order(request, &order, html),
+        Ok(Some(found)) if found.stale => found_order(request, &found, html).with(
+            "Cache-Status",
+            "orders-svc; hit; fwd=stale; detail=\"database unavailable, changes may have been missed\"",
+        ),
+        Ok(Some(found)) => found_order(request, &found, html),
         Ok(None) if html => Reply::html(404, pages::not_found(uid)),
         Ok(None) => Reply::json(404, json!({ "error": "order not found", "order_uid": uid })),
         Err(e) => {
@@ -184,13 +188,24 @@ fn readiness(state: &State) -> Reply {
     if let Err(e) = state.pool.with(store::ping) {
         waiting.push(format!("database: {e:#}"));
     }
+    // Orders are still answered right, from PostgreSQL, so the instance stays ready.
+    let mut degraded = Vec::new();
+    if let Some(problem) = state.health.listener_problem() {
+        degraded.push(format!("cache: {problem}; orders are read from PostgreSQL"));
+    } else if state.health.cache_warm() && !state.cache.fresh() {
+        degraded.push(format!(
+            "cache: the connection for change notifications has not answered for over {} s; orders are read from \
+             PostgreSQL",
+            crate::cache::SILENCE_LIMIT.as_secs()
+        ));
+    }
     if !state.health.consumer_joined() {
         waiting.push("consumer: has not joined its group yet".to_string());
     }
-    if waiting.is_empty() {
-        Reply::json(200, json!({ "ready": true }))
-    } else {
-        Reply::json(503, json!({ "ready": false, "waiting_for": waiting }))
+    match (waiting.is_empty(), degraded.is_empty()) {
+        (true, true) => Reply::json(200, json!({ "ready": true })),
+        (true, false) => Reply::json(200, json!({ "ready": true, "degraded": degraded })),
+        (false, _) => Reply::json(503, json!({ "ready": false, "waiting_for": waiting, "degraded": degraded })),
     }
 }
 

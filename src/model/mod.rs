@@ -127,6 +127,27 @@ pub struct Encoded {
     pub sha256: [u8; 32],
 }
 
+/// How many bytes of the digest name a version: the ETag, and the change notifications
+/// between instances.
+pub const VERSION_BYTES: usize = 12;
+
+/// An order's version as text: the first `VERSION_BYTES` of its JSON's SHA-256, in hex.
+pub fn version_of(sha256: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut hex = String::with_capacity(2 * VERSION_BYTES);
+    for b in &sha256[..VERSION_BYTES.min(sha256.len())] {
+        write!(hex, "{b:02x}").expect("writing to a String");
+    }
+    hex
+}
+
+impl Encoded {
+    /// This version's name: see `version_of`.
+    pub fn version(&self) -> String {
+        version_of(&self.sha256)
+    }
+}
+
 impl Order {
     /// The order's JSON as served over HTTP.
     pub fn to_json(&self) -> Vec<u8> {

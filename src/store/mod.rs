@@ -4,13 +4,12 @@
 
 mod dead_letters;
 mod migrate;
+mod notify;
 mod offsets;
 mod pool;
 mod read;
 mod tables;
 mod write;
-
-use std::time::Duration;
 
 use anyhow::Context;
 use postgres::{Client, NoTls};
@@ -19,6 +18,7 @@ pub use dead_letters::{
     DeadLetter, KEPT_OF_OVERSIZE, Replay, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay, replay,
 };
 pub use migrate::{MIGRATIONS, migrate};
+pub use notify::{CHANNEL, Change, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::Pool;
 pub use read::{order, recent_orders, recent_summaries};
@@ -28,7 +28,7 @@ use crate::config;
 
 /// Opens one connection to the configured database.
 pub fn connect(db: &config::Database) -> anyhow::Result<Client> {
-    connect_to(&db.url, db.connect_timeout(), None)
+    connect_with(db, "orders-svc", |_| {})
 }
 
 /// Opens the consumer's connection: its statements are cancelled after
@@ -40,15 +40,20 @@ pub fn connect_writer(db: &config::Database) -> anyhow::Result<Client> {
         "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
         db.write_statement_timeout_ms, db.idle_in_transaction_timeout_ms
     );
-    connect_to(&db.url, db.connect_timeout(), Some(&options))
+    connect_with(db, "orders-svc", |config| {
+        config.options(&options);
+    })
 }
 
-fn connect_to(url: &str, timeout: Duration, options: Option<&str>) -> anyhow::Result<Client> {
-    let mut config: postgres::Config = url.parse().context("parse database url")?;
-    config.connect_timeout(timeout).application_name("orders-svc");
-    if let Some(options) = options {
-        config.options(options);
-    }
+/// Opens a connection named `application_name`, with whatever else `configure` sets.
+fn connect_with(
+    db: &config::Database,
+    application_name: &str,
+    configure: impl FnOnce(&mut postgres::Config),
+) -> anyhow::Result<Client> {
+    let mut config: postgres::Config = db.url.parse().context("parse database url")?;
+    config.connect_timeout(db.connect_timeout()).application_name(application_name);
+    configure(&mut config);
     let target = describe(&config);
     config.connect(NoTls).with_context(|| format!("connect to PostgreSQL at {target}"))
 }

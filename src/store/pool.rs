@@ -1,7 +1,5 @@
 //! Connections for the read path, reused between requests.
 
-use std::time::Duration;
-
 use parking_lot::Mutex;
 use postgres::Client;
 
@@ -10,8 +8,7 @@ use crate::config;
 /// Connections for the read path. Idle connections are reused; a broken one is dropped
 /// and a new one opened on the next request.
 pub struct Pool {
-    url: String,
-    timeout: Duration,
+    db: config::Database,
     max_idle: usize,
     idle: Mutex<Vec<Client>>,
 }
@@ -19,12 +16,7 @@ pub struct Pool {
 impl Pool {
     /// Keeps up to `database.pool_size` idle connections.
     pub fn new(db: &config::Database) -> Pool {
-        Pool {
-            url: db.url.clone(),
-            timeout: db.connect_timeout(),
-            max_idle: db.pool_size,
-            idle: Mutex::new(Vec::new()),
-        }
+        Pool { db: db.clone(), max_idle: db.pool_size, idle: Mutex::new(Vec::new()) }
     }
 
     /// Runs `f` with a connection. The pool's lock is held only to take or return one.
@@ -32,7 +24,7 @@ impl Pool {
         let idle = self.idle.lock().pop();
         let mut client = match idle {
             Some(c) if !c.is_closed() => c,
-            _ => super::connect_to(&self.url, self.timeout, None)?,
+            _ => super::connect(&self.db)?,
         };
         let result = f(&mut client);
         if !client.is_closed() {

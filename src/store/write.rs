@@ -4,7 +4,8 @@
 //! the rows (a constraint, a program limit, a statement timeout), the transaction is
 //! written again with the batch split in halves under savepoints until each refused
 //! order is alone, and it becomes a dead letter: a poison message costs a few
-//! statements, never a consumer stuck retrying.
+//! statements, never a consumer stuck retrying. The orders written are named in a
+//! notification (`notify`) that every instance receives once the transaction commits.
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use postgres::Transaction;
 use postgres::binary_copy::BinaryCopyInWriter;
 
 use super::dead_letters::{DeadLetter, insert_dead_letters};
+use super::notify::notify_changed;
 use super::offsets::{self, Claim};
 use super::tables::{DELIVERIES, ORDER_ITEMS, ORDERS, PAYMENTS};
 use crate::model::{Encoded, Message, Order, Rejection, Rule};
@@ -287,6 +289,8 @@ pub(super) fn write_orders(
     }
     if !to_write.is_empty() {
         copy_orders(tx, &to_write)?;
+        // Delivered to every listening instance if, and when, this transaction commits.
+        notify_changed(tx, to_write.iter().map(|(order, sha, _)| (order.order_uid.as_str(), sha)))?;
     }
     if !to_touch.is_empty() {
         let uids: Vec<&str> = to_touch.iter().map(|(uid, _)| *uid).collect();

@@ -84,20 +84,23 @@ fn every_instance_serves_the_new_version() {
         assert_eq!(get(s.addr(), &format!("/order/{}", y.order_uid)).status, 200);
     }
     assert!(metric(other.addr(), "orders_cache_notifications_total").unwrap() >= 1.0);
-    assert!(metric(other.addr(), "orders_cache_invalidations_total").unwrap() >= 2.0);
+    assert!(metric(other.addr(), "orders_cache_invalidations_total").unwrap() >= 1.0);
 }
 
 /// The instance that does not consume loses its listening connection (its backend
-/// terminated) and cannot open another (the database refuses new connections) while v3
-/// is stored: meanwhile it answers v3 or says its copy may be stale, and once it listens
-/// again it never serves v2.
+/// terminated) and cannot open another (the database refuses new connections) while X v3
+/// and Z v2 are stored: meanwhile it answers X v3 or says its copy may be stale, and once
+/// it listens again it serves X v3 and Z v2, never an older version. Z is not asked for
+/// during the outage, so only the check after reconnecting can find it changed.
 #[test]
 fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_again() {
     let setup = Setup::new(1);
     let (consumer, other) = two_instances(&setup, |_| {});
-    let x = Generator::new(13, 3).order();
-    setup.produce(&[&named(&x, "Version One").to_json()]);
+    let mut generator = Generator::new(13, 3);
+    let (x, z) = (generator.order(), generator.order());
+    setup.produce(&[&named(&x, "Version One").to_json(), &named(&z, "Version One").to_json()]);
     wait_served_as(other.addr(), &x.order_uid, "Version One", Duration::from_secs(30));
+    wait_served_as(other.addr(), &z.order_uid, "Version One", Duration::from_secs(5));
     setup.produce(&[&named(&x, "Version Two").to_json()]);
     for s in [&consumer, &other] {
         wait_served_as(s.addr(), &x.order_uid, "Version Two", Duration::from_secs(5));
@@ -111,8 +114,9 @@ fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_ag
     let listener = format!("orders-svc listener {}", other.addr());
     let terminated: i64 = admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 \
-             AND pg_terminate_backend(pid)",
+            "WITH listener AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = $2) \
+             SELECT count(*) FROM listener WHERE pg_terminate_backend(pid)",
             &[&setup.db.name, &listener],
         )
         .unwrap()
@@ -122,11 +126,11 @@ fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_ag
         (metric(other.addr(), "orders_cache_listener_up") == Some(0.0)).then_some(())
     });
     let readyz = get(other.addr(), "/readyz");
-    assert_eq!(readyz.status, 503);
-    assert!(readyz.body.contains("listener"), "{}", readyz.body);
+    assert!(readyz.body.contains("the connection for change notifications"), "{}", readyz.body);
 
-    setup.produce(&[&named(&x, "Version Three").to_json()]);
+    setup.produce(&[&named(&x, "Version Three").to_json(), &named(&z, "Version Two").to_json()]);
     wait_served_as(consumer.addr(), &x.order_uid, "Version Three", Duration::from_secs(10));
+    wait_served_as(consumer.addr(), &z.order_uid, "Version Two", Duration::from_secs(5));
     let (name, r) = served_name(other.addr(), &x.order_uid);
     assert!(
         name == "Version Three" || r.header("Cache-Status").is_some_and(|s| s.contains("fwd=stale")),
@@ -140,9 +144,10 @@ fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_ag
     });
     for _ in 0..20 {
         assert_eq!(served_name(other.addr(), &x.order_uid).0, "Version Three");
+        assert_eq!(served_name(other.addr(), &z.order_uid).0, "Version Two");
     }
     assert!(metric(other.addr(), "orders_cache_listener_reconnects_total").unwrap() >= 1.0);
-    assert_eq!(get(other.addr(), "/readyz").status, 200);
+    assert_eq!(get(other.addr(), "/readyz").body, r#"{"ready":true}"#);
 }
 
 /// One order replaced 300 times, each version with other items and totals, while two

@@ -214,3 +214,45 @@ fn dead_letters_at_a_reused_position_are_kept() {
     let payloads: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(payloads, [b"first".to_vec(), b"second".to_vec()]);
 }
+
+/// A committed batch notifies the orders it inserted or replaced, each with its new
+/// version; unchanged and stale ones, and a fenced batch, notify nothing.
+#[test]
+fn committed_changes_are_notified_with_their_versions() {
+    use postgres::fallible_iterator::FallibleIterator;
+
+    let db = migrated();
+    let mut listener = db.client();
+    listener.batch_execute(&format!("LISTEN {}", store::CHANNEL)).unwrap();
+    let mut generator = Generator::new(5, 2);
+    let (a, b) = (generator.order(), generator.order());
+    let mut received = || -> Vec<store::Change> {
+        let mut notifications = listener.notifications();
+        let mut it = notifications.timeout_iter(std::time::Duration::from_millis(500));
+        let mut all = Vec::new();
+        while let Some(n) = it.next().unwrap() {
+            assert_eq!(n.channel(), store::CHANNEL);
+            all.extend(store::parse_payload(n.payload()));
+        }
+        all
+    };
+    let version = |o: &Order| o.clone().encode().version();
+
+    write(&db, &[(&at(0, 1), &a), (&at(0, 2), &b)]);
+    let got = received();
+    assert_eq!(
+        got,
+        [
+            store::Change { uid: a.order_uid.clone(), version: version(&a) },
+            store::Change { uid: b.order_uid.clone(), version: version(&b) }
+        ]
+    );
+    let a2 = named(&a, "two");
+    write(&db, &[(&at(0, 3), &a2), (&at(0, 4), &b), (&at(0, 0), &named(&b, "stale"))]);
+    assert_eq!(received(), [store::Change { uid: a.order_uid.clone(), version: version(&a2) }]);
+    let m = at(0, 9);
+    let fenced =
+        store::write_batch(&mut db.client(), "g", &[claim(Some(7), 10)], &[(&m, named(&a, "x").encode())], &[]);
+    assert!(matches!(fenced.unwrap(), Written::Fenced(_)));
+    assert_eq!(received(), []);
+}

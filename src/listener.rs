@@ -1,0 +1,157 @@
+//! The thread that keeps the cache in step with PostgreSQL. At start it applies the
+//! migrations, begins listening for change notifications, and only then fills the cache
+//! (so no commit falls between the two unseen). From then on it applies each
+//! notification: an entry of another version than the one committed is dropped, on
+//! every instance, whichever instance committed it.
+//!
+//! When the listening connection is lost, notifications are missed until it is back: the
+//! cache stops serving entries as fresh at once; once listening again, every entry's
+//! version is checked against the tables before they are served as fresh. A connection
+//! that stays open but goes quiet (a database that hangs) is pinged; past
+//! `cache::SILENCE_LIMIT` without an answer the cache stops serving entries as fresh
+//! until it answers.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use postgres::Client;
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::service::{Backoff, Health, Shutdown};
+use crate::store;
+
+/// How long the listener waits for a notification before it looks at the shutdown
+/// signal, and how long a quiet connection goes before it is pinged.
+const WAIT: Duration = Duration::from_millis(250);
+const PING_AFTER: Duration = Duration::from_secs(1);
+
+/// Runs the listener until shutdown. `name` is the listening connection's
+/// `application_name`, so that an operator can tell the instances' apart.
+pub fn run(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: &Shutdown) {
+    let Some(mut client) = start(config, name, cache, health, shutdown) else { return };
+    loop {
+        let lost = match listen(&mut client, cache, shutdown) {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        let since = Instant::now();
+        cache.listener_lost();
+        health.set_listener_problem(Some(format!("the connection for change notifications was lost: {lost:#}")));
+        warn!("event=listener_lost error={lost:#} action=serve_cached_orders_only_after_reading_them_again");
+        match reconnect(config, name, cache, health, shutdown) {
+            Some(c) => client = c,
+            None => return,
+        }
+        info!("event=listener_back after_ms={}", since.elapsed().as_millis());
+    }
+}
+
+/// Migrates, listens and fills the cache, retrying with backoff until it succeeds.
+/// Returns the listening connection, or None if shutdown came first.
+fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: &Shutdown) -> Option<Client> {
+    let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
+    loop {
+        let started = Instant::now();
+        let ready = store::connect(&config.database).and_then(|mut client| {
+            store::migrate(&mut client)?;
+            let listener = store::listen(&config.database, name)?;
+            cache.listener_established();
+            let recent = store::recent_orders(&mut client, config.cache.max_orders)?;
+            Ok((listener, recent))
+        });
+        match ready {
+            Ok((listener, recent)) => {
+                let read = recent.len();
+                cache.warm(recent);
+                cache.listening();
+                health.set_cache_warm();
+                info!(
+                    "event=cache_warmed orders={} read={read} bytes={} ms={}",
+                    cache.len(),
+                    cache.bytes(),
+                    started.elapsed().as_millis()
+                );
+                return Some(listener);
+            }
+            Err(e) => {
+                let attempt = backoff.attempt();
+                warn!(
+                    "event=startup_waiting for=postgresql attempt={attempt} retry_in_ms={} error={e:#}",
+                    backoff.delay().as_millis()
+                );
+                health.set_startup_problem(format!("waiting for PostgreSQL (attempt {attempt}): {e:#}"));
+            }
+        }
+        if shutdown.sleep(backoff.next_delay()) {
+            return None;
+        }
+    }
+}
+
+/// Applies notifications until shutdown (Ok) or until the connection fails (the error).
+fn listen(client: &mut Client, cache: &Cache, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let mut quiet_since = Instant::now();
+    while !shutdown.is_signalled() {
+        let next = client.notifications().timeout_iter(WAIT).next();
+        match next {
+            Ok(Some(notification)) => {
+                cache.heard();
+                cache.stats.notifications.inc();
+                cache.changed(&store::parse_payload(notification.payload()));
+                quiet_since = Instant::now();
+            }
+            Err(e) => return Err(e.into()),
+            Ok(None) if quiet_since.elapsed() >= PING_AFTER => {
+                store::ping(client)?;
+                cache.heard();
+                quiet_since = Instant::now();
+            }
+            Ok(None) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Listens again, with backoff, and checks every entry's version against the tables
+/// before the cache is served as fresh again. None if shutdown came first.
+fn reconnect(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: &Shutdown) -> Option<Client> {
+    let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
+    loop {
+        if shutdown.sleep(backoff.next_delay()) {
+            return None;
+        }
+        let started = Instant::now();
+        let checked = store::listen(&config.database, name).and_then(|mut client| {
+            cache.listener_established();
+            let held = cache.versions();
+            let uids: Vec<&str> = held.iter().map(|(uid, _)| &**uid).collect();
+            let stored = store::stored_versions(&mut client, &uids)?;
+            Ok((client, held.len(), cache.keep_only(&stored)))
+        });
+        match checked {
+            Ok((client, held, dropped)) => {
+                cache.listening();
+                cache.stats.listener_reconnects.inc();
+                health.set_listener_problem(None);
+                info!(
+                    "event=listener_reconnected checked={held} dropped={dropped} ms={}",
+                    started.elapsed().as_millis()
+                );
+                return Some(client);
+            }
+            Err(e) => {
+                warn!(
+                    "event=listener_reconnect_failed attempt={} retry_in_ms={} error={e:#}",
+                    backoff.attempt(),
+                    backoff.delay().as_millis()
+                );
+                health.set_listener_problem(Some(format!(
+                    "the connection for change notifications is lost; reconnecting (attempt {}): {e:#}",
+                    backoff.attempt()
+                )));
+            }
+        }
+    }
+}
