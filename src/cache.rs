@@ -181,6 +181,9 @@ pub struct Cache {
     started: Instant,
     /// Bumped whenever the listening connection is lost or established.
     generation: AtomicU64,
+    /// The orders of the batch the consumer is writing, each with the last version a
+    /// notification named since: see `writing`.
+    pending: Mutex<HashMap<String, Option<String>>>,
     pub stats: Stats,
 }
 
@@ -200,6 +203,7 @@ impl Cache {
             heard_at_ms: AtomicU64::new(0),
             started: Instant::now(),
             generation: AtomicU64::new(0),
+            pending: Mutex::new(HashMap::new()),
             stats: Stats::default(),
         }
     }
@@ -244,10 +248,31 @@ impl Cache {
         self.stats.listener_up.set(1);
     }
 
+    /// The consumer is about to write these orders, and will `publish` those it stored
+    /// once committed. Should a notification meanwhile name one of them at a version other
+    /// than the one it publishes, another writer committed that order, possibly after
+    /// this one (from another partition), so that order is not published: the next
+    /// request reads whichever version PostgreSQL has.
+    pub fn writing<'a>(&self, uids: impl IntoIterator<Item = &'a str>) {
+        let mut pending = self.pending.lock();
+        pending.clear();
+        pending.extend(uids.into_iter().map(|uid| (uid.to_string(), None)));
+    }
+
     /// Applies a notification: orders now stored at these versions. An entry of another
     /// version is dropped, and so is the memory of the id as missing; a read in flight
     /// for it is not remembered. Returns how many entries were dropped.
     pub fn changed(&self, changes: &[Change]) -> usize {
+        {
+            let mut pending = self.pending.lock();
+            if !pending.is_empty() {
+                for change in changes {
+                    if let Some(last) = pending.get_mut(change.uid.as_str()) {
+                        *last = Some(change.version.clone());
+                    }
+                }
+            }
+        }
         {
             let flights = self.flights.lock();
             for change in changes {
@@ -320,9 +345,15 @@ impl Cache {
 
     /// The consumer's write: orders PostgreSQL has just committed replace whatever the
     /// cache had for them, end any memory of their absence, and make reads in flight for
-    /// them forget their (possibly older) result.
+    /// them forget their (possibly older) result. An order another writer was notified
+    /// to have committed since `writing` is left out.
     pub fn publish<'a>(&self, orders: impl IntoIterator<Item = &'a Encoded>) {
-        let fresh: Vec<Arc<CachedOrder>> = orders.into_iter().map(|e| Arc::new(CachedOrder::new(e))).collect();
+        let pending = std::mem::take(&mut *self.pending.lock());
+        let overtaken = |e: &Encoded| {
+            pending.get(e.order.order_uid.as_str()).is_some_and(|last| last.as_ref().is_some_and(|v| *v != e.version()))
+        };
+        let fresh: Vec<Arc<CachedOrder>> =
+            orders.into_iter().filter(|e| !overtaken(e)).map(|e| Arc::new(CachedOrder::new(e))).collect();
         if fresh.is_empty() {
             return;
         }
@@ -788,5 +819,21 @@ mod tests {
         assert!(!c.fresh());
         c.heard();
         assert!(c.fresh());
+    }
+
+    #[test]
+    fn an_order_another_writer_committed_meanwhile_is_not_published() {
+        let c = cache(10);
+        let (mine, theirs) = (moved("a", "Mine").encode(), moved("a", "Theirs").encode());
+        c.writing(["a", "b"]);
+        c.changed(&[change("a", &mine), change("a", &theirs)]);
+        c.publish(&[mine.clone(), enc("b")]);
+        assert!(!c.contains("a") && c.contains("b"));
+
+        // Notified in commit order: another version before this one is no reason.
+        c.writing(["a"]);
+        c.changed(&[change("a", &theirs), change("a", &mine)]);
+        c.publish(std::slice::from_ref(&mine));
+        assert_eq!(city(&hit(&c, "a").unwrap()), "Mine");
     }
 }

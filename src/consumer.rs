@@ -312,6 +312,7 @@ impl Consumer {
             let claims = self.claims(&batch);
             let (orders, dead) = decode_all(&batch, &self.rules);
             let decoded = Instant::now();
+            self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
             let written = self.write_with_retry(&claims, &orders, &dead);
             let result = match written {
                 None => {
