@@ -185,7 +185,7 @@ fn readiness(state: &State) -> Reply {
         let why = state.health.startup_problem().unwrap_or_else(|| "loading orders from PostgreSQL".into());
         waiting.push(format!("cache: {why}"));
     }
-    if let Err(e) = state.pool.with(store::ping) {
+    if let Err(e) = state.pool.with(|conn| store::ping(conn)) {
         waiting.push(format!("database: {e:#}"));
     }
     // Orders are still answered right, from PostgreSQL, so the instance stays ready.
@@ -394,5 +394,30 @@ pub(super) mod tests {
         assert!(text.contains("\norders_cache_hits_total 1\n"), "{text}");
         assert!(text.contains("\norders_cache_entries 1\n"), "{text}");
         assert!(text.contains("# TYPE orders_batch_messages histogram"), "{text}");
+    }
+
+    #[test]
+    fn readiness_names_a_lost_listener_as_degraded() {
+        let s = state();
+        s.health.set_listener_problem(Some("the connection for change notifications was lost: gone".into()));
+        let r = get(&s, "/readyz");
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(r.status, 503); // this state's database is unreachable too
+        assert_eq!(
+            body["degraded"],
+            json!(["cache: the connection for change notifications was lost: gone; orders are read from PostgreSQL"])
+        );
+    }
+
+    #[test]
+    fn a_copy_that_may_be_stale_says_so() {
+        let s = state();
+        s.cache.publish(&[canonical().encode()]);
+        assert_eq!(get(&s, "/order/b563feb7b2b84b6test").header("Cache-Status"), None);
+        s.cache.listener_lost();
+        let r = get(&s, "/order/b563feb7b2b84b6test");
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.body[..], canonical().to_json().as_slice());
+        assert!(r.header("Cache-Status").unwrap().contains("fwd=stale"));
     }
 }

@@ -20,7 +20,7 @@ pub use dead_letters::{
 pub use migrate::{MIGRATIONS, migrate};
 pub use notify::{CHANNEL, Change, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
-pub use pool::Pool;
+pub use pool::{Conn, Pool};
 pub use read::{order, recent_orders, recent_summaries};
 pub use write::{BatchResult, Written, write_batch};
 

@@ -1,7 +1,10 @@
-//! Connections for the read path, reused between requests.
+//! Connections for the read path, reused between requests, each with the statements
+//! already prepared on it.
+
+use std::collections::HashMap;
 
 use parking_lot::Mutex;
-use postgres::Client;
+use postgres::{Client, Statement};
 
 use crate::config;
 
@@ -10,7 +13,45 @@ use crate::config;
 pub struct Pool {
     db: config::Database,
     max_idle: usize,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A connection and the statements prepared on it: PostgreSQL plans a prepared statement
+/// once, where a statement sent as text is planned again each time.
+pub struct Conn {
+    client: Client,
+    prepared: HashMap<&'static str, Statement>,
+}
+
+impl From<Client> for Conn {
+    fn from(client: Client) -> Conn {
+        Conn { client, prepared: HashMap::new() }
+    }
+}
+
+impl Conn {
+    /// `sql` prepared on this connection, the first time it is asked for.
+    pub fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.prepared.insert(sql, statement.clone());
+        Ok(statement)
+    }
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 impl Pool {
@@ -20,17 +61,17 @@ impl Pool {
     }
 
     /// Runs `f` with a connection. The pool's lock is held only to take or return one.
-    pub fn with<T>(&self, f: impl FnOnce(&mut Client) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    pub fn with<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let idle = self.idle.lock().pop();
-        let mut client = match idle {
+        let mut conn = match idle {
             Some(c) if !c.is_closed() => c,
-            _ => super::connect(&self.db)?,
+            _ => Conn::from(super::connect(&self.db)?),
         };
-        let result = f(&mut client);
-        if !client.is_closed() {
+        let result = f(&mut conn);
+        if !conn.is_closed() {
             let mut idle = self.idle.lock();
             if idle.len() < self.max_idle {
-                idle.push(client);
+                idle.push(conn);
             }
         }
         result

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use anyhow::Context;
 use postgres::{Client, GenericClient, IsolationLevel, Row};
 
+use super::pool::Conn;
 use super::tables::{ITEM_SELECT, ORDER_SELECT, ORDER_WITH_ITEMS_SELECT};
 use crate::model::{Delivery, Item, Order, OrderSummary, Payment};
 
@@ -52,9 +53,10 @@ pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<O
         .collect())
 }
 
-/// One order by id, or None, in one statement.
-pub fn order(client: &mut Client, uid: &str) -> anyhow::Result<Option<Order>> {
-    let rows = client.query(ORDER_WITH_ITEMS_SELECT.as_str(), &[&uid]).with_context(|| format!("read order {uid}"))?;
+/// One order by id, or None, in one statement (prepared once per connection).
+pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<Order>> {
+    let statement = conn.prepared(ORDER_WITH_ITEMS_SELECT.as_str()).context("prepare the read of an order")?;
+    let rows = conn.query(&statement, &[&uid]).with_context(|| format!("read order {uid}"))?;
     let Some(head) = rows.first() else { return Ok(None) };
     let mut order = order_from_row(head);
     for row in &rows {

@@ -123,10 +123,10 @@ fn sigkill_five_times_during_ingest_loses_nothing_and_writes_nothing_twice() {
     assert_eq!(uids.lines().count(), 49_045);
     // The same seed regenerates the valid orders: compare a sample field for field.
     let mut generator = Generator::new(2026, 3);
-    let mut client = db.client();
+    let mut conn = store::Conn::from(db.client());
     for (i, order) in std::iter::from_fn(|| Some(generator.order())).take(49_045).enumerate() {
         if i % 97 == 0 {
-            let stored: Order = store::order(&mut client, &order.order_uid).unwrap().expect("stored");
+            let stored: Order = store::order(&mut conn, &order.order_uid).unwrap().expect("stored");
             assert_eq!(stored, order);
         }
     }
