@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orders_svc::config::Config;
 use orders_svc::model::{Encoded, Message, Order};
 use orders_svc::service::Service;
 use orders_svc::store;
@@ -34,7 +33,7 @@ const POLL_PAUSE: Duration = Duration::from_micros(200);
 #[path = "common.rs"]
 mod common;
 use common::support::http::Connection;
-use common::{brokers, create_topic_on, env_number, migrated_db};
+use common::{brokers, create_topic_on, env_number, migrated_db, service_config};
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -42,8 +41,7 @@ fn main() -> anyhow::Result<()> {
     let gap = Duration::from_millis(env_number("COHERENCE_GAP_MS", 20) as u64);
     let run = format!("bench_coherence_{}", std::process::id());
     let db = migrated_db()?;
-    let brokers = brokers();
-    create_topic_on(&brokers, &run, 1);
+    create_topic_on(&brokers(), &run, 1);
 
     let x = Generator::new(21, 3).order();
     let versions: Vec<Encoded> = (0..=updates)
@@ -61,16 +59,7 @@ fn main() -> anyhow::Result<()> {
     };
     write(&mut writer, 0)?;
 
-    let start = |_: usize| -> anyhow::Result<Service> {
-        let mut config = Config::default();
-        config.database.url = db.url.clone();
-        config.kafka.brokers = brokers.clone();
-        config.kafka.topic = run.clone();
-        config.kafka.group_id = run.clone();
-        config.http.addr = "127.0.0.1:0".parse()?;
-        Service::start(config)
-    };
-    let instances = [start(0)?, start(1)?];
+    let instances = [Service::start(service_config(&db, &run))?, Service::start(service_config(&db, &run))?];
     let path = format!("/order/{}", x.order_uid);
     for s in &instances {
         let r = Connection::open(s.http_addr(), Duration::from_secs(5))?.get(&path)?;

@@ -18,3 +18,15 @@ pub fn migrated_db() -> anyhow::Result<TestDb> {
     orders_svc::store::migrate(&mut db.client())?;
     Ok(db)
 }
+
+/// The service's configuration on `db`, the stack's broker and `topic` (the group named
+/// after it), answering HTTP on any free port.
+pub fn service_config(db: &TestDb, topic: &str) -> orders_svc::config::Config {
+    let mut config = orders_svc::config::Config::default();
+    config.database.url = db.url.clone();
+    config.kafka.brokers = brokers();
+    config.kafka.topic = topic.into();
+    config.kafka.group_id = topic.into();
+    config.http.addr = "127.0.0.1:0".parse().expect("a socket address");
+    config
+}

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use orders_svc::config::Config;
 use orders_svc::model::{Encoded, Message, Order};
 use orders_svc::service::Service;
 use orders_svc::store;
@@ -29,7 +28,7 @@ use tiny_http::{Header, Response};
 
 #[path = "common.rs"]
 mod common;
-use common::{brokers, create_topic_on, env_number, migrated_db};
+use common::{brokers, create_topic_on, env_number, migrated_db, service_config};
 
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
@@ -63,12 +62,7 @@ fn main() -> anyhow::Result<()> {
         store::write_batch(&mut client, "bench", &[], &batch, &[])?;
         create_topic_on(&brokers, &run, 1);
 
-        let mut config = Config::default();
-        config.database.url = db.url.clone();
-        config.kafka.brokers = brokers.clone();
-        config.kafka.topic = run.clone();
-        config.kafka.group_id = run.clone();
-        config.http.addr = "127.0.0.1:0".parse()?;
+        let mut config = service_config(&db, &run);
         config.http.workers = workers;
         let service = Service::start(config)?;
         let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
