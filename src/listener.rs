@@ -119,9 +119,6 @@ fn listen(client: &mut Client, cache: &Cache, shutdown: &Shutdown) -> anyhow::Re
 fn reconnect(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: &Shutdown) -> Option<Client> {
     let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
     loop {
-        if shutdown.sleep(backoff.next_delay()) {
-            return None;
-        }
         let started = Instant::now();
         let checked = store::listen(&config.database, name).and_then(|mut client| {
             cache.listener_established();
@@ -152,6 +149,9 @@ fn reconnect(config: &Config, name: &str, cache: &Cache, health: &Health, shutdo
                     backoff.attempt()
                 )));
             }
+        }
+        if shutdown.sleep(backoff.next_delay()) {
+            return None;
         }
     }
 }
