@@ -13,8 +13,13 @@
 //! COMMIT's answer reaches the writer, so the ratio is taken from the moment the batch
 //! write is called.
 //!
+//! Then the listening connection of one instance is cut (its backend terminated): the
+//! time until it listens again, having checked every entry it holds against the tables,
+//! against a bare client reading every stored order's version.
+//!
 //! Run with `bench/run coherence`. Settings from the environment: COHERENCE_UPDATES
-//! (default 200) and COHERENCE_GAP_MS (20, the pause between updates).
+//! (default 200), COHERENCE_GAP_MS (20, the pause between updates) and COHERENCE_HELD
+//! (99,999 other orders, so that with X the instances hold 100,000).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let updates = env_number("COHERENCE_UPDATES", 200);
     let gap = Duration::from_millis(env_number("COHERENCE_GAP_MS", 20) as u64);
+    let held = env_number("COHERENCE_HELD", 99_999);
     let run = format!("bench_coherence_{}", std::process::id());
     let db = migrated_db()?;
     create_topic_on(&brokers(), &run, 1);
@@ -58,6 +64,17 @@ fn main() -> anyhow::Result<()> {
         Ok(Instant::now())
     };
     write(&mut writer, 0)?;
+    // Other orders, for the instances to hold.
+    let mut generator = Generator::new(22, 3);
+    let mut offset = 0;
+    while offset < held {
+        let n = (held - offset).min(5000);
+        let message =
+            Message { topic: format!("{run}_held"), partition: 0, offset: offset as i64, key: None, payload: None };
+        let batch: Vec<(&Message, Encoded)> = (0..n).map(|_| (&message, generator.order().encode())).collect();
+        store::write_batch(&mut writer, "bench", &[], &batch, &[])?;
+        offset += n;
+    }
 
     let instances = [Service::start(service_config(&db, &run))?, Service::start(service_config(&db, &run))?];
     let path = format!("/order/{}", x.order_uid);
@@ -65,7 +82,11 @@ fn main() -> anyhow::Result<()> {
         let r = Connection::open(s.http_addr(), Duration::from_secs(5))?.get(&path)?;
         anyhow::ensure!(r.status == 200 && s.cache().contains(&x.order_uid), "{} does not hold X", s.http_addr());
     }
-    println!("bench/coherence: {updates} updates of one order, {} ms apart, two instances", gap.as_millis());
+    println!(
+        "bench/coherence: {updates} updates of one order, {} ms apart, two instances holding {} orders each",
+        gap.as_millis(),
+        instances[0].cache().len()
+    );
 
     // Which version is current, and when each observer first saw it.
     let current = Arc::new(AtomicUsize::new(0));
@@ -132,6 +153,32 @@ fn main() -> anyhow::Result<()> {
     for t in threads {
         t.join().expect("observer thread").context("observer")?;
     }
+
+    // A lost listening connection: from its backend terminated to the instance listening
+    // again, every entry checked. Reference: a bare client reading every order's version.
+    let first = &instances[0];
+    let name = format!("orders-svc listener {}", first.http_addr());
+    let reconnects = first.cache().stats.listener_reconnects.get();
+    let entries = first.cache().len();
+    let mut admin = db.client();
+    let cut = Instant::now();
+    let terminated: i64 = admin
+        .query_one(
+            "WITH listener AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = $1) \
+             SELECT count(*) FROM listener WHERE pg_terminate_backend(pid)",
+            &[&name],
+        )?
+        .get(0);
+    anyhow::ensure!(terminated == 1, "no listening backend named {name:?}");
+    while first.cache().stats.listener_reconnects.get() == reconnects {
+        anyhow::ensure!(cut.elapsed() < Duration::from_secs(60), "the listener was not back within 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let back = cut.elapsed();
+    let scan = Instant::now();
+    let rows = admin.query("SELECT order_uid, content_sha256 FROM orders", &[])?.len();
+    let scan = scan.elapsed();
     for s in instances {
         s.shutdown();
     }
@@ -173,6 +220,14 @@ fn main() -> anyhow::Result<()> {
         pct(&service, 0.5) / pct(&bare, 0.5),
         pct(&service, 0.99) / pct(&bare, 0.99),
         service[service.len() - 1] / bare[bare.len() - 1]
+    );
+    println!();
+    println!(
+        "  listening connection lost: back, {entries} entries checked, in {:.1} ms; a bare read of all {rows} \
+         orders' versions {:.1} ms; ratio {:.2}",
+        back.as_secs_f64() * 1000.0,
+        scan.as_secs_f64() * 1000.0,
+        back.as_secs_f64() / scan.as_secs_f64()
     );
     Ok(())
 }
