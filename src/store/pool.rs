@@ -39,6 +39,12 @@ impl Conn {
         self.prepared.insert(sql, statement.clone());
         Ok(statement)
     }
+
+    /// Forgets the prepared statements, after one failed: it may have been the statement
+    /// itself (a table changed under it, which PostgreSQL refuses to run as prepared).
+    pub fn forget_prepared(&mut self) {
+        self.prepared.clear();
+    }
 }
 
 impl std::ops::Deref for Conn {

@@ -56,7 +56,13 @@ pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<O
 /// One order by id, or None, in one statement (prepared once per connection).
 pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<Order>> {
     let statement = conn.prepared(ORDER_WITH_ITEMS_SELECT.as_str()).context("prepare the read of an order")?;
-    let rows = conn.query(&statement, &[&uid]).with_context(|| format!("read order {uid}"))?;
+    let rows = match conn.query(&statement, &[&uid]) {
+        Ok(rows) => rows,
+        Err(e) => {
+            conn.forget_prepared();
+            return Err(e).with_context(|| format!("read order {uid}"));
+        }
+    };
     let Some(head) = rows.first() else { return Ok(None) };
     let mut order = order_from_row(head);
     for row in &rows {

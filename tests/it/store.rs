@@ -256,3 +256,18 @@ fn committed_changes_are_notified_with_their_versions() {
     assert!(matches!(fenced.unwrap(), Written::Fenced(_)));
     assert_eq!(received(), []);
 }
+
+/// The read of an order is prepared once per connection; if a migration changes a table
+/// under it, the next read fails once and the one after prepares it again.
+#[test]
+fn a_prepared_read_that_fails_is_prepared_again() {
+    let db = migrated();
+    let x = Generator::new(6, 2).order();
+    write(&db, &[(&at(0, 1), &x)]);
+    let mut conn = store::Conn::from(db.client());
+    assert_eq!(store::order(&mut conn, &x.order_uid).unwrap().as_ref(), Some(&x));
+    db.client().batch_execute("ALTER TABLE deliveries ALTER COLUMN city TYPE varchar(200)").unwrap();
+    let error = format!("{:#}", store::order(&mut conn, &x.order_uid).unwrap_err());
+    assert!(error.contains("cached plan must not change result type"), "{error}");
+    assert_eq!(store::order(&mut conn, &x.order_uid).unwrap().as_ref(), Some(&x));
+}
