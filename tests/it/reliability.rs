@@ -179,6 +179,78 @@ fn postgres_gone_for_15_seconds_mid_ingest() {
     assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
 }
 
+/// PostgreSQL hangs (a proxy holds every byte, so no connection fails) while 16 misses
+/// for unknown ids arrive at once: a cached order, `/healthz`, `/readyz` and `/metrics`
+/// each answer within 1 s, then and after the listener has gone quiet. The misses past
+/// `cache.max_database_waits` (2 of 4 workers) are answered 503 at once; released, the
+/// database answers the other two 404.
+#[test]
+fn a_hanging_database_blocks_neither_cached_orders_nor_health() {
+    let setup = Setup::new(1);
+    let proxy = DbProxy::start();
+    let mut cfg = setup.config();
+    cfg.database.url = proxy.url(&setup.db);
+    cfg.http.workers = 4;
+    let service = Running::start(cfg);
+    let addr = service.addr();
+    setup.produce(&[MODEL.as_bytes()]);
+    wait_until_served(addr, "/order/b563feb7b2b84b6test");
+    wait_ready(addr);
+
+    proxy.hold();
+    // Released before the service stops, also when an assertion fails.
+    let _release = Released(&proxy);
+    let misses: Vec<_> =
+        (0..16).map(|i| std::thread::spawn(move || get(addr, &format!("/order/unknown{i:02}")).status)).collect();
+    wait_for("the misses to reach the held database", Duration::from_secs(10), || {
+        (proxy.held_bytes() > 0).then_some(())
+    });
+    let answers = |when: &str| -> Vec<(u16, Option<String>)> {
+        ["/order/b563feb7b2b84b6test", "/healthz", "/readyz", "/metrics"]
+            .iter()
+            .map(|path| {
+                let r = get_within(addr, path, Duration::from_secs(1))
+                    .unwrap_or_else(|e| panic!("{path} {when}: no answer within 1 s ({e})"));
+                (r.status, r.header("Cache-Status").map(str::to_string))
+            })
+            .collect()
+    };
+    let first = answers("with the database held");
+    assert_eq!((first[0].0, first[1].0, first[3].0), (200, 200, 200));
+    // Past the silence limit the listener's ping has had no answer: the cached copy is
+    // still served, marked, and readiness says why it is not ready.
+    std::thread::sleep(Duration::from_secs(4));
+    let later = answers("after 4 s more");
+    assert_eq!(
+        later[0],
+        (
+            200,
+            Some(
+                r#"orders-svc; hit; fwd=stale; detail="database unavailable, changes may have been missed""#
+                    .to_string()
+            )
+        )
+    );
+    assert_eq!((later[1].0, later[2].0, later[3].0), (200, 503, 200));
+    let readyz = get(addr, "/readyz").body;
+    assert!(readyz.contains("database: no answer on the connection for change notifications"), "{readyz}");
+
+    proxy.release();
+    let mut statuses: Vec<u16> = misses.into_iter().map(|t| t.join().unwrap()).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [[404; 2].as_slice(), &[503; 14]].concat());
+    wait_ready(addr);
+}
+
+/// Releases a held proxy when dropped.
+struct Released<'a>(&'a DbProxy);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// Requests meant to hurt: each gets a clean 4xx, and the service keeps answering a
 /// normal client, also while 1,000 idle connections are held open.
 #[test]

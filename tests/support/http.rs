@@ -25,6 +25,13 @@ pub fn get(addr: SocketAddr, path: &str) -> HttpResponse {
     request(addr, "GET", path, &[], None)
 }
 
+/// `GET path`, or the error if the answer did not come within `limit`.
+pub fn get_within(addr: SocketAddr, path: &str, limit: Duration) -> std::io::Result<HttpResponse> {
+    let mut connection = Connection::open(addr, limit)?;
+    connection.send(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
+    connection.read_response(false)
+}
+
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> HttpResponse {
     request(addr, method, path, &[], None)
 }

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 pub use broker::{Broker, Storage, create_topic, create_topic_on, delete_topic_on, temp_dir};
 pub use db::{DbProxy, TestDb};
-pub use http::{HttpResponse, get, http, http_with, raw_status, request};
+pub use http::{HttpResponse, get, get_within, http, http_with, raw_status, request};
 pub use process::{Process, config_toml, free_addr, wait_ready};
 
 pub const MODEL: &str = include_str!("../../demo/model.json");
