@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -67,6 +67,7 @@ pub struct Stats {
     pub listener_reconnects: IntCounter,
     pub listener_up: IntGauge,
     pub stale_served: IntCounter,
+    pub database_busy: IntCounter,
 }
 
 impl Default for Stats {
@@ -101,6 +102,10 @@ impl Default for Stats {
                 "1 while change notifications are received and the cache is served as fresh, else 0.",
             )
             .expect("valid metric"),
+            database_busy: counter(
+                "orders_cache_database_busy_total",
+                "Lookups refused at once because cache.max_database_waits requests already waited on PostgreSQL.",
+            ),
             stale_served: counter(
                 "orders_cache_stale_served_total",
                 "Orders served from a copy that may be stale: notifications may have been missed and the database \
@@ -116,6 +121,41 @@ pub struct Limits {
     /// How long an id PostgreSQL does not have is answered "not found" without asking
     /// again. Zero turns the memory off.
     pub negative_ttl: Duration,
+    /// Most requests that may wait on PostgreSQL at once, reading or waiting for another
+    /// request's read; past it a lookup that needs the database is refused at once.
+    pub max_database_waits: usize,
+    /// Longest a request waits for another request's read of the same order.
+    pub database_wait: Duration,
+}
+
+/// Why an order could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// `max_database_waits` requests already wait on PostgreSQL.
+    Busy,
+    /// Another request's read of this order did not end within `database_wait`.
+    Timeout,
+    /// The read failed; the error, for the log.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Busy => write!(f, "too many requests are waiting for the database"),
+            Unavailable::Timeout => write!(f, "the database did not answer in time"),
+            Unavailable::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A place among the requests waiting on PostgreSQL, given back when dropped.
+pub struct DatabaseWait<'a>(&'a AtomicUsize);
+
+impl Drop for DatabaseWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct Entry {
@@ -139,7 +179,7 @@ struct Inner {
 /// A database read in progress for one uid; requests for the same uid wait on it.
 #[derive(Default)]
 struct Flight {
-    result: Mutex<Option<Result<Option<Arc<CachedOrder>>, String>>>,
+    result: Mutex<Option<Result<Option<Arc<CachedOrder>>, Unavailable>>>,
     done: Condvar,
     /// Set when the consumer publishes this uid, or a notification names it, during the
     /// read: the read's result may be older, so it is returned to its waiters but not
@@ -184,6 +224,8 @@ pub struct Cache {
     /// The orders of the batch the consumer is writing, each with the last version a
     /// notification named since: see `writing`.
     pending: Mutex<HashMap<String, Option<String>>>,
+    /// Requests waiting on PostgreSQL now: see `Limits::max_database_waits`.
+    database_waits: AtomicUsize,
     pub stats: Stats,
 }
 
@@ -204,8 +246,18 @@ impl Cache {
             started: Instant::now(),
             generation: AtomicU64::new(0),
             pending: Mutex::new(HashMap::new()),
+            database_waits: AtomicUsize::new(0),
             stats: Stats::default(),
         }
+    }
+
+    /// A place among the requests waiting on PostgreSQL, if one is free. Every request that
+    /// reads the database on the HTTP side holds one while it does.
+    pub fn database_wait(&self) -> Option<DatabaseWait<'_>> {
+        self.database_waits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.limits.max_database_waits).then_some(n + 1))
+            .ok()
+            .map(|_| DatabaseWait(&self.database_waits))
     }
 
     /// Whether entries can be served as they are: no notification can have been missed.
@@ -426,7 +478,7 @@ impl Cache {
         &self,
         uid: &str,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
-    ) -> Result<Option<Found>, String> {
+    ) -> Result<Option<Found>, Unavailable> {
         let fresh = self.fresh();
         let held = self.get(uid);
         if fresh {
@@ -440,7 +492,13 @@ impl Cache {
             self.stats.negative_hits.inc();
             return Ok(None);
         }
-        let loaded = self.load_once(uid, load);
+        let loaded = match self.database_wait() {
+            Some(_wait) => self.load_once(uid, load),
+            None => {
+                self.stats.database_busy.inc();
+                Err(Unavailable::Busy)
+            }
+        };
         match (loaded, held) {
             (Ok(order), _) => Ok(order.map(|order| Found { order, stale: false })),
             (Err(_), Some(copy)) => {
@@ -457,7 +515,7 @@ impl Cache {
         &self,
         uid: &str,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
-    ) -> Result<Option<Arc<CachedOrder>>, String> {
+    ) -> Result<Option<Arc<CachedOrder>>, Unavailable> {
         let (flight, leader) = {
             let mut flights = self.flights.lock();
             match flights.get(uid) {
@@ -471,18 +529,27 @@ impl Cache {
             }
         };
         if !leader {
+            let deadline = Instant::now() + self.limits.database_wait;
             let mut result = flight.result.lock();
             while result.is_none() {
-                flight.done.wait(&mut result);
+                if flight.done.wait_until(&mut result, deadline).timed_out() && result.is_none() {
+                    return Err(Unavailable::Timeout);
+                }
             }
             return result.clone().expect("set before notify");
         }
 
         self.stats.db_reads.inc();
-        let result = match load() {
+        // A read that panics is answered as failed, and its waiters with it.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+            let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
+            log::error!("event=order_read_panicked order_uid={uid} panic={:?}", what.unwrap_or("(not a string)"));
+            Err(anyhow::anyhow!("the read of order {uid} panicked"))
+        });
+        let result = match loaded {
             Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
             Ok(None) => Ok(None),
-            Err(e) => Err(format!("{e:#}")),
+            Err(e) => Err(Unavailable::Failed(format!("{e:#}"))),
         };
         // Remembered before the flight ends, so that no request in between reads again.
         match &result {
@@ -561,7 +628,7 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
@@ -577,7 +644,18 @@ mod tests {
     }
 
     fn cache(max_orders: usize) -> Cache {
-        Cache::new(Limits { max_orders, max_bytes: usize::MAX, negative_ttl: Duration::from_secs(60) })
+        Cache::new(Limits { max_orders, max_bytes: usize::MAX, negative_ttl: Duration::from_secs(60), ..limits() })
+    }
+
+    /// Bounds for tests: room for 16 requests on the database, waits of 5 s.
+    pub(crate) fn limits() -> Limits {
+        Limits {
+            max_orders: 10,
+            max_bytes: 1 << 20,
+            negative_ttl: Duration::ZERO,
+            max_database_waits: 16,
+            database_wait: Duration::from_secs(5),
+        }
     }
 
     fn never() -> anyhow::Result<Option<Order>> {
@@ -647,7 +725,12 @@ mod tests {
     #[test]
     fn byte_bound_holds() {
         let one = CachedOrder::new(&enc("a")).size();
-        let c = Cache::new(Limits { max_orders: 100, max_bytes: one * 2 + one / 2, negative_ttl: Duration::ZERO });
+        let c = Cache::new(Limits {
+            max_orders: 100,
+            max_bytes: one * 2 + one / 2,
+            negative_ttl: Duration::ZERO,
+            ..limits()
+        });
         c.publish(&[enc("a"), enc("b"), enc("c")]);
         assert_eq!(c.len(), 2);
         assert!(c.bytes() <= one * 2 + one / 2);
@@ -683,7 +766,7 @@ mod tests {
     #[test]
     fn database_errors_are_not_remembered() {
         let c = cache(10);
-        assert_eq!(c.lookup("x", || Err(anyhow::anyhow!("down"))).unwrap_err(), "down");
+        assert_eq!(c.lookup("x", || Err(anyhow::anyhow!("down"))).unwrap_err(), Unavailable::Failed("down".into()));
         assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
         assert_eq!(c.stats.db_reads.get(), 2);
     }
@@ -774,7 +857,7 @@ mod tests {
         let got = c.lookup("a", || Err(anyhow::anyhow!("down"))).unwrap().unwrap();
         assert_eq!((city(&got), got.stale), ("Haifa".to_string(), true));
         assert_eq!(c.stats.stale_served.get(), 1);
-        assert_eq!(c.lookup("b", || Err(anyhow::anyhow!("down"))).unwrap_err(), "down");
+        assert_eq!(c.lookup("b", || Err(anyhow::anyhow!("down"))).unwrap_err(), Unavailable::Failed("down".into()));
         assert_eq!(c.stats.hits.get(), 0);
     }
 
@@ -835,5 +918,66 @@ mod tests {
         c.changed(&[change("a", &theirs), change("a", &mine)]);
         c.publish(std::slice::from_ref(&mine));
         assert_eq!(city(&hit(&c, "a").unwrap()), "Mine");
+    }
+
+    /// A leader holding the database for 300 ms, and `then` run while it does.
+    fn while_reading<T>(c: &Arc<Cache>, uid: &str, then: impl FnOnce() -> T) -> T {
+        let (c2, uid2) = (c.clone(), uid.to_string());
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let started2 = started.clone();
+        let leader = std::thread::spawn(move || {
+            c2.lookup(&uid2, || {
+                started2.wait();
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(Some(order(&uid2)))
+            })
+            .unwrap()
+        });
+        started.wait();
+        let result = then();
+        assert_eq!(leader.join().unwrap().unwrap().uid, uid);
+        result
+    }
+
+    #[test]
+    fn past_the_budget_a_miss_is_refused_at_once_and_a_held_copy_served() {
+        let c = Arc::new(Cache::new(Limits { max_database_waits: 1, ..limits() }));
+        c.publish(&[enc("held")]);
+        c.listener_lost();
+        let (busy, copy) = while_reading(&c, "slow", || {
+            (c.lookup("other", never).unwrap_err(), c.lookup("held", never).unwrap().unwrap())
+        });
+        assert_eq!(busy, Unavailable::Busy);
+        assert!(copy.stale);
+        assert_eq!(c.stats.database_busy.get(), 2);
+        // The place is free again.
+        assert_eq!(c.lookup("other", || Ok(Some(order("other")))).unwrap().unwrap().uid, "other");
+    }
+
+    #[test]
+    fn a_request_waits_for_another_ones_read_only_until_its_deadline() {
+        let c = Arc::new(Cache::new(Limits { database_wait: Duration::from_millis(50), ..limits() }));
+        let waited = while_reading(&c, "slow", || c.lookup("slow", never));
+        assert_eq!(waited.unwrap_err(), Unavailable::Timeout);
+    }
+
+    #[test]
+    fn a_read_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
+        let c = Arc::new(cache(10));
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let (c2, start2) = (c.clone(), start.clone());
+        let waiter = std::thread::spawn(move || {
+            start2.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            c2.lookup("p", never)
+        });
+        let leader = c.lookup("p", || {
+            start.wait();
+            std::thread::sleep(Duration::from_millis(200));
+            panic!("a bug in the read")
+        });
+        assert_eq!(leader.unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
+        assert_eq!(waiter.join().unwrap().unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
+        assert_eq!(c.lookup("p", || Ok(Some(order("p")))).unwrap().unwrap().uid, "p");
     }
 }

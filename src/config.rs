@@ -28,6 +28,9 @@ pub struct Database {
     pub connect_timeout_secs: u64,
     pub write_statement_timeout_ms: u64,
     pub idle_in_transaction_timeout_ms: u64,
+    pub read_statement_timeout_ms: u64,
+    pub tcp_keepalive_secs: u64,
+    pub tcp_user_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +74,9 @@ pub struct CacheConfig {
     pub max_orders: usize,
     pub max_bytes: usize,
     pub negative_ttl_ms: u64,
+    /// None: half of `http.workers`, at least 1.
+    pub max_database_waits: Option<usize>,
+    pub database_wait_ms: u64,
 }
 
 impl Default for Database {
@@ -81,6 +87,9 @@ impl Default for Database {
             connect_timeout_secs: 5,
             write_statement_timeout_ms: 30_000,
             idle_in_transaction_timeout_ms: 15_000,
+            read_statement_timeout_ms: 5_000,
+            tcp_keepalive_secs: 10,
+            tcp_user_timeout_ms: 10_000,
         }
     }
 }
@@ -118,16 +127,25 @@ impl Default for Http {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { max_orders: 100_000, max_bytes: 256 << 20, negative_ttl_ms: 2000 }
+        CacheConfig {
+            max_orders: 100_000,
+            max_bytes: 256 << 20,
+            negative_ttl_ms: 2000,
+            max_database_waits: None,
+            database_wait_ms: 2000,
+        }
     }
 }
 
 impl CacheConfig {
-    pub fn limits(&self) -> crate::cache::Limits {
+    /// The cache's bounds, with `workers` HTTP workers.
+    pub fn limits(&self, workers: usize) -> crate::cache::Limits {
         crate::cache::Limits {
             max_orders: self.max_orders,
             max_bytes: self.max_bytes,
             negative_ttl: Duration::from_millis(self.negative_ttl_ms),
+            max_database_waits: self.max_database_waits.unwrap_or((workers / 2).max(1)),
+            database_wait: Duration::from_millis(self.database_wait_ms),
         }
     }
 }
@@ -236,6 +254,19 @@ impl Config {
         positive("http.workers", self.http.workers as u64)?;
         positive("cache.max_orders", self.cache.max_orders as u64)?;
         positive("cache.max_bytes", self.cache.max_bytes as u64)?;
+        positive("cache.database_wait_ms", self.cache.database_wait_ms)?;
+        positive("database.read_statement_timeout_ms", self.database.read_statement_timeout_ms)?;
+        positive("database.tcp_keepalive_secs", self.database.tcp_keepalive_secs)?;
+        positive("database.tcp_user_timeout_ms", self.database.tcp_user_timeout_ms)?;
+        if let Some(n) = self.cache.max_database_waits {
+            let most = (self.http.workers - 1).max(1);
+            if n == 0 || n > most {
+                bail!(
+                    "key `cache.max_database_waits`: expected from 1 to {most} (fewer than http.workers, so that a \
+                     worker is always free for cached orders and health checks), found {n}"
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -263,6 +294,18 @@ mod tests {
         let c = Config::parse(include_str!("../orders.toml")).unwrap();
         let d = Config::default();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn database_waits_leave_a_worker_free() {
+        assert_eq!(Config::parse("").unwrap().cache.limits(4).max_database_waits, 2);
+        assert_eq!(Config::parse("[http]\nworkers = 1\n").unwrap().cache.limits(1).max_database_waits, 1);
+        assert_eq!(Config::parse("[cache]\nmax_database_waits = 3\n").unwrap().cache.limits(4).max_database_waits, 3);
+        assert_eq!(
+            err("[cache]\nmax_database_waits = 4\n"),
+            "key `cache.max_database_waits`: expected from 1 to 3 (fewer than http.workers, so that a worker is \
+             always free for cached orders and health checks), found 4"
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl Service {
     pub fn spawn(config: Config) -> anyhow::Result<Service> {
         let (trigger, shutdown) = shutdown_channel();
         let health = Arc::new(Health::default());
-        let cache = Arc::new(Cache::new(config.cache.limits()));
+        let cache = Arc::new(Cache::new(config.cache.limits(config.http.workers)));
         let metrics = Arc::new(Metrics::new(&cache));
         let pool = Arc::new(Pool::new(&config.database));
         let state =

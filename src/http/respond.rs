@@ -11,7 +11,7 @@ use tiny_http::{Method, Request};
 use super::State;
 use super::route::Route;
 use super::wire::{JSON, Reply};
-use crate::cache::CachedOrder;
+use crate::cache::{CachedOrder, Unavailable};
 use crate::model::{self, Order};
 use crate::{pages, store};
 
@@ -82,8 +82,13 @@ fn lookup_form(uid: &str) -> Reply {
     }
 }
 
+/// The form, and the recent orders when the database can be asked (it is one of the
+/// requests that may wait on it).
 fn index(state: &State) -> Reply {
-    let recent = state.pool.with(|client| store::recent_summaries(client, 20));
+    let recent = match state.cache.database_wait() {
+        Some(_wait) => state.pool.with(|client| store::recent_summaries(client, 20)),
+        None => Err(anyhow::anyhow!("too many requests are waiting for the database")),
+    };
     if let Err(e) = &recent {
         warn!("event=recent_orders_failed error={e:#}");
     }
@@ -119,9 +124,21 @@ fn order(state: &State, request: &Request, uid: &str) -> Reply {
         Ok(Some(found)) => found_order(request, &found, html),
         Ok(None) if html => Reply::html(404, pages::not_found(uid)),
         Ok(None) => Reply::json(404, json!({ "error": "order not found", "order_uid": uid })),
-        Err(e) => {
-            error!("event=order_read_failed order_uid={uid} error={e}");
-            let reason = "the database is unavailable; try again shortly";
+        Err(unavailable) => {
+            let reason = match &unavailable {
+                Unavailable::Busy => {
+                    warn!("event=order_read_refused order_uid={uid} reason=database_busy");
+                    "too many requests are waiting for the database; try again shortly"
+                }
+                Unavailable::Timeout => {
+                    warn!("event=order_read_timed_out order_uid={uid}");
+                    "the database did not answer in time; try again shortly"
+                }
+                Unavailable::Failed(e) => {
+                    error!("event=order_read_failed order_uid={uid} error={e}");
+                    "the database is unavailable; try again shortly"
+                }
+            };
             let reply = if html {
                 Reply::html(503, pages::unavailable(reason))
             } else {
@@ -179,44 +196,39 @@ fn prefers_html(accept: Option<&str>) -> bool {
     quality("text/html") > quality("application/json")
 }
 
+/// Readiness, from what the threads last saw: it never waits on PostgreSQL itself. The
+/// listener hears from the database at least every second or so (a notification, or its
+/// ping), so its silence or its lost connection is the database's state.
 fn readiness(state: &State) -> Reply {
     let mut waiting = Vec::new();
     if !state.health.cache_warm() {
         let why = state.health.startup_problem().unwrap_or_else(|| "loading orders from PostgreSQL".into());
         waiting.push(format!("cache: {why}"));
-    }
-    if let Err(e) = state.pool.with(|conn| store::ping(conn)) {
-        waiting.push(format!("database: {e:#}"));
-    }
-    // Orders are still answered right, from PostgreSQL, so the instance stays ready.
-    let mut degraded = Vec::new();
-    if let Some(problem) = state.health.listener_problem() {
-        degraded.push(format!("cache: {problem}; orders are read from PostgreSQL"));
-    } else if state.health.cache_warm() && !state.cache.fresh() {
-        degraded.push(format!(
-            "cache: the connection for change notifications has not answered for over {} s; orders are read from \
-             PostgreSQL",
+    } else if let Some(problem) = state.health.listener_problem() {
+        waiting.push(format!("database: {problem}; cached orders are served only after reading them again"));
+    } else if !state.cache.fresh() {
+        waiting.push(format!(
+            "database: no answer on the connection for change notifications for over {} s; cached orders are \
+             served only after reading them again",
             crate::cache::SILENCE_LIMIT.as_secs()
         ));
     }
     if !state.health.consumer_joined() {
         waiting.push("consumer: has not joined its group yet".to_string());
     }
-    match (waiting.is_empty(), degraded.is_empty()) {
-        (true, true) => Reply::json(200, json!({ "ready": true })),
-        (true, false) => Reply::json(200, json!({ "ready": true, "degraded": degraded })),
-        (false, _) => Reply::json(503, json!({ "ready": false, "waiting_for": waiting, "degraded": degraded })),
+    if waiting.is_empty() {
+        Reply::json(200, json!({ "ready": true }))
+    } else {
+        Reply::json(503, json!({ "ready": false, "waiting_for": waiting }))
     }
 }
 
 #[cfg(test)]
 pub(super) mod tests {
-    use std::time::Duration;
-
     use tiny_http::TestRequest;
 
     use super::*;
-    use crate::cache::{Cache, Limits};
+    use crate::cache::Cache;
     use crate::http::wire::HTML;
     use crate::metrics::Metrics;
     use crate::service::Health;
@@ -227,7 +239,7 @@ pub(super) mod tests {
     pub(in crate::http) fn state() -> State {
         let health = Arc::new(Health::default());
         health.set_cache_warm();
-        let cache = Arc::new(Cache::new(Limits { max_orders: 10, max_bytes: 1 << 20, negative_ttl: Duration::ZERO }));
+        let cache = Arc::new(Cache::new(crate::cache::tests::limits()));
         State {
             metrics: Arc::new(Metrics::new(&cache)),
             cache,
@@ -397,15 +409,18 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn readiness_names_a_lost_listener_as_degraded() {
+    fn readiness_names_a_lost_listener_without_asking_the_database() {
         let s = state();
+        s.health.record_assignment(1);
+        assert_eq!(body(&get(&s, "/readyz")), r#"{"ready":true}"#); // its database is unreachable
         s.health.set_listener_problem(Some("the connection for change notifications was lost: gone".into()));
         let r = get(&s, "/readyz");
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
-        assert_eq!(r.status, 503); // this state's database is unreachable too
+        assert_eq!(r.status, 503);
         assert_eq!(
-            body["degraded"],
-            json!(["cache: the connection for change notifications was lost: gone; orders are read from PostgreSQL"])
+            body["waiting_for"],
+            json!(["database: the connection for change notifications was lost: gone; cached orders are served only \
+                 after reading them again"])
         );
     }
 

@@ -11,6 +11,8 @@ mod read;
 mod tables;
 mod write;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use postgres::{Client, NoTls};
 
@@ -45,14 +47,35 @@ pub fn connect_writer(db: &config::Database) -> anyhow::Result<Client> {
     })
 }
 
+/// Opens a connection for the read path: its statements are cancelled by the server after
+/// `read_statement_timeout_ms`.
+pub fn connect_reader(db: &config::Database) -> anyhow::Result<Client> {
+    let options = format!("-c statement_timeout={}", db.read_statement_timeout_ms);
+    connect_with(db, "orders-svc", |config| {
+        config.options(&options);
+    })
+}
+
 /// Opens a connection named `application_name`, with whatever else `configure` sets.
+/// Every connection has TCP keepalives (a first probe after `tcp_keepalive_secs` idle,
+/// then one every `tcp_keepalive_secs`, three unanswered end it) and a
+/// `tcp_user_timeout_ms` for data sent and not acknowledged, so that a peer gone without
+/// a word is noticed rather than waited on.
 fn connect_with(
     db: &config::Database,
     application_name: &str,
     configure: impl FnOnce(&mut postgres::Config),
 ) -> anyhow::Result<Client> {
     let mut config: postgres::Config = db.url.parse().context("parse database url")?;
-    config.connect_timeout(db.connect_timeout()).application_name(application_name);
+    let keepalive = Duration::from_secs(db.tcp_keepalive_secs);
+    config
+        .connect_timeout(db.connect_timeout())
+        .application_name(application_name)
+        .keepalives(true)
+        .keepalives_idle(keepalive)
+        .keepalives_interval(keepalive)
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_millis(db.tcp_user_timeout_ms));
     configure(&mut config);
     let target = describe(&config);
     config.connect(NoTls).with_context(|| format!("connect to PostgreSQL at {target}"))

@@ -73,16 +73,10 @@ pub fn parse_payload(payload: &str) -> Vec<Change> {
         .collect()
 }
 
-/// Opens the listening connection: named `name` in `pg_stat_activity`, with TCP
-/// keepalives so that a peer gone without a word is noticed, and listening on `CHANNEL`.
+/// Opens the listening connection, named `name` in `pg_stat_activity`, listening on
+/// `CHANNEL`.
 pub fn listen(db: &config::Database, name: &str) -> anyhow::Result<Client> {
-    let mut client = super::connect_with(db, name, |config| {
-        config
-            .keepalives(true)
-            .keepalives_idle(std::time::Duration::from_secs(5))
-            .keepalives_interval(std::time::Duration::from_secs(2))
-            .keepalives_retries(3);
-    })?;
+    let mut client = super::connect_with(db, name, |_| {})?;
     client.batch_execute(&format!("LISTEN {CHANNEL}")).context("listen for changed orders")?;
     Ok(client)
 }

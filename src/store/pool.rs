@@ -8,8 +8,8 @@ use postgres::{Client, Statement};
 
 use crate::config;
 
-/// Connections for the read path. Idle connections are reused; a broken one is dropped
-/// and a new one opened on the next request.
+/// Connections for the read path (`connect_reader`). Idle connections are reused; a broken
+/// one is dropped and a new one opened on the next request.
 pub struct Pool {
     db: config::Database,
     max_idle: usize,
@@ -71,7 +71,7 @@ impl Pool {
         let idle = self.idle.lock().pop();
         let mut conn = match idle {
             Some(c) if !c.is_closed() => c,
-            _ => Conn::from(super::connect(&self.db)?),
+            _ => Conn::from(super::connect_reader(&self.db)?),
         };
         let result = f(&mut conn);
         if !conn.is_closed() {
