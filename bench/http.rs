@@ -68,9 +68,11 @@ fn main() -> anyhow::Result<()> {
         let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
 
         // Misses: ids PostgreSQL does not have.
-        let reads_before = service.cache().stats.db_reads.get();
+        let stats = &service.cache().stats;
+        let (reads_before, busy_before) = (stats.db_reads.get(), stats.database_busy.get());
         let miss = wrk(&dir, wrk_threads, service.http_addr().to_string(), "unknown.txt", seconds, connections)?;
-        let reads = service.cache().stats.db_reads.get() - reads_before;
+        let reads = stats.db_reads.get() - reads_before;
+        let busy = stats.database_busy.get() - busy_before;
         service.shutdown();
 
         // Reference: bare tiny_http with the same bytes.
@@ -100,7 +102,8 @@ fn main() -> anyhow::Result<()> {
         println!("  orders-svc / nginx          = {:.2}", svc.rps / static_files.rps);
         println!("  orders-svc p99 at {connections} connections = {:.3} ms  (target: under 1 ms)", svc.p99_ms);
         println!(
-            "  unknown ids: {} requests over {} distinct ids caused {reads} database reads",
+            "  unknown ids: {} requests over {} distinct ids caused {reads} database reads; {busy} were answered \
+             503 because cache.max_database_waits requests already read the database",
             miss.requests,
             unknown.len()
         );

@@ -104,7 +104,7 @@ impl Default for Stats {
             .expect("valid metric"),
             database_busy: counter(
                 "orders_cache_database_busy_total",
-                "Lookups refused at once because cache.max_database_waits requests already waited on PostgreSQL.",
+                "Lookups refused at once because cache.max_database_waits requests already read PostgreSQL.",
             ),
             stale_served: counter(
                 "orders_cache_stale_served_total",
@@ -121,8 +121,8 @@ pub struct Limits {
     /// How long an id PostgreSQL does not have is answered "not found" without asking
     /// again. Zero turns the memory off.
     pub negative_ttl: Duration,
-    /// Most requests that may wait on PostgreSQL at once, reading or waiting for another
-    /// request's read; past it a lookup that needs the database is refused at once.
+    /// Most requests that may read PostgreSQL at once; past it a lookup that needs to
+    /// read is refused at once. Requests for an order being read wait for that read.
     pub max_database_waits: usize,
     /// Longest a request waits for another request's read of the same order.
     pub database_wait: Duration,
@@ -131,7 +131,7 @@ pub struct Limits {
 /// Why an order could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unavailable {
-    /// `max_database_waits` requests already wait on PostgreSQL.
+    /// `max_database_waits` requests already read PostgreSQL.
     Busy,
     /// Another request's read of this order did not end within `database_wait`.
     Timeout,
@@ -149,7 +149,7 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
-/// A place among the requests waiting on PostgreSQL, given back when dropped.
+/// A place among the requests reading PostgreSQL, given back when dropped.
 pub struct DatabaseWait<'a>(&'a AtomicUsize);
 
 impl Drop for DatabaseWait<'_> {
@@ -224,7 +224,7 @@ pub struct Cache {
     /// The orders of the batch the consumer is writing, each with the last version a
     /// notification named since: see `writing`.
     pending: Mutex<HashMap<String, Option<String>>>,
-    /// Requests waiting on PostgreSQL now: see `Limits::max_database_waits`.
+    /// Requests reading PostgreSQL now: see `Limits::max_database_waits`.
     database_waits: AtomicUsize,
     pub stats: Stats,
 }
@@ -251,7 +251,7 @@ impl Cache {
         }
     }
 
-    /// A place among the requests waiting on PostgreSQL, if one is free. Every request that
+    /// A place among the requests reading PostgreSQL, if one is free. Every request that
     /// reads the database on the HTTP side holds one while it does.
     pub fn database_wait(&self) -> Option<DatabaseWait<'_>> {
         self.database_waits
@@ -492,14 +492,7 @@ impl Cache {
             self.stats.negative_hits.inc();
             return Ok(None);
         }
-        let loaded = match self.database_wait() {
-            Some(_wait) => self.load_once(uid, load),
-            None => {
-                self.stats.database_busy.inc();
-                Err(Unavailable::Busy)
-            }
-        };
-        match (loaded, held) {
+        match (self.load_once(uid, load), held) {
             (Ok(order), _) => Ok(order.map(|order| Found { order, stale: false })),
             (Err(_), Some(copy)) => {
                 self.stats.stale_served.inc();
@@ -516,19 +509,25 @@ impl Cache {
         uid: &str,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
     ) -> Result<Option<Arc<CachedOrder>>, Unavailable> {
-        let (flight, leader) = {
+        // The leader holds a place among the requests waiting on PostgreSQL for as long
+        // as it reads; a request for the same order waits for it, up to `database_wait`.
+        let (flight, place) = {
             let mut flights = self.flights.lock();
             match flights.get(uid) {
-                Some(flight) => (flight.clone(), false),
+                Some(flight) => (flight.clone(), None),
                 None => {
+                    let Some(wait) = self.database_wait() else {
+                        self.stats.database_busy.inc();
+                        return Err(Unavailable::Busy);
+                    };
                     let generation = self.generation.load(Ordering::SeqCst);
                     let flight = Arc::new(Flight { generation, ..Flight::default() });
                     flights.insert(uid.to_string(), flight.clone());
-                    (flight, true)
+                    (flight, Some(wait))
                 }
             }
         };
-        if !leader {
+        if place.is_none() {
             let deadline = Instant::now() + self.limits.database_wait;
             let mut result = flight.result.lock();
             while result.is_none() {
@@ -557,6 +556,9 @@ impl Cache {
             Ok(None) => self.remember_missing(&flight, uid),
             Err(_) => {}
         }
+        // The place is given back before the flight ends: a request that finds no flight
+        // then also finds the place free.
+        drop(place);
         self.flights.lock().remove(uid);
         *flight.result.lock() = Some(result.clone());
         flight.done.notify_all();

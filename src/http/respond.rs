@@ -83,7 +83,7 @@ fn lookup_form(uid: &str) -> Reply {
 }
 
 /// The form, and the recent orders when the database can be asked (it is one of the
-/// requests that may wait on it).
+/// requests that may read it at once).
 fn index(state: &State) -> Reply {
     let recent = match state.cache.database_wait() {
         Some(_wait) => state.pool.with(|client| store::recent_summaries(client, 20)),

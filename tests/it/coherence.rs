@@ -158,8 +158,6 @@ fn reads_never_mix_two_versions() {
     let db = TestDb::new();
     let mut config = Setup::config_for(&db, &brokers(), &unique("unused"), &unique("group"));
     config.cache.max_bytes = 1;
-    // Two places among the requests waiting on PostgreSQL, one for each client.
-    config.http.workers = 4;
     let service = Running::start(config);
     let addr = service.addr();
 
