@@ -325,22 +325,7 @@ impl Cache {
                 }
             }
         }
-        {
-            let flights = self.flights.lock();
-            for change in changes {
-                if let Some(flight) = flights.get(change.uid.as_str()) {
-                    flight.superseded.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        {
-            let mut negative = self.negative.lock();
-            if !negative.is_empty() {
-                for change in changes {
-                    negative.remove(&change.uid);
-                }
-            }
-        }
+        self.supersede(changes.iter().map(|c| c.uid.as_str()));
         let mut inner = self.inner.write();
         let stale: Vec<&str> = changes
             .iter()
@@ -352,6 +337,26 @@ impl Cache {
         }
         self.stats.invalidations.inc_by(stale.len() as u64);
         stale.len()
+    }
+
+    /// A newer version of each of `uids` is committed: reads of them in flight are not
+    /// remembered, nor is any memory of them as missing kept. Called before the entries
+    /// change: a read that takes the entries' lock after this sees its mark.
+    fn supersede<'a>(&self, uids: impl Iterator<Item = &'a str> + Clone) {
+        {
+            let flights = self.flights.lock();
+            for uid in uids.clone() {
+                if let Some(flight) = flights.get(uid) {
+                    flight.superseded.store(true, Ordering::SeqCst);
+                }
+            }
+        }
+        let mut negative = self.negative.lock();
+        if !negative.is_empty() {
+            for uid in uids {
+                negative.remove(uid);
+            }
+        }
     }
 
     /// Every entry's id and version, to be checked against the database.
@@ -409,22 +414,7 @@ impl Cache {
         if fresh.is_empty() {
             return;
         }
-        {
-            let flights = self.flights.lock();
-            for order in &fresh {
-                if let Some(flight) = flights.get(&order.uid) {
-                    flight.superseded.store(true, Ordering::SeqCst);
-                }
-            }
-        }
-        {
-            let mut negative = self.negative.lock();
-            if !negative.is_empty() {
-                for order in &fresh {
-                    negative.remove(&order.uid);
-                }
-            }
-        }
+        self.supersede(fresh.iter().map(|o| o.uid.as_str()));
         let mut inner = self.inner.write();
         for order in fresh {
             let tick = self.tick();
