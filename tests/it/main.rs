@@ -7,6 +7,7 @@ mod support;
 mod broker;
 mod browser;
 mod coherence;
+mod connections;
 mod exactly_once;
 mod ingest;
 mod operations;

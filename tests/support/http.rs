@@ -94,6 +94,19 @@ impl Connection {
         self.read_response(false)
     }
 
+    /// Another handle on the connection's socket, for a thread that writes while this
+    /// one reads.
+    pub fn writer(&self) -> TcpStream {
+        self.writer.try_clone().expect("clone the socket")
+    }
+
+    /// Reads what the server sends until it closes the connection.
+    pub fn read_to_end(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest)?;
+        Ok(rest)
+    }
+
     /// Reads one response: the head, then as many body bytes as Content-Length says, or
     /// to the end of the stream without it.
     pub fn read_response(&mut self, head_request: bool) -> std::io::Result<HttpResponse> {

@@ -34,10 +34,24 @@ pub struct Process {
 
 impl Process {
     pub fn start(dir: &Path, name: &str, toml: &str, env: &[(&str, &str)]) -> Process {
+        Process::start_command(dir, name, toml, env, Command::new(env!("CARGO_BIN_EXE_orders-svc")))
+    }
+
+    /// As `start`, with at most `descriptors` open files (`ulimit -n`, soft and hard).
+    pub fn start_with_descriptors(dir: &Path, name: &str, toml: &str, descriptors: u32) -> Process {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {descriptors} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_orders-svc"));
+        Process::start_command(dir, name, toml, &[], command)
+    }
+
+    fn start_command(dir: &Path, name: &str, toml: &str, env: &[(&str, &str)], mut command: Command) -> Process {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_orders-svc"))
+        let child = command
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info")
@@ -66,6 +80,22 @@ impl Process {
     /// Waits for the process to end by itself.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         wait_for("the process to exit", limit, || self.child.try_wait().unwrap())
+    }
+
+    /// How many files the process has open.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.id())).map_or(0, |d| d.count())
+    }
+
+    /// The most memory the process has had resident so far (VmHWM), in bytes.
+    pub fn peak_resident_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.id())).expect("read /proc/PID/status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
     }
 
     /// The log so far.
