@@ -6,8 +6,11 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
+use crate::limits::{closing_response, Limits, ReadDeadline};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,7 +37,17 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // orders-svc patch: the bounds on this connection, and its read deadline.
+    limits: Limits,
+    deadline: Arc<ReadDeadline>,
 }
+
+/// orders-svc patch: after an answer that closes the connection, what the client still
+/// sends is read and thrown away for up to this long (or `LINGER_BYTES`), so that
+/// closing does not reset the connection before the client has read the answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
@@ -44,6 +57,20 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    // orders-svc patch: the bounds of `Limits`.
+    /// nothing of a next request came (the connection is closed without an answer)
+    NoRequest,
+    RequestLineTooLong,
+    HeadersTooLarge,
+    BodyTooLarge,
+    LengthRequired,
+    BadContentLength,
+}
+
+/// orders-svc patch: a line longer than its limit.
+enum LineError {
+    Io(IoError),
+    TooLong,
 }
 
 impl ClientConnection {
@@ -51,9 +78,12 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let deadline = ReadDeadline::new(&limits);
+        read_socket.follow(deadline.clone());
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +95,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            deadline,
         }
     }
 
@@ -77,22 +109,38 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// orders-svc patch: at most `limit` bytes, CRLF included, are read (`TooLong` past
+    /// them, with the rest left unread). With `first`, the request timeout starts at the
+    /// line's first byte.
+    fn read_next_line(&mut self, limit: usize, first: bool) -> Result<AsciiString, LineError> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
         loop {
+            if buf.len() >= limit {
+                return Err(LineError::TooLong);
+            }
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(b) => b.map_err(LineError::Io)?,
+                None => {
+                    return Err(LineError::Io(IoError::new(
+                        ErrorKind::ConnectionAborted,
+                        "Unexpected EOF",
+                    )))
+                }
             };
+            if first && buf.is_empty() {
+                self.deadline.request_started();
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    LineError::Io(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"))
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -101,13 +149,67 @@ impl ClientConnection {
         }
     }
 
+    /// orders-svc patch: refuses a body the limits do not allow, before it is read.
+    fn check_body(&self, headers: &[Header]) -> Result<(), ReadError> {
+        let Some(most) = self.limits.max_body_bytes else {
+            return Ok(());
+        };
+        if headers.iter().any(|h| h.field.equiv("Transfer-Encoding")) {
+            return Err(ReadError::LengthRequired);
+        }
+        let mut declared = None;
+        for h in headers.iter().filter(|h| h.field.equiv("Content-Length")) {
+            let length: usize = h.value.as_str().trim().parse().map_err(|_| ReadError::BadContentLength)?;
+            if declared.is_some_and(|d| d != length) {
+                return Err(ReadError::BadContentLength);
+            }
+            declared = Some(length);
+        }
+        match declared {
+            Some(length) if length > most => Err(ReadError::BodyTooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    /// orders-svc patch: writes an answer that ends the connection, then throws away
+    /// what the client still sends for a while.
+    fn close_with(&mut self, status: u16, message: &str) {
+        use std::io::Write;
+        let mut writer = self.sink.next().unwrap();
+        if writer
+            .write_all(&closing_response(status, message))
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
+            return;
+        }
+        drop(writer);
+        self.deadline.linger(LINGER);
+        let mut buf = [0; 8192];
+        let mut thrown = 0;
+        while thrown < LINGER_BYTES {
+            match self.next_header_source.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => thrown += n,
+            }
+        }
+    }
+
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
         let (method, path, version, headers) = {
             // reading the request line
+            self.deadline.between_requests();
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = match self.read_next_line(self.limits.max_request_line, true) {
+                    Ok(line) => line,
+                    Err(LineError::TooLong) => return Err(ReadError::RequestLineTooLong),
+                    Err(LineError::Io(_)) if self.deadline.request_not_started() => {
+                        return Err(ReadError::NoRequest)
+                    }
+                    Err(LineError::Io(e)) => return Err(ReadError::ReadIoError(e)),
+                };
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,8 +219,14 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                let mut budget = self.limits.max_header_bytes;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = match self.read_next_line(budget, false) {
+                        Ok(line) => line,
+                        Err(LineError::TooLong) => return Err(ReadError::HeadersTooLarge),
+                        Err(LineError::Io(e)) => return Err(ReadError::ReadIoError(e)),
+                    };
+                    budget = budget.saturating_sub(line.len() + 2);
 
                     if line.is_empty() {
                         break;
@@ -132,6 +240,7 @@ impl ClientConnection {
 
                 headers
             };
+            self.check_body(&headers)?;
 
             (method, path, version, headers)
         };
@@ -153,6 +262,7 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.limits.max_body_bytes,
         )
         .map_err(|e| {
             use crate::request;
@@ -205,12 +315,31 @@ impl Iterator for ClientConnection {
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
                     // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    self.close_with(408, "the request did not arrive in time\n");
                     return None; // closing the connection
+                }
+
+                // orders-svc patch: the bounds of `Limits`.
+                Err(ReadError::NoRequest) => return None,
+                Err(ReadError::RequestLineTooLong) => {
+                    self.close_with(414, "request target too long\n");
+                    return None;
+                }
+                Err(ReadError::HeadersTooLarge) => {
+                    self.close_with(431, "request headers too large\n");
+                    return None;
+                }
+                Err(ReadError::BodyTooLarge) => {
+                    self.close_with(413, "request body too large\n");
+                    return None;
+                }
+                Err(ReadError::LengthRequired) => {
+                    self.close_with(411, "a request body needs a Content-Length\n");
+                    return None;
+                }
+                Err(ReadError::BadContentLength) => {
+                    self.close_with(400, "invalid Content-Length\n");
+                    return None;
                 }
 
                 Err(ReadError::ExpectationFailed(ver)) => {

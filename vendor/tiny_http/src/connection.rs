@@ -95,6 +95,50 @@ impl Connection {
         }
     }
 
+    // orders-svc patch: per-connection timeouts (see limits.rs).
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(timeout),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    pub(crate) fn set_write_timeout(&self, timeout: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_write_timeout(timeout),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nonblocking(nonblocking),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// orders-svc patch: answers a connection the server will not serve and closes it,
+    /// without waiting on the client: what fits in the socket's buffer is sent, what the
+    /// client has sent so far is read and thrown away.
+    pub(crate) fn refuse(mut self, answer: &[u8]) {
+        use std::io::{Read, Write};
+        if self.set_nonblocking(true).is_err() {
+            return;
+        }
+        let _ = self.write_all(answer);
+        let mut buf = [0; 4096];
+        for _ in 0..16 {
+            match self.read(&mut buf) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        let _ = self.shutdown(Shutdown::Both);
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),

@@ -111,6 +111,7 @@ use connection::Connection;
 use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
+pub use limits::{ConnectionCounts, Limits};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
@@ -119,6 +120,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -140,6 +142,9 @@ pub struct Server {
 
     // result of TcpListener::local_addr()
     listening_addr: ListenAddr,
+
+    // orders-svc patch: what happened to connections, for `connection_counts`.
+    counters: Arc<limits::Counters>,
 }
 
 enum Message {
@@ -243,7 +248,27 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::from_listener_with(listener.into(), ssl_config, Limits::default())
+    }
+
+    /// orders-svc patch: a server on `listener` whose clients are bounded by `limits`.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener.into(), None, limits)
+    }
+
+    /// orders-svc patch: connections open now, refused and failed since the start.
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        self.counters.snapshot()
+    }
+
+    fn from_listener_with(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -285,63 +310,88 @@ impl Server {
 
         let inside_close_trigger = close_trigger.clone();
         let inside_messages = messages.clone();
+        let counters = Arc::new(limits::Counters::default());
+        let inside_counters = counters.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
+            // orders-svc patch: an error (out of descriptors, a thread that cannot start)
+            // is logged, waited out and survived; upstream ended the loop for good.
+            let mut backoff = limits::Backoff::new();
+            let counters = inside_counters;
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
-                let new_client = match server.accept() {
-                    Ok((sock, _)) => {
-                        use util::RefinedTcpStream;
-                        let (read_closable, write_closable) = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
+                let sock = match server.accept() {
+                    Ok((sock, _)) => sock,
+                    Err(e) => {
+                        counters.accept_failed();
+                        backoff.failed("accept", &e);
+                        continue;
+                    }
+                };
+                // orders-svc patch: past `max_connections`, a short answer and close.
+                if counters.open() >= limits.max_connections {
+                    counters.refused();
+                    sock.refuse(&limits::closing_response(503, "too many connections\n"));
+                    continue;
+                }
+                if let Err(e) = sock.set_write_timeout(limits.request_timeout) {
+                    log::debug!("cannot set a write timeout: {}", e);
+                }
+                let open = limits::OpenConnection::new(&counters);
 
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
+                use util::RefinedTcpStream;
+                let (read_closable, write_closable) = match ssl {
+                    None => match RefinedTcpStream::new(sock) {
+                        Ok(halves) => halves,
+                        Err(e) => {
+                            counters.accept_failed();
+                            backoff.failed("clone the socket", &e);
+                            continue;
+                        }
+                    },
+                    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                    Some(ref ssl) => {
+                        // trying to apply SSL over the connection
+                        // if an error occurs, we just close the socket and resume listening
+                        let sock = match ssl.accept(sock) {
+                            Ok(s) => s,
+                            Err(_) => continue,
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        match RefinedTcpStream::new(sock) {
+                            Ok(halves) => halves,
+                            Err(_) => continue,
+                        }
                     }
-                    Err(e) => Err(e),
+                    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                    Some(ref _ssl) => unreachable!(),
                 };
 
-                match new_client {
-                    Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
+                let client = ClientConnection::new(write_closable, read_closable, limits.clone());
+                let messages = inside_messages.clone();
+                let mut task = Some((client, open));
+                let spawned = tasks_pool.spawn(Box::new(move || {
+                    if let Some((client, _open)) = task.take() {
+                        // orders-svc patch: one request of a connection at a time, as
+                        // upstream did for HTTPS only: the next is read once this one is
+                        // answered, so a client that sends many without reading the
+                        // answers holds one worker at most.
+                        let (sender, receiver) = mpsc::channel();
+                        for rq in client {
+                            messages.push(rq.with_notify_sender(sender.clone()).into());
+                            if receiver.recv().is_err() {
+                                break;
                             }
-                        }));
+                        }
                     }
-
+                }));
+                match spawned {
+                    Ok(()) => backoff.succeeded(),
                     Err(e) => {
-                        log::error!("Error accepting new client: {}", e);
-                        inside_messages.push(e.into());
-                        break;
+                        counters.accept_failed();
+                        backoff.failed("start a thread for a connection", &e);
                     }
                 }
             }
@@ -353,6 +403,7 @@ impl Server {
             messages,
             close: close_trigger,
             listening_addr: local_addr,
+            counters,
         })
     }
 

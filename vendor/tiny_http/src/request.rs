@@ -134,7 +134,8 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    mut writer: W,
+    buffered_body: Option<usize>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -191,8 +192,20 @@ where
     } else if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
-        } else if content_length <= 1024 && !expects_continue {
+        } else if content_length <= buffered_body.unwrap_or(1024)
+            && (!expects_continue || buffered_body.is_some())
+        {
             // if the content-length is small enough, we just read everything into a buffer
+
+            // orders-svc patch: with `Limits::max_body_bytes`, every accepted body is
+            // read here, by the connection's thread, never by a worker; a client that
+            // waits for `100 Continue` gets it first.
+            if expects_continue {
+                writer
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .and_then(|()| writer.flush())
+                    .map_err(RequestCreationError::CreationIoError)?;
+            }
 
             let mut buffer = vec![0; content_length];
             let mut offset = 0;
@@ -236,7 +249,7 @@ where
         http_version: version,
         headers,
         body_length: content_length,
-        must_send_continue: expects_continue,
+        must_send_continue: expects_continue && buffered_body.is_none(),
         notify_when_responded: None,
     })
 }

@@ -1,8 +1,11 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error as IoError, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::connection::Connection;
+use crate::limits::ReadDeadline;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -12,12 +15,22 @@ pub(crate) enum Stream {
     Https(SslStream),
 }
 
-impl Clone for Stream {
-    fn clone(&self) -> Self {
+impl Stream {
+    // orders-svc patch: a failed clone (out of descriptors) is an error, not a panic.
+    fn try_clone(&self) -> IoResult<Stream> {
         match self {
-            Stream::Http(tcp_stream) => Stream::Http(tcp_stream.try_clone().unwrap()),
+            Stream::Http(tcp_stream) => tcp_stream.try_clone().map(Stream::Http),
             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-            Stream::Https(ssl_stream) => Stream::Https(ssl_stream.clone()),
+            Stream::Https(ssl_stream) => Ok(Stream::Https(ssl_stream.clone())),
+        }
+    }
+
+    // orders-svc patch: the read deadline (limits.rs). Not applied to TLS streams.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Ok(()),
         }
     }
 }
@@ -86,30 +99,45 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // orders-svc patch: the read half applies its connection's deadline before each read.
+    deadline: Option<Arc<ReadDeadline>>,
+    timeout_set: Option<Duration>,
+    write_closed: bool,
 }
 
 impl RefinedTcpStream {
-    pub(crate) fn new<S>(stream: S) -> (RefinedTcpStream, RefinedTcpStream)
+    pub(crate) fn new<S>(stream: S) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
     where
         S: Into<Stream>,
     {
         let stream: Stream = stream.into();
 
-        let (read, write) = (stream.clone(), stream);
+        let (read, write) = (stream.try_clone()?, stream);
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            deadline: None,
+            timeout_set: None,
+            write_closed: false,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            deadline: None,
+            timeout_set: None,
+            write_closed: false,
         };
 
-        (read, write)
+        Ok((read, write))
+    }
+
+    /// orders-svc patch: reads on this half follow `deadline`.
+    pub(crate) fn follow(&mut self, deadline: Arc<ReadDeadline>) {
+        self.deadline = Some(deadline);
     }
 
     /// Returns true if this struct wraps around a secure connection.
@@ -137,16 +165,42 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        if let Some(deadline) = &self.deadline {
+            let (timeout, close_write) = deadline.next_read()?;
+            if close_write && !self.write_closed {
+                self.write_closed = true;
+                self.stream.shutdown(Shutdown::Write).ok();
+            }
+            if timeout != self.timeout_set {
+                self.stream.set_read_timeout(timeout)?;
+                self.timeout_set = timeout;
+            }
+        }
+        match self.stream.read(buf) {
+            // A blocking socket says WouldBlock only when its read timeout ran out.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Err(IoError::new(ErrorKind::TimedOut, e)),
+            result => result,
+        }
     }
 }
 
 impl Write for RefinedTcpStream {
+    // orders-svc patch: a write that fails (the client went away, or took no bytes for
+    // the write timeout) shuts the whole connection down, so that its reading thread
+    // stops too and no later response waits on the same socket.
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        self.stream.write(buf)
+        let result = self.stream.write(buf);
+        if result.is_err() {
+            self.stream.shutdown(Shutdown::Both).ok();
+        }
+        result
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        self.stream.flush()
+        let result = self.stream.flush();
+        if result.is_err() {
+            self.stream.shutdown(Shutdown::Both).ok();
+        }
+        result
     }
 }

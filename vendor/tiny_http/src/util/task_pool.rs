@@ -10,6 +10,9 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    // orders-svc patch: the stack of each thread, None for the default (for the test of
+    // a failed spawn).
+    stack_size: Option<usize>,
 }
 
 struct Sharing {
@@ -48,6 +51,10 @@ impl<'a> Drop for Registration<'a> {
 
 impl TaskPool {
     pub fn new() -> TaskPool {
+        TaskPool::with_stack_size(None)
+    }
+
+    fn with_stack_size(stack_size: Option<usize>) -> TaskPool {
         let pool = TaskPool {
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
@@ -55,10 +62,15 @@ impl TaskPool {
                 active_tasks: AtomicUsize::new(0),
                 waiting_tasks: AtomicUsize::new(0),
             }),
+            stack_size,
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            // orders-svc patch: a pool that could not start its first threads starts
+            // one per task instead.
+            if let Err(e) = pool.add_thread(None) {
+                log::error!("event=http_thread_spawn_failed error=\"{e}\"");
+            }
         }
 
         pool
@@ -66,7 +78,10 @@ impl TaskPool {
 
     /// Executes a function in a thread.
     /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
+    ///
+    /// orders-svc patch: if that thread cannot be started, the error is returned and the
+    /// task is dropped without running, where upstream panicked.
+    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) -> std::io::Result<()> {
         let mut queue = self.sharing.todo.lock().unwrap();
 
         // orders-svc patch: a thread that was notified still counts as waiting until it
@@ -74,17 +89,23 @@ impl TaskPool {
         // thread; the second (a connection) then waited until some other connection
         // ended. Queue only while more threads wait than tasks are queued.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            drop(queue);
+            self.add_thread(Some(code))
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
+            Ok(())
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) -> std::io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        let mut builder = thread::Builder::new();
+        if let Some(size) = self.stack_size {
+            builder = builder.stack_size(size);
+        }
+        builder.spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -127,7 +148,8 @@ impl TaskPool {
 
                 task();
             }
-        });
+        })?;
+        Ok(())
     }
 }
 
@@ -137,5 +159,36 @@ impl Drop for TaskPool {
             .active_tasks
             .store(999_999_999, Ordering::Release);
         self.sharing.condvar.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn a_thread_that_cannot_start_is_an_error_and_its_task_is_dropped() {
+        // No machine has room for stacks this large.
+        let pool = TaskPool::with_stack_size(Some(1 << 50));
+        let (sender, receiver) = mpsc::channel::<()>();
+        let mut task = Some(sender);
+        let error = pool.spawn(Box::new(move || drop(task.take()))).unwrap_err();
+        assert!(!error.to_string().is_empty());
+        // The task (and the sender it holds) is gone, and it never ran.
+        assert_eq!(receiver.recv_timeout(Duration::from_secs(1)), Err(mpsc::RecvTimeoutError::Disconnected));
+    }
+
+    #[test]
+    fn tasks_run_on_the_pool() {
+        let pool = TaskPool::new();
+        let (sender, receiver) = mpsc::channel();
+        for i in 0..10 {
+            let sender = sender.clone();
+            pool.spawn(Box::new(move || sender.send(i).unwrap())).unwrap();
+        }
+        let mut got: Vec<i32> = (0..10).map(|_| receiver.recv_timeout(Duration::from_secs(5)).unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
     }
 }
