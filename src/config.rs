@@ -66,6 +66,9 @@ pub struct Ingest {
 pub struct Http {
     pub addr: SocketAddr,
     pub workers: usize,
+    pub max_connections: usize,
+    pub request_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,7 +124,13 @@ impl Default for Ingest {
 
 impl Default for Http {
     fn default() -> Self {
-        Http { addr: SocketAddr::from(([127, 0, 0, 1], 8081)), workers: 4 }
+        Http {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            workers: 4,
+            max_connections: 4096,
+            request_timeout_ms: 5000,
+            idle_timeout_ms: 30_000,
+        }
     }
 }
 
@@ -162,6 +171,15 @@ impl OffsetReset {
             OffsetReset::Earliest => "earliest",
             OffsetReset::Latest => "latest",
         }
+    }
+}
+
+impl Http {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
     }
 }
 
@@ -252,6 +270,9 @@ impl Config {
         }
         positive("validation.max_message_bytes", self.validation.max_message_bytes as u64)?;
         positive("http.workers", self.http.workers as u64)?;
+        positive("http.max_connections", self.http.max_connections as u64)?;
+        positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
+        positive("http.idle_timeout_ms", self.http.idle_timeout_ms)?;
         positive("cache.max_orders", self.cache.max_orders as u64)?;
         positive("cache.max_bytes", self.cache.max_bytes as u64)?;
         positive("cache.database_wait_ms", self.cache.database_wait_ms)?;
@@ -287,6 +308,10 @@ mod tests {
         assert_eq!(c.kafka.topic, "orders");
         assert_eq!(c.kafka.fetch_wait_max_ms, 10);
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8081");
+        assert_eq!(
+            (c.http.max_connections, c.http.request_timeout(), c.http.idle_timeout()),
+            (4096, Duration::from_secs(5), Duration::from_secs(30))
+        );
     }
 
     #[test]
@@ -350,6 +375,10 @@ mod tests {
     #[test]
     fn range_checks_name_the_key() {
         assert_eq!(err("[http]\nworkers = 0\n"), "key `http.workers`: expected a number greater than 0, found 0");
+        assert_eq!(
+            err("[http]\nrequest_timeout_ms = 0\n"),
+            "key `http.request_timeout_ms`: expected a number greater than 0, found 0"
+        );
         assert_eq!(
             err("[database]\nurl = \"mysql://x\"\n"),
             "key `database.url`: expected a URL starting with postgres://, found \"mysql://x\""

@@ -6,6 +6,8 @@ use prometheus::{
     TextEncoder,
 };
 
+use tiny_http::ConnectionCounts;
+
 use crate::cache::Cache;
 use crate::http::RouteName;
 
@@ -41,6 +43,9 @@ pub struct Metrics {
     pub http_seconds: Histogram,
     cache_entries: IntGauge,
     cache_bytes: IntGauge,
+    connections_open: IntGauge,
+    connections_refused: IntCounter,
+    accept_errors: IntCounter,
 }
 
 impl Metrics {
@@ -128,6 +133,16 @@ impl Metrics {
             cache_entries: IntGauge::new("orders_cache_entries", "Orders in the cache.").expect("valid metric"),
             cache_bytes: IntGauge::new("orders_cache_bytes", "Bytes the cache counts against cache.max_bytes.")
                 .expect("valid metric"),
+            connections_open: IntGauge::new("orders_http_connections_open", "HTTP connections open now.")
+                .expect("valid metric"),
+            connections_refused: counter(
+                "orders_http_connections_refused_total",
+                "HTTP connections answered 503 and closed because http.max_connections were open.",
+            ),
+            accept_errors: counter(
+                "orders_http_accept_errors_total",
+                "Failures to accept an HTTP connection or to start its thread (such as running out of descriptors).",
+            ),
             registry,
         };
         let s = &cache.stats;
@@ -147,6 +162,9 @@ impl Metrics {
             Box::new(m.http_seconds.clone()),
             Box::new(m.cache_entries.clone()),
             Box::new(m.cache_bytes.clone()),
+            Box::new(m.connections_open.clone()),
+            Box::new(m.connections_refused.clone()),
+            Box::new(m.accept_errors.clone()),
             Box::new(s.hits.clone()),
             Box::new(s.misses.clone()),
             Box::new(s.negative_hits.clone()),
@@ -177,10 +195,15 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition format, with the cache's size read now.
-    pub fn render(&self, cache: &Cache) -> String {
+    /// The text exposition format, with the cache's size and the server's connection
+    /// counts read now.
+    pub fn render(&self, cache: &Cache, connections: ConnectionCounts) -> String {
         self.cache_entries.set(cache.len() as i64);
         self.cache_bytes.set(cache.bytes() as i64);
+        self.connections_open.set(connections.open as i64);
+        // The server counts these itself; the counters catch up with it.
+        self.connections_refused.inc_by(connections.refused.saturating_sub(self.connections_refused.get()));
+        self.accept_errors.inc_by(connections.accept_errors.saturating_sub(self.accept_errors.get()));
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("metrics encode to memory");
         String::from_utf8(out).expect("the text format is UTF-8")

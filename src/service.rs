@@ -118,9 +118,8 @@ impl Service {
         let cache = Arc::new(Cache::new(config.cache.limits(config.http.workers)));
         let metrics = Arc::new(Metrics::new(&cache));
         let pool = Arc::new(Pool::new(&config.database));
-        let state =
-            Arc::new(http::State { cache: cache.clone(), pool, health: health.clone(), metrics: metrics.clone() });
-        let http = http::Server::start(config.http.addr, config.http.workers, state, shutdown.clone())?;
+        let state = Arc::new(http::State::new(cache.clone(), pool, health.clone(), metrics.clone()));
+        let http = http::Server::start(&config.http, state, shutdown.clone())?;
 
         // Created here so that a bad Kafka setting stops the start; it reaches no broker
         // yet, so a broker that is not up does not.

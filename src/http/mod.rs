@@ -8,19 +8,20 @@ mod wire;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 
 use anyhow::Context;
 use log::{error, info, warn};
 use socket2::{Domain, Protocol, Socket, Type};
-use tiny_http::{Method, Request};
+use tiny_http::{ConnectionCounts, Limits, Method, Request};
 
-pub use respond::{MAX_HEADER_BYTES, MAX_URL_BYTES, respond};
+pub use respond::{MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES, respond};
 pub use route::{Route, RouteName};
 pub use wire::{Reply, encode};
 
 use crate::cache::Cache;
+use crate::config;
 use crate::metrics::Metrics;
 use crate::service::{Health, Shutdown};
 use crate::store::Pool;
@@ -31,6 +32,19 @@ pub struct State {
     pub pool: Arc<Pool>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// The server, once it listens: its connection counts are metrics.
+    pub server: OnceLock<Arc<tiny_http::Server>>,
+}
+
+impl State {
+    pub fn new(cache: Arc<Cache>, pool: Arc<Pool>, health: Arc<Health>, metrics: Arc<Metrics>) -> State {
+        State { cache, pool, health, metrics, server: OnceLock::new() }
+    }
+
+    /// Connections open now, refused and failed since the start.
+    pub fn connections(&self) -> ConnectionCounts {
+        self.server.get().map(|s| s.connection_counts()).unwrap_or_default()
+    }
 }
 
 /// The listening server and its workers.
@@ -41,14 +55,16 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` and starts `workers` threads answering requests.
-    pub fn start(addr: SocketAddr, workers: usize, state: Arc<State>, shutdown: Shutdown) -> anyhow::Result<Server> {
-        let listener = listen(addr).with_context(|| format!("listen on {addr}"))?;
+    /// Binds `config.addr` and starts `config.workers` threads answering requests.
+    pub fn start(config: &config::Http, state: Arc<State>, shutdown: Shutdown) -> anyhow::Result<Server> {
+        let listener = listen(config.addr).with_context(|| format!("listen on {}", config.addr))?;
         let addr = listener.local_addr().context("read listening address")?;
         let server = Arc::new(
-            tiny_http::Server::from_listener(listener, None).map_err(|e| anyhow::anyhow!("start HTTP server: {e}"))?,
+            tiny_http::Server::from_listener_with_limits(listener, limits(config))
+                .map_err(|e| anyhow::anyhow!("start HTTP server: {e}"))?,
         );
-        let workers = (0..workers)
+        let _ = state.server.set(server.clone());
+        let workers = (0..config.workers)
             .map(|i| {
                 let (server, state, shutdown) = (server.clone(), state.clone(), shutdown.clone());
                 thread::Builder::new()
@@ -75,6 +91,20 @@ impl Server {
                 error!("event=http_worker_panicked");
             }
         }
+    }
+}
+
+/// What one client may hold: the configured connections and timeouts, and the size
+/// limits of `respond`, here enforced while the request is read.
+fn limits(config: &config::Http) -> Limits {
+    Limits {
+        max_connections: config.max_connections,
+        request_timeout: Some(config.request_timeout()),
+        idle_timeout: Some(config.idle_timeout()),
+        // The target, and room for the method and the version.
+        max_request_line: MAX_URL_BYTES + 64,
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_body_bytes: Some(MAX_BODY_BYTES),
     }
 }
 
@@ -122,9 +152,122 @@ fn handle(state: &State, request: Request) {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
     use tiny_http::TestRequest;
 
     use super::*;
+    use crate::service::shutdown_channel;
+
+    /// A server on a loopback port with the given bounds, its database unreachable;
+    /// stopped when dropped.
+    struct Running(Option<Server>, crate::service::ShutdownTrigger);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.1.signal();
+            if let Some(server) = self.0.take() {
+                server.stop();
+            }
+        }
+    }
+
+    fn running(max_connections: usize, timeout_ms: u64) -> (Running, SocketAddr) {
+        let config = config::Http {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_connections,
+            request_timeout_ms: timeout_ms,
+            idle_timeout_ms: timeout_ms,
+        };
+        let (trigger, shutdown) = shutdown_channel();
+        let server = Server::start(&config, Arc::new(respond::tests::state()), shutdown).unwrap();
+        let addr = server.addr();
+        (Running(Some(server), trigger), addr)
+    }
+
+    /// Sends `bytes` and returns all the server sends until it closes the connection.
+    fn exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(bytes).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).expect("the server closes the connection");
+        String::from_utf8(answer).unwrap()
+    }
+
+    /// Calls `f` until it returns Some, for up to 5 s.
+    fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(value) = f() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "gave up after 5 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn status_line(answer: &str) -> &str {
+        answer.lines().next().unwrap_or_default()
+    }
+
+    #[test]
+    fn past_max_connections_a_connection_is_answered_503_and_closed() {
+        let (running, addr) = running(3, 10_000);
+        let held: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let refused = wait_for(|| {
+            let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            answer.starts_with("HTTP/1.1 503").then_some(answer)
+        });
+        assert!(refused.contains("\r\nRetry-After: 1\r\n") && refused.ends_with("\r\n\r\ntoo many connections\n"));
+        assert_eq!(running.0.as_ref().unwrap().server.connection_counts().open, 3);
+        drop(held);
+        let answer = wait_for(|| {
+            let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            answer.starts_with("HTTP/1.1 200").then_some(answer)
+        });
+        assert!(answer.ends_with(r#"{"status":"alive"}"#), "{answer}");
+        assert!(running.0.as_ref().unwrap().server.connection_counts().refused >= 1);
+    }
+
+    #[test]
+    fn a_request_cut_short_is_408_and_an_idle_connection_is_closed_without_a_word() {
+        let (_running, addr) = running(100, 300);
+        let started = Instant::now();
+        let answer = exchange(addr, b"GET /healthz HTT");
+        assert_eq!(status_line(&answer), "HTTP/1.1 408 Request Timeout");
+        assert!(answer.contains("\r\nConnection: close\r\n"));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.ends_with(r#"{"status":"alive"}"#), "one answer, then closed when idle: {answer}");
+    }
+
+    #[test]
+    fn oversized_lines_and_bodies_are_refused_while_reading() {
+        let (_running, addr) = running(100, 2000);
+        let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(MAX_URL_BYTES + 100));
+        assert_eq!(status_line(&exchange(addr, long_target.as_bytes())), "HTTP/1.1 414 URI Too Long");
+        let many_headers = format!("GET / HTTP/1.1\r\n{}\r\n", "X-A: b\r\n".repeat(MAX_HEADER_BYTES / 8 + 1));
+        assert_eq!(
+            status_line(&exchange(addr, many_headers.as_bytes())),
+            "HTTP/1.1 431 Request Header Fields Too Large"
+        );
+        let body = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
+        assert_eq!(status_line(&exchange(addr, body.as_bytes())), "HTTP/1.1 413 Payload Too Large");
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        assert_eq!(status_line(&exchange(addr, chunked)), "HTTP/1.1 411 Length Required");
+        let two_lengths = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert_eq!(status_line(&exchange(addr, two_lengths)), "HTTP/1.1 400 Bad Request");
+        // A small body is read and thrown away, and the connection goes on.
+        let small = b"POST /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let answer = exchange(addr, small);
+        assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+        assert!(answer.contains("HTTP/1.1 200 OK"), "{answer}");
+    }
 
     #[test]
     fn accepted_sockets_inherit_nodelay() {
@@ -144,7 +287,7 @@ mod tests {
         assert_eq!((reply.status, reply.header("Location")), (200, None));
         assert!(std::str::from_utf8(&reply.body).unwrap().contains("<form"));
         handle(&state, request());
-        let text = state.metrics.render(&state.cache);
+        let text = state.metrics.render(&state.cache, state.connections());
         assert!(text.contains("orders_http_requests_total{route=\"index\",status=\"200\"} 1\n"), "{text}");
         assert!(!text.contains("route=\"lookup\""), "{text}");
     }

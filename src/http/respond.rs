@@ -19,6 +19,9 @@ use crate::{pages, store};
 pub const MAX_URL_BYTES: usize = 8 * 1024;
 /// Most bytes of request headers accepted, names and values (431 past it).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// The largest request body accepted (413 past it). No route reads one; this much is
+/// read and thrown away so that the connection can go on.
+pub const MAX_BODY_BYTES: usize = 1024;
 
 /// The static files, compiled in from `assets/`: nothing else is served as a file,
 /// whatever the path says.
@@ -54,9 +57,11 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
     match route {
         Route::Healthz => Reply::json(200, json!({ "status": "alive" })),
         Route::Readyz => readiness(state),
-        Route::Metrics => {
-            Reply::new(200, "text/plain; version=0.0.4; charset=utf-8", state.metrics.render(&state.cache).into_bytes())
-        }
+        Route::Metrics => Reply::new(
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            state.metrics.render(&state.cache, state.connections()).into_bytes(),
+        ),
         Route::Index => index(state),
         Route::Lookup(uid) => lookup_form(uid),
         Route::Order(uid) => order(state, request, uid),
@@ -240,12 +245,8 @@ pub(super) mod tests {
         let health = Arc::new(Health::default());
         health.set_cache_warm();
         let cache = Arc::new(Cache::new(crate::cache::tests::limits()));
-        State {
-            metrics: Arc::new(Metrics::new(&cache)),
-            cache,
-            pool: Arc::new(Pool::new(&unreachable_database())),
-            health,
-        }
+        let metrics = Arc::new(Metrics::new(&cache));
+        State::new(cache, Arc::new(Pool::new(&unreachable_database())), health, metrics)
     }
 
     /// Nothing listens on port 1: connecting fails at once.

@@ -77,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn serve(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM]).context("install signal handlers")?;
     info!("event=starting version={}", env!("CARGO_PKG_VERSION"));
+    raise_open_files_limit(config.http.max_connections);
     let service = Service::spawn(config)?;
     info!("event=started http={}", service.http_addr());
     let signal = signals.forever().next().unwrap_or(SIGTERM);
@@ -90,4 +91,31 @@ fn serve(config: Config) -> anyhow::Result<()> {
     });
     service.shutdown();
     Ok(())
+}
+
+/// Each HTTP connection holds two descriptors. The soft limit on open files (often 1024)
+/// is raised as far as the hard limit allows; if that is still too low for
+/// `http.max_connections`, the log says so, and past it accepting fails until
+/// connections close.
+fn raise_open_files_limit(max_connections: usize) {
+    let needed = (2 * max_connections + 256) as libc::rlim_t;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < needed && limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: needed.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    if limit.rlim_cur < needed {
+        log::warn!(
+            "event=open_files_limit_low limit={} needed={needed} max_connections={max_connections} \
+             detail=\"raise the limit (ulimit -n, LimitNOFILE=) or lower http.max_connections\"",
+            limit.rlim_cur
+        );
+    }
 }
