@@ -28,6 +28,10 @@ pub const MAX_BODY_BYTES: usize = 1024;
 const ASSETS: &[(&str, &str, &[u8])] =
     &[("style.css", "text/css; charset=utf-8", include_bytes!("../../assets/style.css"))];
 
+/// The API's OpenAPI 3 description, kept in `assets/openapi.json` and checked against
+/// the server by `tests/it/api.rs`.
+const OPENAPI: &[u8] = include_bytes!("../../assets/openapi.json");
+
 /// Orders can be replaced by a later message: caches may keep them but must ask again
 /// (with the ETag) before using them.
 const ORDER_CACHE_CONTROL: &str = "no-cache";
@@ -66,6 +70,7 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
         Route::Lookup(uid) => lookup_form(uid),
         Route::Order(uid) => order(state, request, uid),
         Route::Asset(name) => asset(name),
+        Route::OpenApi => Reply::new(200, JSON, OPENAPI),
         Route::Other => Reply::text(404, "not found\n"),
     }
 }
@@ -376,6 +381,28 @@ pub(super) mod tests {
         {
             assert_eq!(get(&s, path).status, 404, "{path}");
         }
+    }
+
+    /// The document is served as it is kept, and it describes each route there is and
+    /// no other.
+    #[test]
+    fn the_openapi_document_names_every_route() {
+        let s = state();
+        let r = get(&s, "/openapi.json");
+        assert_eq!((r.status, r.header("Content-Type")), (200, Some(JSON)));
+        let doc: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(doc["openapi"], "3.0.3");
+        let mut named: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|path| {
+                let url = path.replace("{order_uid}", "x").replace("{name}", "style.css");
+                Route::parse(&url).name().label()
+            })
+            .collect();
+        named.sort();
+        assert_eq!(named, ["asset", "healthz", "index", "metrics", "openapi", "order", "readyz"]);
     }
 
     #[test]

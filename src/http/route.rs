@@ -16,6 +16,8 @@ pub enum Route<'a> {
     Healthz,
     Readyz,
     Metrics,
+    /// `/openapi.json`, the API's description.
+    OpenApi,
     Other,
 }
 
@@ -30,6 +32,7 @@ impl<'a> Route<'a> {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
+            "/openapi.json" => Route::OpenApi,
             _ => match path.strip_prefix("/order/") {
                 Some(uid) => Route::Order(uid),
                 None if path.starts_with("/assets/") => Route::Asset(path.trim_start_matches("/assets/")),
@@ -48,6 +51,7 @@ impl<'a> Route<'a> {
             Route::Healthz => RouteName::Healthz,
             Route::Readyz => RouteName::Readyz,
             Route::Metrics => RouteName::Metrics,
+            Route::OpenApi => RouteName::OpenApi,
             Route::Other => RouteName::Other,
         }
     }
@@ -63,12 +67,13 @@ pub enum RouteName {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     Other,
 }
 
 impl RouteName {
     /// Every name, each at the index of its discriminant (`name as usize`).
-    pub const ALL: [RouteName; 8] = [
+    pub const ALL: [RouteName; 9] = [
         RouteName::Order,
         RouteName::Index,
         RouteName::Lookup,
@@ -76,6 +81,7 @@ impl RouteName {
         RouteName::Healthz,
         RouteName::Readyz,
         RouteName::Metrics,
+        RouteName::OpenApi,
         RouteName::Other,
     ];
 
@@ -88,6 +94,7 @@ impl RouteName {
             RouteName::Healthz => "healthz",
             RouteName::Readyz => "readyz",
             RouteName::Metrics => "metrics",
+            RouteName::OpenApi => "openapi",
             RouteName::Other => "other",
         }
     }
@@ -142,6 +149,7 @@ mod tests {
         assert_eq!(Route::parse("/?xuid=1"), Route::Index);
         assert_eq!(Route::parse("/assets/style.css"), Route::Asset("style.css"));
         assert_eq!(Route::parse("/healthz"), Route::Healthz);
+        assert_eq!(Route::parse("/openapi.json"), Route::OpenApi);
         assert_eq!(Route::parse("/orders"), Route::Other);
     }
 
