@@ -374,16 +374,21 @@ impl Server {
                 let mut task = Some((client, open));
                 let spawned = tasks_pool.spawn(Box::new(move || {
                     if let Some((client, _open)) = task.take() {
-                        // orders-svc patch: one request of a connection at a time, as
-                        // upstream did for HTTPS only: the next is read once this one is
-                        // answered, so a client that sends many without reading the
-                        // answers holds one worker at most.
+                        // orders-svc patch: one request of a connection in the workers'
+                        // hands at a time (upstream: any number, but for HTTPS): the
+                        // next one, once read, waits for the answer to the one before,
+                        // so a client that sends many without reading the answers holds
+                        // one worker at most. Waiting after the read, not before it,
+                        // keeps the usual client from waiting at all: it sends its next
+                        // request only once it has the answer.
                         let (sender, receiver) = mpsc::channel();
+                        let mut unanswered = false;
                         for rq in client {
-                            messages.push(rq.with_notify_sender(sender.clone()).into());
-                            if receiver.recv().is_err() {
+                            if unanswered && receiver.recv().is_err() {
                                 break;
                             }
+                            messages.push(rq.with_notify_sender(sender.clone()).into());
+                            unanswered = true;
                         }
                     }
                 }));
