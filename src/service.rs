@@ -4,8 +4,8 @@
 //! `Shutdown` is the stop signal every thread watches; `Backoff` paces every retry.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -197,6 +197,39 @@ impl Service {
     }
 }
 
+/// At most one log line a second for an event that requests can cause at any rate (a
+/// flood of misses refused for want of a database place, say): `allow` says whether to
+/// log now, and how many lines it held back since the last.
+pub struct LogThrottle {
+    /// The second (since the process's first use of any throttle) last logged in, plus one.
+    logged: AtomicU64,
+    held_back: AtomicU64,
+}
+
+impl Default for LogThrottle {
+    fn default() -> LogThrottle {
+        LogThrottle::new()
+    }
+}
+
+impl LogThrottle {
+    pub const fn new() -> LogThrottle {
+        LogThrottle { logged: AtomicU64::new(0), held_back: AtomicU64::new(0) }
+    }
+
+    /// `Some(held back)` if a line may be logged now, else None (and counts it).
+    pub fn allow(&self) -> Option<u64> {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        let second = EPOCH.get_or_init(Instant::now).elapsed().as_secs() + 1;
+        let last = self.logged.load(Ordering::Relaxed);
+        if last != second && self.logged.compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.held_back.swap(0, Ordering::Relaxed));
+        }
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
 /// Capped exponential backoff, for operations retried until they succeed: the wait
 /// doubles after each failed attempt, up to `max`.
 #[derive(Debug)]
@@ -234,6 +267,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_throttled_event_is_logged_once_a_second_with_the_count_held_back() {
+        let throttle = LogThrottle::new();
+        assert_eq!(throttle.allow(), Some(0));
+        let lines = (0..1000).filter(|_| throttle.allow().is_some()).count();
+        std::thread::sleep(Duration::from_millis(1100));
+        let held_back = throttle.allow().expect("a line a second later");
+        // The first second may end during the loop and let one line through.
+        assert!(lines <= 1, "{lines}");
+        if lines == 0 {
+            assert_eq!(held_back, 1000);
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_counts_attempts() {

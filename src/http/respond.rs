@@ -13,6 +13,7 @@ use super::route::Route;
 use super::wire::{JSON, Reply};
 use crate::cache::{CachedOrder, Unavailable};
 use crate::model::{self, Order};
+use crate::service::LogThrottle;
 use crate::{pages, store};
 
 /// Longest request target accepted (414 past it).
@@ -99,8 +100,11 @@ fn index(state: &State) -> Reply {
         Some(_wait) => state.pool.with(|client| store::recent_summaries(client, 20)),
         None => Err(anyhow::anyhow!("too many requests are waiting for the database")),
     };
-    if let Err(e) = &recent {
-        warn!("event=recent_orders_failed error={e:#}");
+    static FAILED: LogThrottle = LogThrottle::new();
+    if let Err(e) = &recent
+        && let Some(held) = FAILED.allow()
+    {
+        warn!("event=recent_orders_failed error={e:#} held_back={held}");
     }
     Reply::html(200, pages::index(recent.ok().as_deref()))
 }
@@ -135,17 +139,27 @@ fn order(state: &State, request: &Request, uid: &str) -> Reply {
         Ok(None) if html => Reply::html(404, pages::not_found(uid)),
         Ok(None) => Reply::json(404, json!({ "error": "order not found", "order_uid": uid })),
         Err(unavailable) => {
+            // Requests cause these at any rate: one line a second each, with a count.
+            static REFUSED: LogThrottle = LogThrottle::new();
+            static TIMED_OUT: LogThrottle = LogThrottle::new();
+            static FAILED: LogThrottle = LogThrottle::new();
             let reason = match &unavailable {
                 Unavailable::Busy => {
-                    warn!("event=order_read_refused order_uid={uid} reason=database_busy");
+                    if let Some(held) = REFUSED.allow() {
+                        warn!("event=order_read_refused order_uid={uid} reason=database_busy held_back={held}");
+                    }
                     "too many requests are waiting for the database; try again shortly"
                 }
                 Unavailable::Timeout => {
-                    warn!("event=order_read_timed_out order_uid={uid}");
+                    if let Some(held) = TIMED_OUT.allow() {
+                        warn!("event=order_read_timed_out order_uid={uid} held_back={held}");
+                    }
                     "the database did not answer in time; try again shortly"
                 }
                 Unavailable::Failed(e) => {
-                    error!("event=order_read_failed order_uid={uid} error={e}");
+                    if let Some(held) = FAILED.allow() {
+                        error!("event=order_read_failed order_uid={uid} error={e} held_back={held}");
+                    }
                     "the database is unavailable; try again shortly"
                 }
             };
