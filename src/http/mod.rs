@@ -233,6 +233,17 @@ mod tests {
         assert!(running.0.as_ref().unwrap().server.connection_counts().refused >= 1);
     }
 
+    /// A connection's thread ends with its last request; the worker answering that
+    /// request must not care.
+    #[test]
+    fn answers_outlive_the_connections_they_were_for() {
+        let (_running, addr) = running(100, 10_000);
+        for _ in 0..6 {
+            let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        }
+    }
+
     #[test]
     fn a_request_cut_short_is_408_and_an_idle_connection_is_closed_without_a_word() {
         let (_running, addr) = running(100, 300);

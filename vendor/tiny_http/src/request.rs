@@ -96,7 +96,9 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // orders-svc patch: the connection's thread may have ended already (its client
+        // said `Connection: close`); then nobody waits for this, which is no error.
+        let _ = self.sender.send(());
     }
 }
 
@@ -504,7 +506,8 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                // orders-svc patch: as in `NotifyOnDrop`.
+                let _ = sender.send(());
             }
         }
     }
