@@ -1,7 +1,7 @@
 //! From payload to order: parsing, the field checks and the cross-field rules, each
 //! broken rule reported as a `Rejection`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, UtcOffset};
 
 use super::{Order, Rejection, Rule};
@@ -14,7 +14,7 @@ pub const MAX_TEXT_LEN: usize = 255;
 
 /// The checks a message must pass, as configured. The cross-field rules are on by
 /// default and can each be switched off: producers in the wild differ.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Rules {
     /// Larger messages are rejected by the `size` rule without being parsed.

@@ -20,6 +20,7 @@ use signal_hook::iterator::Signals;
 #[command(version, about = "Takes orders from Kafka, keeps them in PostgreSQL, serves them over HTTP")]
 struct Cli {
     /// Configuration file (TOML). Without it, defaults that match the local stack.
+    /// `ORDERS_<SECTION>_<KEY>` environment variables override it.
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -58,10 +59,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         None => serve(config),
         Some(Command::Produce(args)) => produce::run(args, &config),
