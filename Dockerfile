@@ -18,9 +18,11 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 # Its `libz` feature goes through libz-sys, which links the system zlib when pkg-config
 # finds it (else it builds the zlib it bundles). No cmake: the cmake-build feature is off.
 # Python is optional (only for librdkafka's linker script for the shared library).
+# OpenSSL (for TLS and SASL to Kafka, and TLS to PostgreSQL) is built from source too
+# (the `vendored` feature of openssl-sys), which needs perl and make.
 # The rust:*-bookworm image already has most of these; they are listed to say what is needed.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc g++ make pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends gcc g++ make perl pkg-config zlib1g-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -39,7 +41,9 @@ RUN --mount=type=cache,id=orders-svc-cargo-registry,target=/usr/local/cargo/regi
     && install -D -m 0755 target/release/orders-svc /out/orders-svc
 
 # ---------------------------------------------------------------------------------------
-# Runtime stage: the binary, CA certificates, and an unprivileged user with a fixed uid.
+# Runtime stage: the binary, CA certificates (the system's roots for `sslmode=verify-full`
+# without `sslrootcert`, and for Kafka over TLS without `ssl.ca.location`), and an
+# unprivileged user with a fixed uid.
 FROM debian:bookworm-slim AS runtime
 
 RUN apt-get update \

@@ -9,6 +9,7 @@ mod offsets;
 mod pool;
 mod read;
 mod tables;
+mod tls;
 mod write;
 
 use std::time::Duration;
@@ -66,7 +67,7 @@ fn connect_with(
     application_name: &str,
     configure: impl FnOnce(&mut postgres::Config),
 ) -> anyhow::Result<Client> {
-    let mut config: postgres::Config = db.url.parse().context("parse database url")?;
+    let (mut config, tls) = db.target().context("database.url")?;
     let keepalive = Duration::from_secs(db.tcp_keepalive_secs);
     config
         .connect_timeout(db.connect_timeout())
@@ -78,7 +79,11 @@ fn connect_with(
         .tcp_user_timeout(Duration::from_millis(db.tcp_user_timeout_ms));
     configure(&mut config);
     let target = describe(&config);
-    config.connect(NoTls).with_context(|| format!("connect to PostgreSQL at {target}"))
+    match tls::connector(&tls)? {
+        None => config.connect(NoTls),
+        Some(connector) => config.connect(connector),
+    }
+    .with_context(|| format!("connect to PostgreSQL at {target} (sslmode={})", tls.mode.as_str()))
 }
 
 /// `host:port/dbname as user`, for messages; never the password.
