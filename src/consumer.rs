@@ -18,7 +18,7 @@ use log::{debug, error, info, warn};
 use postgres::Client;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Message as _, Offset, Statistics, TopicPartitionList};
 
@@ -37,6 +37,23 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(2);
 const BROKER_CALL: Duration = Duration::from_secs(5);
 
 type Partition = (String, i32);
+
+/// The settings every Kafka client of the service starts from: the brokers and
+/// `kafka.properties`. A TLS connection without `ssl.ca.location` trusts the system's
+/// CAs (`probe`): librdkafka's OpenSSL is built into the binary, and its own default
+/// paths are not the system's.
+pub fn client_config(kafka: &config::Kafka) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &kafka.brokers);
+    for (name, value) in &kafka.properties {
+        client.set(name, value);
+    }
+    let tls = kafka.properties.get("security.protocol").is_some_and(|p| p.to_ascii_uppercase().ends_with("SSL"));
+    if tls && !kafka.properties.contains_key("ssl.ca.location") && !kafka.properties.contains_key("ssl.ca.pem") {
+        client.set("ssl.ca.location", "probe");
+    }
+    client
+}
 
 pub struct Consumer {
     consumer: BaseConsumer<GroupContext>,
@@ -85,6 +102,19 @@ pub struct GroupContext {
 }
 
 impl ClientContext for GroupContext {
+    /// An error librdkafka reports about the brokers: logged, and named by `/readyz`
+    /// until the group is joined (a refused TLS handshake or SASL login never ends by
+    /// itself).
+    fn error(&self, error: KafkaError, reason: &str) {
+        error!("event=kafka_client_error error=\"{error}\" reason=\"{reason}\"");
+        // "All brokers are down" follows every failure and says less than the failure
+        // itself (a refused login, a failed handshake): it does not replace one.
+        let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        if !all_down || self.health.broker_problem().is_none() {
+            self.health.set_broker_problem(reason.to_string());
+        }
+    }
+
     /// librdkafka's statistics, every `statistics.interval.ms`: the lag of each
     /// assigned partition, from the broker's high watermark and the committed offset,
     /// and any partition whose end is behind the position this consumer fetches from.
@@ -258,8 +288,7 @@ impl Consumer {
             beyond_end: parking_lot::Mutex::new(BTreeSet::new()),
             blocked: parking_lot::Mutex::new(BTreeSet::new()),
         };
-        let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
-            .set("bootstrap.servers", &k.brokers)
+        let consumer: BaseConsumer<GroupContext> = client_config(k)
             .set("group.id", &k.group_id)
             .set("client.id", "orders-svc")
             .set("enable.auto.commit", "false")
@@ -273,7 +302,8 @@ impl Consumer {
             // partitions while the service runs would wait that long to be consumed.
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)
-            .context("create Kafka consumer")?;
+            // librdkafka quotes the value of a property it refuses: never a secret's.
+            .map_err(|e| anyhow::anyhow!("create Kafka consumer: {}", config::scrub(&e.to_string(), k)))?;
         consumer.subscribe(&[&k.topic]).with_context(|| format!("subscribe to topic {}", k.topic))?;
         info!("event=consumer_subscribed brokers={} topic={} group_id={}", k.brokers, k.topic, k.group_id);
         Ok(Consumer {

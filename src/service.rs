@@ -30,6 +30,9 @@ pub struct Health {
     /// Why change notifications are not being received, since the listening connection
     /// was lost and until it is back.
     listener_problem: parking_lot::Mutex<Option<String>>,
+    /// The last error librdkafka reported about the brokers (unreachable, a refused TLS
+    /// handshake or SASL login), until the group is joined.
+    broker_problem: parking_lot::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -64,6 +67,13 @@ impl Health {
     pub fn record_assignment(&self, n: usize) {
         self.assigned_partitions.store(n, Ordering::SeqCst);
         self.consumer_joined.store(true, Ordering::SeqCst);
+        *self.broker_problem.lock() = None;
+    }
+    pub fn broker_problem(&self) -> Option<String> {
+        self.broker_problem.lock().clone()
+    }
+    pub fn set_broker_problem(&self, problem: String) {
+        *self.broker_problem.lock() = Some(problem);
     }
 }
 

@@ -238,7 +238,12 @@ fn readiness(state: &State) -> Reply {
         ));
     }
     if !state.health.consumer_joined() {
-        waiting.push("consumer: has not joined its group yet".to_string());
+        waiting.push(match state.health.broker_problem() {
+            Some(problem) => {
+                format!("consumer: has not joined its group yet; the last error from the brokers: {problem}")
+            }
+            None => "consumer: has not joined its group yet".to_string(),
+        });
     }
     if waiting.is_empty() {
         Reply::json(200, json!({ "ready": true }))

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
+use crate::config;
+use crate::consumer::client_config;
 use crate::model::Rule;
 use rdkafka::{ClientContext, Message as _};
 
@@ -59,14 +60,22 @@ impl Producer {
 
     /// A producer with extra librdkafka settings, such as `batch.num.messages`.
     pub fn with_settings(brokers: &str, topic: &str, settings: &[(&str, &str)]) -> anyhow::Result<Producer> {
+        let kafka = config::Kafka { brokers: brokers.to_string(), ..config::Kafka::default() };
+        Producer::with_config(&kafka, topic, settings)
+    }
+
+    /// A producer to `topic` with the service's Kafka settings: its brokers and
+    /// `kafka.properties` (TLS, SASL), then `settings`.
+    pub fn with_config(kafka: &config::Kafka, topic: &str, settings: &[(&str, &str)]) -> anyhow::Result<Producer> {
         let deliveries = Arc::new(Deliveries::default());
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", brokers).set("enable.idempotence", "true").set("linger.ms", "5");
+        let mut client = client_config(kafka);
+        client.set("enable.idempotence", "true").set("linger.ms", "5");
         for (key, value) in settings {
-            config.set(*key, *value);
+            client.set(*key, *value);
         }
-        let producer =
-            config.create_with_context(DeliveryContext(deliveries.clone())).context("create Kafka producer")?;
+        let producer = client
+            .create_with_context(DeliveryContext(deliveries.clone()))
+            .map_err(|e| anyhow::anyhow!("create Kafka producer: {}", config::scrub(&e.to_string(), kafka)))?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 

@@ -45,7 +45,8 @@ pub fn run(args: Args, config: &Config) -> anyhow::Result<()> {
     let Args { files, count, seed, max_items, invalid_rate, rate, uids, brokers, topic } = args;
     let brokers = brokers.unwrap_or_else(|| config.kafka.brokers.clone());
     let topic = topic.unwrap_or_else(|| config.kafka.topic.clone());
-    let producer = Producer::new(&brokers, &topic)?;
+    let kafka = orders_svc::config::Kafka { brokers: brokers.clone(), ..config.kafka.clone() };
+    let producer = Producer::with_config(&kafka, &topic, &[])?;
     match count {
         Some(count) => {
             let mut out: Box<dyn Write> = match &uids {
