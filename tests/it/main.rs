@@ -15,4 +15,5 @@ mod operations;
 mod pipeline;
 mod read_path;
 mod reliability;
+mod security;
 mod store;

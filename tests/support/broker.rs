@@ -59,12 +59,41 @@ pub struct Broker {
     child: Option<Child>,
     pub port: u16,
     storage: Storage,
+    /// More arguments for `nisshi broker` (TLS, authentication).
+    extra: Vec<String>,
 }
 
 impl Broker {
     pub fn start(storage: Storage) -> Broker {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut broker = Broker { child: None, port, storage };
+        let mut broker = Broker { child: None, port, storage, extra: Vec::new() };
+        broker.restart();
+        broker
+    }
+
+    /// A broker that accepts only TLS connections (the certificate of `pki`) from clients
+    /// that log in with SCRAM-SHA-512 as `user`, with `topic` (one partition) on it.
+    /// nisshi creates users and topics only over a plain connection without login, so
+    /// they are made first, on the same storage, by the broker started plain.
+    pub fn start_secure(pki: &super::tls::Pki, user: &str, password: &str, topic: &str) -> Broker {
+        let dir = temp_dir("broker-secure");
+        let mut broker = Broker::start(Storage::Sqlite(dir));
+        let binary = std::env::var("STACK_NISSHI").unwrap();
+        let url = format!("tcp://{}", broker.addr());
+        let status = Command::new(&binary)
+            .args(["user", "create", "--broker", &url, "--mechanism", "scram512", user, password])
+            .status()
+            .expect("run nisshi user create");
+        assert!(status.success(), "nisshi user create failed");
+        create_topic_on(&broker.addr(), topic, 1);
+        broker.kill();
+        broker.extra = vec![
+            "--cert".into(),
+            pki.cert.display().to_string(),
+            "--key".into(),
+            pki.key.display().to_string(),
+            "--authentication".into(),
+        ];
         broker.restart();
         broker
     }
@@ -86,6 +115,7 @@ impl Broker {
         let child = Command::new(&binary)
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", &engine])
             .args(["--group-initial-rebalance-delay", "0s"])
+            .args(&self.extra)
             .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

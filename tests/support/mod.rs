@@ -9,6 +9,7 @@ pub mod broker;
 pub mod db;
 pub mod http;
 pub mod process;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
