@@ -303,7 +303,7 @@ impl Consumer {
             .set("topic.metadata.refresh.interval.ms", "10000")
             .create_with_context(context)
             // librdkafka quotes the value of a property it refuses: never a secret's.
-            .map_err(|e| anyhow::anyhow!("create Kafka consumer: {}", config::scrub(&e.to_string(), k)))?;
+            .map_err(|e| config::kafka_error(e, k).context("create Kafka consumer"))?;
         consumer.subscribe(&[&k.topic]).with_context(|| format!("subscribe to topic {}", k.topic))?;
         info!("event=consumer_subscribed brokers={} topic={} group_id={}", k.brokers, k.topic, k.group_id);
         Ok(Consumer {

@@ -32,6 +32,23 @@ pub fn is_secret_property(name: &str) -> bool {
     name.contains("password") || name.contains("secret") || name == "ssl.key.pem" || name == "sasl.oauthbearer.config"
 }
 
+/// librdkafka's refusal of a client's settings, without its habit of repeating the
+/// property's value at the end (for an unknown property that may be a misspelt
+/// `sasl.password`), and with the value of a secret property replaced by `***`.
+pub fn kafka_error(error: rdkafka::error::KafkaError, config: &super::Kafka) -> anyhow::Error {
+    match error {
+        rdkafka::error::KafkaError::ClientConfig(_, description, name, value) => {
+            let description = if is_secret_property(&name) && !value.is_empty() {
+                description.replace(&value, "***")
+            } else {
+                description
+            };
+            anyhow!("{}", scrub(&description, config))
+        }
+        other => anyhow!("{}", scrub(&other.to_string(), config)),
+    }
+}
+
 /// `text` with the value of every secret Kafka property replaced by `***`: for errors
 /// that may quote a value, such as librdkafka's.
 pub fn scrub(text: &str, config: &super::Kafka) -> String {

@@ -75,7 +75,7 @@ impl Producer {
         }
         let producer = client
             .create_with_context(DeliveryContext(deliveries.clone()))
-            .map_err(|e| anyhow::anyhow!("create Kafka producer: {}", config::scrub(&e.to_string(), kafka)))?;
+            .map_err(|e| config::kafka_error(e, kafka).context("create Kafka producer"))?;
         Ok(Producer { producer, topic: topic.to_string(), deliveries })
     }
 

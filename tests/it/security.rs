@@ -139,3 +139,36 @@ fn settings_from_the_environment_and_secrets_from_files() {
         bad.log()
     );
 }
+
+/// librdkafka refuses an unknown property or an invalid value when the client is made:
+/// the start stops naming it, and never shows a value that may be a secret.
+#[test]
+fn a_property_librdkafka_refuses_stops_the_start_named() {
+    let kafka = |name: &str, value: &str| orders_svc::config::Kafka {
+        properties: BTreeMap::from([
+            (name.to_string(), value.to_string()),
+            ("sasl.password".to_string(), "Kafka-Secret-5150".to_string()),
+        ]),
+        ..orders_svc::config::Kafka::default()
+    };
+    let error = |name: &str, value: &str| {
+        format!("{:#}", Producer::with_config(&kafka(name, value), "t", &[]).err().expect("refused"))
+    };
+    let misspelt = error("sasl.pasword", "Kafka-Secret-0001");
+    assert_eq!(misspelt, "create Kafka producer: No such configuration property: \"sasl.pasword\"");
+    let invalid = error("security.protocol", "bogus");
+    assert_eq!(
+        invalid,
+        "create Kafka producer: Invalid value \"bogus\" for configuration property \"security.protocol\""
+    );
+
+    let setup = Setup::new(1);
+    let dir = temp_dir("bad-property");
+    let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, free_addr(), "")
+        + "[kafka.properties]\n\"sasl.pasword\" = \"Kafka-Secret-0001\"\n";
+    let mut service = Process::start(&dir, "bad-property", &toml, &[]);
+    assert!(!service.wait_exit(Duration::from_secs(20)).success());
+    let log = service.log();
+    assert!(log.contains("No such configuration property: \"sasl.pasword\""), "{log}");
+    assert!(!log.contains("Kafka-Secret"), "{log}");
+}
