@@ -482,7 +482,7 @@ impl Cache {
             self.stats.negative_hits.inc();
             return Ok(None);
         }
-        match (self.load_once(uid, load), held) {
+        match (self.load_once(uid, fresh, load), held) {
             (Ok(order), _) => Ok(order.map(|order| Found { order, stale: false })),
             (Err(_), Some(copy)) => {
                 self.stats.stale_served.inc();
@@ -497,6 +497,7 @@ impl Cache {
     fn load_once(
         &self,
         uid: &str,
+        fresh: bool,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
     ) -> Result<Option<Arc<CachedOrder>>, Unavailable> {
         // The leader holds a place among the requests waiting on PostgreSQL for as long
@@ -506,6 +507,17 @@ impl Cache {
             match flights.get(uid) {
                 Some(flight) => (flight.clone(), None),
                 None => {
+                    // A read of it may have ended since this request looked at the cache
+                    // and the memory of missing ids: what it found is there now.
+                    if fresh {
+                        if self.remembered_missing(uid) {
+                            self.stats.negative_hits.inc();
+                            return Ok(None);
+                        }
+                        if let Some(hit) = self.get(uid) {
+                            return Ok(Some(hit));
+                        }
+                    }
                     let Some(wait) = self.database_wait() else {
                         self.stats.database_busy.inc();
                         return Err(Unavailable::Busy);
@@ -760,6 +772,22 @@ pub(crate) mod tests {
         let c = cache(10);
         assert_eq!(c.lookup("x", || Err(anyhow::anyhow!("down"))).unwrap_err(), Unavailable::Failed("down".into()));
         assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
+        assert_eq!(c.stats.db_reads.get(), 2);
+    }
+
+    /// A request that looked at the cache while another read the order, and reaches
+    /// the flights once that read has ended, takes what the read found instead of
+    /// reading again (`read_path::concurrent_misses_for_an_unknown_id_read_postgres_once`
+    /// saw two reads under load).
+    #[test]
+    fn a_request_late_for_a_read_takes_what_it_found() {
+        let c = cache(10);
+        c.listening();
+        assert!(c.lookup("gone", || Ok(None)).unwrap().is_none());
+        assert!(c.lookup("here", || Ok(Some(order("here")))).unwrap().is_some());
+        let again = || -> anyhow::Result<Option<Order>> { panic!("read again") };
+        assert!(c.load_once("gone", true, again).unwrap().is_none());
+        assert_eq!(c.load_once("here", true, again).unwrap().unwrap().uid, "here");
         assert_eq!(c.stats.db_reads.get(), 2);
     }
 
