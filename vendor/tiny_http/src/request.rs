@@ -450,7 +450,8 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            // orders-svc patch: as in `NotifyOnDrop`.
+            let _ = sender.send(());
         }
         res
     }
