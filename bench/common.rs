@@ -3,6 +3,12 @@
 
 #![allow(dead_code)] // each benchmark uses a different part of it
 
+use std::fmt::Write as _;
+use std::path::Path;
+
+use orders_svc::model::Order;
+use time::format_description::well_known::Rfc3339;
+
 #[path = "../tests/support/mod.rs"]
 pub mod support;
 
@@ -29,4 +35,94 @@ pub fn service_config(db: &TestDb, topic: &str) -> orders_svc::config::Config {
     config.kafka.group_id = topic.into();
     config.http.addr = "127.0.0.1:0".parse().expect("a socket address");
     config
+}
+
+/// The rows as four CSV files and a psql script that copies them in. The orders are
+/// dated as if ingested in batches of 500, one millisecond apart, the last batch newest.
+pub fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
+    fn q(s: &str) -> String {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+    let (mut o, mut d, mut p, mut i) = (String::new(), String::new(), String::new(), String::new());
+    let base = time::OffsetDateTime::now_utc() - time::Duration::milliseconds((orders.len() / 500) as i64 + 1);
+    for (n, x) in orders.iter().enumerate() {
+        let ingested = (base + time::Duration::milliseconds((n / 500) as i64)).format(&Rfc3339)?;
+        let created = x.date_created.format(&Rfc3339)?;
+        let fingerprint: String = x.clone().encode().sha256.iter().map(|b| format!("{b:02x}")).collect();
+        writeln!(
+            o,
+            "{},{},{},{},{},{},{},{},{},{},{},\\x{},{ingested}",
+            q(&x.order_uid),
+            q(&x.track_number),
+            q(&x.entry),
+            q(&x.locale),
+            q(&x.internal_signature),
+            q(&x.customer_id),
+            q(&x.delivery_service),
+            q(&x.shardkey),
+            x.sm_id,
+            created,
+            q(&x.oof_shard),
+            fingerprint
+        )?;
+        let v = &x.delivery;
+        writeln!(
+            d,
+            "{},{},{},{},{},{},{},{}",
+            q(&x.order_uid),
+            q(&v.name),
+            q(&v.phone),
+            q(&v.zip),
+            q(&v.city),
+            q(&v.address),
+            q(&v.region),
+            q(&v.email)
+        )?;
+        let y = &x.payment;
+        writeln!(
+            p,
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            q(&x.order_uid),
+            q(&y.transaction),
+            q(&y.request_id),
+            q(&y.currency),
+            q(&y.provider),
+            y.amount,
+            y.payment_dt,
+            q(&y.bank),
+            y.delivery_cost,
+            y.goods_total,
+            y.custom_fee
+        )?;
+        for (n, it) in x.items.iter().enumerate() {
+            writeln!(
+                i,
+                "{},{n},{},{},{},{},{},{},{},{},{},{},{}",
+                q(&x.order_uid),
+                it.chrt_id,
+                q(&it.track_number),
+                it.price,
+                q(&it.rid),
+                q(&it.name),
+                it.sale,
+                q(&it.size),
+                it.total_price,
+                it.nm_id,
+                q(&it.brand),
+                it.status
+            )?;
+        }
+    }
+    std::fs::write(dir.join("orders.csv"), o)?;
+    std::fs::write(dir.join("deliveries.csv"), d)?;
+    std::fs::write(dir.join("payments.csv"), p)?;
+    std::fs::write(dir.join("items.csv"), i)?;
+    std::fs::write(
+        dir.join("copy.sql"),
+        "\\copy orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, shardkey, sm_id, date_created, oof_shard, content_sha256, ingested_at) FROM 'orders.csv' CSV\n\
+         \\copy deliveries (order_uid, name, phone, zip, city, address, region, email) FROM 'deliveries.csv' CSV\n\
+         \\copy payments (order_uid, transaction, request_id, currency, provider, amount, payment_dt, bank, delivery_cost, goods_total, custom_fee) FROM 'payments.csv' CSV\n\
+         \\copy order_items (order_uid, position, chrt_id, track_number, price, rid, name, sale, size, total_price, nm_id, brand, status) FROM 'items.csv' CSV\n",
+    )?;
+    Ok(())
 }

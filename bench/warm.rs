@@ -1,0 +1,191 @@
+//! bench/warm: how long orders-svc takes, from its start, to fill its cache from
+//! PostgreSQL, and how much memory it then holds, against references in the same run:
+//!
+//! - the time: PostgreSQL streaming the same rows to a client that throws them away,
+//!   `COPY (orders joined with deliveries and payments) TO STDOUT` and then
+//!   `COPY order_items TO STDOUT`: what reading the rows costs before anyone decodes them;
+//! - the memory: the bytes the cache counts (`orders_cache_bytes`: each order's JSON, its
+//!   id twice, its ETag and 160 bytes of bookkeeping).
+//!
+//! The orders are generated (1-3 items each) and copied in once by `psql \copy`; then
+//! each round times the reference and a start of the `orders-svc` binary, which is
+//! stopped once its log says `event=cache_warmed`.
+//!
+//! Run with `bench/run warm`. Settings from the environment: WARM_N (default 1000000
+//! orders), WARM_ROUNDS (default 3), WARM_KEEP_DB (see below).
+
+use std::io::Read as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use orders_svc::tools::generate::Generator;
+use postgres::Client;
+
+#[path = "common.rs"]
+mod common;
+use common::support::process::{Process, config_toml, free_addr};
+use common::{brokers, create_topic_on, env_number, migrated_db, write_csv};
+
+const SEED: u64 = 20_211_126;
+
+/// The reference: the rows the cache is made of, as PostgreSQL streams them.
+const REFERENCE: [&str; 2] = [
+    "COPY (SELECT * FROM orders JOIN deliveries USING (order_uid) JOIN payments USING (order_uid)) TO STDOUT",
+    "COPY order_items TO STDOUT",
+];
+
+struct Round {
+    reference_secs: f64,
+    service_secs: f64,
+    cache_bytes: u64,
+    resident_bytes: u64,
+    peak_resident_bytes: u64,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let n = env_number("WARM_N", 1_000_000);
+    let rounds = env_number("WARM_ROUNDS", 3);
+    println!("bench/warm: {n} generated orders (1-3 items each, seed {SEED}), {rounds} rounds");
+
+    // WARM_KEEP_DB names a database to load once and keep for the next runs (to profile
+    // one part at a time); by default the run has a database of its own, dropped at the end.
+    let (url, _dropped_at_end) = match std::env::var("WARM_KEEP_DB") {
+        Ok(name) => (kept_database(&name)?, None),
+        Err(_) => {
+            let db = migrated_db()?;
+            (db.url.clone(), Some(db))
+        }
+    };
+    let mut client = Client::connect(&url, postgres::NoTls)?;
+    let count = |client: &mut Client, table: &str| -> anyhow::Result<i64> {
+        Ok(client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0))
+    };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-warm");
+    std::fs::create_dir_all(&dir)?;
+    if count(&mut client, "orders")? != n as i64 {
+        client.batch_execute("TRUNCATE orders CASCADE")?;
+        let started = Instant::now();
+        let mut generator = Generator::new(SEED, 3);
+        let orders: Vec<_> = (0..n).map(|_| generator.order()).collect();
+        write_csv(&dir, &orders)?;
+        drop(orders);
+        let status = Command::new("psql")
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &url, "-f"])
+            .arg(dir.join("copy.sql"))
+            .current_dir(&dir)
+            .status()
+            .context("run psql (is PostgreSQL's client installed?)")?;
+        if !status.success() {
+            bail!("psql \\copy failed: {status}");
+        }
+        // Sets the rows' hint bits and statistics now, so that no round pays for them.
+        client.batch_execute("VACUUM ANALYZE")?;
+        println!("  loaded in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    println!("  {} orders with {} items", count(&mut client, "orders")?, count(&mut client, "order_items")?);
+
+    let topic = format!("bench_warm_{}", std::process::id());
+    create_topic_on(&brokers(), &topic, 1);
+    let extra = format!("[cache]\nmax_orders = {}\nmax_bytes = {}\n", n + 1, 64u64 << 30);
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        let reference_secs = stream_reference(&mut client)?;
+        let r = start_service(&dir, &config_toml(&url, &topic, &topic, free_addr(), &extra), reference_secs)?;
+        println!(
+            "  round {round}: PostgreSQL streams the rows in {:.2} s; orders-svc warm in {:.2} s = {:.2}x; \
+             resident {} MiB after, {} MiB at peak, for {} MiB in the cache = {:.2}x after, {:.2}x at peak",
+            r.reference_secs,
+            r.service_secs,
+            r.service_secs / r.reference_secs,
+            r.resident_bytes >> 20,
+            r.peak_resident_bytes >> 20,
+            r.cache_bytes >> 20,
+            r.resident_bytes as f64 / r.cache_bytes as f64,
+            r.peak_resident_bytes as f64 / r.cache_bytes as f64,
+        );
+        results.push(r);
+    }
+
+    println!();
+    let spread = |f: &dyn Fn(&Round) -> f64| {
+        let mut v: Vec<f64> = results.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        format!("{:.2} (min {:.2}, max {:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!(
+        "  warm time / PostgreSQL streaming     = {}  (target: at most 1.2)",
+        spread(&|r| r.service_secs / r.reference_secs)
+    );
+    println!(
+        "  resident after warm / cache bytes    = {}  (target: at most 1.5)",
+        spread(&|r| r.resident_bytes as f64 / r.cache_bytes as f64)
+    );
+    println!("  peak resident / cache bytes          = {}", spread(&|r| r.peak_resident_bytes as f64 / r.cache_bytes as f64));
+    Ok(())
+}
+
+/// The database `name`, created with the service's tables if missing; kept.
+fn kept_database(name: &str) -> anyhow::Result<String> {
+    let admin = common::support::admin_url();
+    let (base, _) = admin.rsplit_once('/').context("a database URL ends with /name")?;
+    let mut client = Client::connect(&admin, postgres::NoTls)?;
+    if client.query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])?.is_empty() {
+        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    }
+    let url = format!("{base}/{name}");
+    orders_svc::store::migrate(&mut Client::connect(&url, postgres::NoTls)?)?;
+    Ok(url)
+}
+
+/// Streams the reference's rows to nowhere; returns the seconds it took.
+fn stream_reference(client: &mut Client) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 1 << 16];
+    for statement in REFERENCE {
+        let mut reader = client.copy_out(statement).with_context(|| statement.to_string())?;
+        while reader.read(&mut buffer)? > 0 {}
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Starts orders-svc, waits for its cache to be warm, reads its memory, and stops it.
+fn start_service(dir: &Path, toml: &str, reference_secs: f64) -> anyhow::Result<Round> {
+    let started = Instant::now();
+    let process = Process::start(dir, "orders-svc", toml, &[]);
+    let line = loop {
+        if let Some(line) = process.log().lines().find(|l| l.contains("event=cache_warmed")) {
+            break line.to_string();
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            bail!("orders-svc did not warm within 600 s; its log:\n{}", process.log());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let service_secs = started.elapsed().as_secs_f64();
+    let cache_bytes: u64 = line
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("bytes="))
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no bytes= in {line:?}"))?;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", process.id()))?;
+    let kib = |key: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|k| k * 1024)
+            .with_context(|| format!("{key} in /proc/PID/status"))
+    };
+    let round = Round {
+        reference_secs,
+        service_secs,
+        cache_bytes,
+        resident_bytes: kib("VmRSS:")?,
+        peak_resident_bytes: kib("VmHWM:")?,
+    };
+    process.signal("TERM");
+    Ok(round)
+}
