@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge};
 
-use crate::model::{Encoded, Order};
-use crate::store::Change;
+use crate::model::{Encoded, Order, version_of};
+use crate::store::{Change, StoredOrder};
 
 /// How long the listening connection may go without a sign of life (a notification, or
 /// the answer to the listener's ping) before entries are no longer served as fresh.
@@ -40,6 +40,13 @@ impl CachedOrder {
     pub fn new(encoded: &Encoded) -> CachedOrder {
         let etag = format!("\"{}\"", encoded.version());
         CachedOrder { uid: encoded.order.order_uid.clone(), json: encoded.json.clone(), etag }
+    }
+
+    /// An order as the warm-up read it: its version named by the digest stored with it
+    /// (which is its JSON's).
+    pub fn stored(stored: StoredOrder) -> CachedOrder {
+        let etag = format!("\"{}\"", version_of(&stored.sha256));
+        CachedOrder { uid: stored.uid, json: stored.json, etag }
     }
 
     /// The version this is (`model::version_of`): the ETag without its quotes.
@@ -422,13 +429,14 @@ impl Cache {
         }
     }
 
-    /// Fills the cache at start; `orders` newest first, so the newest are kept when
-    /// they do not all fit.
-    pub fn warm(&self, orders: Vec<Order>) {
-        let fresh: Vec<Arc<CachedOrder>> =
-            orders.into_iter().rev().map(|o| Arc::new(CachedOrder::new(&o.encode()))).collect();
+    /// Fills the cache at start with orders in any order, each with when it was stored
+    /// (any number that grows with time). They go in oldest first (of equal age, as
+    /// given): so the newest are kept when they do not all fit, and evicted last.
+    pub fn warm(&self, mut orders: Vec<(i64, Arc<CachedOrder>)>) {
+        orders.sort_by_key(|(stored_at, _)| *stored_at);
         let mut inner = self.inner.write();
-        for order in fresh {
+        inner.map.reserve(orders.len().min(self.limits.max_orders));
+        for (_, order) in orders {
             let tick = self.tick();
             self.put(&mut inner, order, tick);
         }
@@ -743,9 +751,20 @@ pub(crate) mod tests {
 
     #[test]
     fn warm_keeps_the_newest_when_they_do_not_all_fit() {
-        let c = cache(2);
-        c.warm(vec![order("newest"), order("middle"), order("oldest")]);
-        assert!(c.contains("newest") && c.contains("middle") && !c.contains("oldest"));
+        let c = cache(3);
+        let stored = |uid: &str| {
+            let e = enc(uid);
+            let stored = StoredOrder { uid: uid.into(), json: e.json, sha256: e.sha256.to_vec(), stored_at: 0 };
+            Arc::new(CachedOrder::stored(stored))
+        };
+        c.warm(vec![(2, stored("b")), (3, stored("newest")), (1, stored("oldest")), (2, stored("a"))]);
+        assert!(c.contains("newest") && c.contains("a") && c.contains("b") && !c.contains("oldest"));
+        // Of the two of equal age, "b" was given first: it goes first.
+        c.publish(&[enc("new")]);
+        assert!(c.contains("newest") && c.contains("a") && !c.contains("b"));
+        let e = enc("a");
+        assert_eq!(&*c.get("a").unwrap().json, &*e.json);
+        assert_eq!(c.get("a").unwrap().etag, CachedOrder::new(&e).etag);
     }
 
     #[test]

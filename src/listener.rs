@@ -11,13 +11,14 @@
 //! `cache::SILENCE_LIMIT` without an answer the cache stops serving entries as fresh
 //! until it answers.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CachedOrder};
 use crate::config::Config;
 use crate::service::{Backoff, Health, Shutdown};
 use crate::store;
@@ -58,13 +59,15 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             store::migrate(&mut client)?;
             let listener = store::listen(&config.database, name)?;
             cache.listener_established();
-            let recent = store::recent_orders(&mut client, config.cache.max_orders)?;
-            Ok((listener, recent))
+            let stored = store::stored_orders(&mut client, config.cache.max_orders, |s| {
+                (s.stored_at, Arc::new(CachedOrder::stored(s)))
+            })?;
+            Ok((listener, stored))
         });
         match ready {
-            Ok((listener, recent)) => {
-                let read = recent.len();
-                cache.warm(recent);
+            Ok((listener, stored)) => {
+                let read = stored.len();
+                cache.warm(stored);
                 cache.listening();
                 health.set_cache_warm();
                 info!(

@@ -133,10 +133,11 @@ pub const VERSION_BYTES: usize = 12;
 
 /// An order's version as text: the first `VERSION_BYTES` of its JSON's SHA-256, in hex.
 pub fn version_of(sha256: &[u8]) -> String {
-    use std::fmt::Write as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(2 * VERSION_BYTES);
     for b in &sha256[..VERSION_BYTES.min(sha256.len())] {
-        write!(hex, "{b:02x}").expect("writing to a String");
+        hex.push(DIGITS[usize::from(b >> 4)].into());
+        hex.push(DIGITS[usize::from(b & 15)].into());
     }
     hex
 }

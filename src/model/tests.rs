@@ -316,3 +316,10 @@ fn random_mutations_never_panic_and_always_name_a_rule() {
     // Some damage leaves a valid order (a changed digit, a repeated space); most does not.
     assert!(0 < accepted && accepted < runs / 2, "{accepted} of {runs} damaged messages were accepted");
 }
+
+#[test]
+fn a_version_is_the_digest_s_first_twelve_bytes_in_hex() {
+    let digest: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(17)).collect();
+    assert_eq!(version_of(&digest), "00112233445566778899aabb");
+    assert_eq!(version_of(&[0x0f, 0xf0]), "0ff0");
+}

@@ -10,6 +10,7 @@ mod pool;
 mod read;
 mod tables;
 mod tls;
+mod warm;
 mod write;
 
 use std::time::Duration;
@@ -24,7 +25,8 @@ pub use migrate::{MIGRATIONS, migrate};
 pub use notify::{CHANNEL, Change, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};
-pub use read::{order, recent_orders, recent_summaries};
+pub use read::{order, recent_summaries};
+pub use warm::{StoredOrder, stored_orders};
 pub use write::{BatchResult, Written, write_batch};
 
 use crate::config;

@@ -1,33 +1,13 @@
-//! The reads behind the cache and the index page: one order by id, the most recent
-//! orders, and their summaries. Each read sees one snapshot, so an order is never put
-//! together from two versions of it. Rows are read by column name.
-
-use std::collections::HashMap;
+//! The reads behind the cache's misses and the index page: one order by id, and the
+//! summaries of the most recent orders. Each read is one statement, so an order is never
+//! put together from two versions of it. Rows are read by column name.
 
 use anyhow::Context;
-use postgres::{Client, GenericClient, IsolationLevel, Row};
+use postgres::{Client, Row};
 
 use super::pool::Conn;
-use super::tables::{ITEM_SELECT, ORDER_SELECT, ORDER_WITH_ITEMS_SELECT};
+use super::tables::ORDER_WITH_ITEMS_SELECT;
 use crate::model::{Delivery, Item, Order, OrderSummary, Payment};
-
-/// The `limit` most recently ingested orders, newest first: two queries in one read-only
-/// repeatable-read transaction, so that the items are those of the same versions.
-pub fn recent_orders(client: &mut Client, limit: usize) -> anyhow::Result<Vec<Order>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .context("begin reading recent orders")?;
-    let rows = tx
-        .query(&format!("{} ORDER BY o.ingested_at DESC, o.order_uid LIMIT $1", *ORDER_SELECT), &[&limit])
-        .context("read recent orders")?;
-    let orders = with_items(&mut tx, rows)?;
-    tx.commit().context("end reading recent orders")?;
-    Ok(orders)
-}
 
 /// The `limit` most recently ingested orders, in brief, newest first.
 pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<OrderSummary>> {
@@ -73,10 +53,6 @@ pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<Order>> {
     Ok(Some(order))
 }
 
-/// The columns of an item as `ITEM_SELECT` names them.
-const ITEM_COLUMNS: [&str; 11] =
-    ["chrt_id", "track_number", "price", "rid", "name", "sale", "size", "total_price", "nm_id", "brand", "status"];
-
 /// The same columns as `ORDER_WITH_ITEMS_SELECT` names them.
 const ITEM_COLUMNS_PREFIXED: [&str; 11] = [
     "item_chrt_id",
@@ -92,7 +68,7 @@ const ITEM_COLUMNS_PREFIXED: [&str; 11] = [
     "item_status",
 ];
 
-/// An item from a row whose columns are named `names` (in `ITEM_COLUMNS`' order).
+/// An item from a row whose columns are named `names` (in the order of `Item`'s fields).
 fn item_from_row(row: &Row, names: &[&str; 11]) -> Item {
     Item {
         chrt_id: row.get(names[0]),
@@ -109,23 +85,7 @@ fn item_from_row(row: &Row, names: &[&str; 11]) -> Item {
     }
 }
 
-/// Builds orders from their head rows and one query for all their items.
-fn with_items(client: &mut impl GenericClient, rows: Vec<Row>) -> anyhow::Result<Vec<Order>> {
-    let mut orders: Vec<Order> = rows.iter().map(order_from_row).collect();
-    if orders.is_empty() {
-        return Ok(orders);
-    }
-    let index: HashMap<String, usize> = orders.iter().enumerate().map(|(i, o)| (o.order_uid.clone(), i)).collect();
-    let uids: Vec<&str> = orders.iter().map(|o| o.order_uid.as_str()).collect();
-    let items = client.query(ITEM_SELECT.as_str(), &[&uids]).context("read order items")?;
-    for row in items {
-        let uid: &str = row.get("order_uid");
-        orders[index[uid]].items.push(item_from_row(&row, &ITEM_COLUMNS));
-    }
-    Ok(orders)
-}
-
-/// An order from a row of `ORDER_SELECT`, its items not yet read.
+/// An order from a row of `ORDER_WITH_ITEMS_SELECT`, its items not yet read.
 fn order_from_row(row: &Row) -> Order {
     Order {
         order_uid: row.get("order_uid"),

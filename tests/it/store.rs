@@ -271,3 +271,50 @@ fn a_prepared_read_that_fails_is_prepared_again() {
     assert!(error.contains("cached plan must not change result type"), "{error}");
     assert_eq!(store::order(&mut conn, &x.order_uid).unwrap().as_ref(), Some(&x));
 }
+
+/// The read that fills the cache gives every stored order exactly as the read of one
+/// order does, items in their order, with the digest it was stored with. With more
+/// stored than the limit, it gives the most recently stored, ties broken by id.
+#[test]
+fn the_warm_read_gives_each_stored_order_whole() {
+    let db = migrated();
+    let mut generator = Generator::new(7, 3);
+    let orders: Vec<Order> = (0..300).map(|_| generator.order()).collect();
+    assert!(orders.iter().any(|o| o.items.len() == 3), "some orders have several items");
+    let messages: Vec<Message> = (0..300).map(|i| at(0, i)).collect();
+    // Three batches, so three ages: 0..100 oldest, 200..300 newest.
+    for part in 0..3 {
+        let batch: Vec<(&Message, &Order)> = (part * 100..part * 100 + 100).map(|i| (&messages[i], &orders[i])).collect();
+        write(&db, &batch);
+    }
+    let mut client = db.client();
+    let read_all = |client: &mut postgres::Client, limit: usize| {
+        store::stored_orders(client, limit, |s| s).unwrap()
+    };
+
+    let all = read_all(&mut client, 1000);
+    assert_eq!(all.len(), 300);
+    let mut conn = store::Conn::from(db.client());
+    let by_uid: std::collections::HashMap<&str, &Order> = orders.iter().map(|o| (o.order_uid.as_str(), o)).collect();
+    for stored in &all {
+        let single = store::order(&mut conn, &stored.uid).unwrap().expect("stored");
+        assert_eq!(&single, by_uid[stored.uid.as_str()]);
+        let encoded = single.encode();
+        assert_eq!(*stored.json, *encoded.json, "{}", stored.uid);
+        assert_eq!(stored.sha256, encoded.sha256.to_vec());
+    }
+    let ages: std::collections::BTreeSet<i64> = all.iter().map(|s| s.stored_at).collect();
+    assert_eq!(ages.len(), 3);
+
+    // The newest batch whole, and of the middle one the 50 first by id.
+    let kept = read_all(&mut client, 150);
+    assert_eq!(kept.len(), 150);
+    let mut middle: Vec<&str> = orders[100..200].iter().map(|o| o.order_uid.as_str()).collect();
+    middle.sort_unstable();
+    let mut expected: Vec<&str> = orders[200..].iter().map(|o| o.order_uid.as_str()).collect();
+    expected.extend(&middle[..50]);
+    expected.sort_unstable();
+    let mut got: Vec<&str> = kept.iter().map(|s| s.uid.as_str()).collect();
+    got.sort_unstable();
+    assert_eq!(got, expected);
+}
