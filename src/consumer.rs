@@ -325,83 +325,162 @@ impl Consumer {
     /// The loop. Returns when shutdown is signalled, after the batch in hand is written
     /// and its offsets committed (or, if the database is down then, not written at all:
     /// its messages are read again at the next start).
+    ///
+    /// Batches are decoded by a helper thread. A batch that ended full (so that more
+    /// messages are likely waiting) is held while the next one is collected and handed
+    /// to the helper, and written while the helper decodes: the database and the
+    /// decoding then work at the same time. A batch that ended by its wait is written at
+    /// once, so that a quiet topic's orders are never held back for the next batch.
     pub fn run(mut self) {
+        let decoder = Decoder::start(self.rules.clone());
+        let mut ready: Option<Decoded> = None;
         while !self.shutdown.is_signalled() {
-            let batch = self.collect_batch();
+            let after = ready.as_ref().map(Decoded::ends).unwrap_or_default();
+            let batch = self.collect_batch(&after);
             self.take_assigned_offsets();
             if self.reconciled.elapsed() >= RECONCILE_EVERY {
                 self.reconcile();
             }
-            if batch.is_empty() {
+            if let Some(held) = ready.take_if(|held| held.generation != self.revocations()) {
+                self.discard(&held.messages, "partitions_revoked");
+            }
+            let decoding = !batch.messages.is_empty();
+            if decoding {
+                decoder.decode(batch);
+            }
+            let mut fenced = false;
+            match ready.take() {
+                Some(held) => match self.write(held) {
+                    Some(written) => fenced = !written,
+                    None => break,
+                },
                 // Idle: a commit that failed is tried again, paced by its backoff, so the
                 // committed offsets reach the end of the topic even when nothing new comes.
-                self.commit_pending(false);
+                None if !decoding => self.commit_pending(false),
+                None => {}
+            }
+            if !decoding {
                 continue;
             }
-            let started = Instant::now();
-            let claims = self.claims(&batch);
-            let (orders, dead) = decode_all(&batch, &self.rules);
-            let decoded = Instant::now();
-            self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
-            let written = self.write_with_retry(&claims, &orders, &dead);
-            let result = match written {
-                None => {
-                    info!("event=batch_abandoned reason=shutdown_during_retry messages={}", batch.len());
-                    break;
-                }
-                Some(Written::Fenced(fenced)) => {
-                    self.fenced(&claims, &fenced);
-                    continue;
-                }
-                Some(Written::Committed(result)) => result,
-            };
-            let mut positions = self.consumer.context().positions.lock();
-            for c in &claims {
-                if let Some(position) = positions.get_mut(&(c.topic.clone(), c.partition)) {
-                    *position = Some(c.next);
-                }
+            let next = decoder.next();
+            if fenced || next.generation != self.revocations() {
+                // Collected from positions that no longer hold.
+                self.discard(&next.messages, if fenced { "batch_before_fenced" } else { "partitions_revoked" });
+            } else if next.full {
+                ready = Some(next);
+            } else if self.write(next).is_none() {
+                break;
             }
-            drop(positions);
-            let written = Instant::now();
-            #[cfg(debug_assertions)]
-            crate::fault::point("exit_after_database_commit");
-            self.commit_offsets(&batch);
-            let timings = [decoded - started, written - decoded, written.elapsed()];
-            self.record(&batch, &result, timings);
-            log_batch(&batch, &result, timings);
-            self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
+        }
+        if let Some(held) = ready.take()
+            && held.generation == self.revocations()
+        {
+            self.write(held);
         }
         self.commit_pending(true);
         info!("event=consumer_stopped");
+    }
+
+    fn revocations(&self) -> u64 {
+        self.consumer.context().revocations.load(Ordering::SeqCst)
+    }
+
+    /// Writes a decoded batch, commits its offsets and publishes its orders. Some(true)
+    /// once written, Some(false) if it was fenced (nothing written, its partitions sought
+    /// to their stored offsets), None if shutdown came while the database was failing.
+    fn write(&mut self, batch: Decoded) -> Option<bool> {
+        let Decoded { messages, orders, dead, decode_took, .. } = batch;
+        let started = Instant::now();
+        // From the positions as they are now, after the batch before this one.
+        let claims = self.claims(&messages);
+        let orders: Vec<(&Message, Encoded)> = orders.into_iter().map(|(i, e)| (&messages[i], e)).collect();
+        self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
+        let result = match self.write_with_retry(&claims, &orders, &dead) {
+            None => {
+                info!("event=batch_abandoned reason=shutdown_during_retry messages={}", messages.len());
+                return None;
+            }
+            Some(Written::Fenced(fenced)) => {
+                self.fenced(&claims, &fenced);
+                return Some(false);
+            }
+            Some(Written::Committed(result)) => result,
+        };
+        let mut positions = self.consumer.context().positions.lock();
+        for c in &claims {
+            if let Some(position) = positions.get_mut(&(c.topic.clone(), c.partition)) {
+                *position = Some(c.next);
+            }
+        }
+        drop(positions);
+        let written = Instant::now();
+        #[cfg(debug_assertions)]
+        crate::fault::point("exit_after_database_commit");
+        self.commit_offsets(&messages);
+        let timings = [decode_took, written - started, written.elapsed()];
+        self.record(&messages, &result, timings);
+        log_batch(&messages, &result, timings);
+        self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
+        Some(true)
+    }
+
+    /// Drops collected messages that will not be written: each partition they came from
+    /// that is still assigned is sought back to its position (or, with none stored yet,
+    /// to the first message dropped), so that they are read again. Their fetch position
+    /// had moved past them; without the seek a later batch would claim the partition from
+    /// its position and skip them.
+    fn discard(&mut self, messages: &[Message], reason: &str) {
+        if messages.is_empty() {
+            return;
+        }
+        info!("event=batch_dropped reason={reason} messages={}", messages.len());
+        let mut first: BTreeMap<Partition, i64> = BTreeMap::new();
+        for m in messages {
+            let offset = first.entry((m.topic.clone(), m.partition)).or_insert(m.offset);
+            *offset = (*offset).min(m.offset);
+        }
+        for (key, offset) in first {
+            let Some(position) = self.consumer.context().positions.lock().get(&key).copied() else { continue };
+            self.seek(&key, position.unwrap_or(offset));
+        }
+    }
+
+    fn seek(&self, key: &Partition, offset: i64) {
+        if let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), BROKER_CALL) {
+            warn!("event=seek_failed partition={}/{} offset={offset} error={e}", key.0, key.1);
+        }
     }
 
     /// Takes messages until the batch holds `batch_max_messages` or `batch_max_bytes`, or
     /// `batch_max_wait` has passed since its first message; returns an empty batch when a
     /// poll finds nothing to start one. If partitions are revoked meanwhile, what was
     /// collected is dropped: their new owner reads it again from the stored offset. A
-    /// message before this consumer's position (the broker reset the position backwards)
-    /// is skipped, and its partition sought back to the position.
-    fn collect_batch(&mut self) -> Vec<Message> {
+    /// message before this consumer's position, or before `after` (where a batch
+    /// collected but not yet written ends), is skipped: the broker reset the position
+    /// backwards. Its partition is sought back to where it should be.
+    fn collect_batch(&mut self, after: &HashMap<Partition, i64>) -> Collected {
         let (max, max_bytes) = (self.ingest.batch_max_messages, self.ingest.batch_max_bytes);
         let max_wait = self.ingest.batch_max_wait();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut behind = BTreeSet::new();
+        let mut behind = BTreeMap::new();
         let mut deadline: Option<Instant> = None;
-        let mut generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+        let mut generation = self.revocations();
         loop {
             let timeout = deadline.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()));
             match self.consumer.poll(timeout) {
                 Some(Ok(m)) => {
                     let key = (m.topic().to_string(), m.partition());
-                    match self.consumer.context().positions.lock().get(&key) {
-                        Some(Some(position)) if m.offset() < *position => {
-                            behind.insert(key);
-                            continue;
-                        }
-                        Some(_) => {}
+                    let position = match self.consumer.context().positions.lock().get(&key) {
+                        Some(position) => after.get(&key).copied().or(*position),
                         // Not assigned any more, or waiting for its stored offset.
                         None => continue,
+                    };
+                    if let Some(position) = position
+                        && m.offset() < position
+                    {
+                        behind.insert(key, position);
+                        continue;
                     }
                     bytes += m.payload_len();
                     batch.push(Message {
@@ -417,11 +496,9 @@ impl Consumer {
                 None if batch.is_empty() => break,
                 None => {}
             }
-            let now_generation = self.consumer.context().revocations.load(Ordering::SeqCst);
+            let now_generation = self.revocations();
             if now_generation != generation {
-                if !batch.is_empty() {
-                    info!("event=batch_dropped reason=partitions_revoked messages={}", batch.len());
-                }
+                self.discard(&batch, "partitions_revoked");
                 batch.clear();
                 bytes = 0;
                 deadline = None;
@@ -434,10 +511,11 @@ impl Consumer {
                 break;
             }
         }
-        for key in behind {
-            self.seek_back(key);
+        for (key, position) in behind {
+            self.seek_back(key, position);
         }
-        batch
+        let full = batch.len() >= max || bytes >= max_bytes;
+        Collected { messages: batch, generation, full }
     }
 
     /// For each partition of the batch: where this consumer started reading it, one past
@@ -495,10 +573,8 @@ impl Consumer {
         let Some(position) = positions.get_mut(&key) else { return };
         *position = stored;
         drop(positions);
-        if let Some(offset) = stored
-            && let Err(e) = self.consumer.seek(&key.0, key.1, Offset::Offset(offset), BROKER_CALL)
-        {
-            warn!("event=seek_failed partition={}/{} offset={offset} error={e}", key.0, key.1);
+        if let Some(offset) = stored {
+            self.seek(&key, offset);
         }
     }
 
@@ -506,8 +582,7 @@ impl Consumer {
     /// it back (an out-of-range reset, as after the topic was recreated). If the position
     /// is past the partition's end, the partition is paused and the operator told what to
     /// do; otherwise it is sought back to the position.
-    fn seek_back(&mut self, key: Partition) {
-        let Some(Some(position)) = self.consumer.context().positions.lock().get(&key).copied() else { return };
+    fn seek_back(&mut self, key: Partition, position: i64) {
         let end = self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL).map(|(_, high)| high);
         match end {
             Ok(end) if position > end => {
@@ -522,7 +597,7 @@ impl Consumer {
                 self.pause(std::slice::from_ref(&key));
                 self.consumer.context().blocked.lock().insert(key);
             }
-            _ => self.seek_to_stored(key, Some(position)),
+            _ => self.seek(&key, position),
         }
     }
 
@@ -737,14 +812,102 @@ impl Consumer {
     }
 }
 
+/// A batch as collected.
+struct Collected {
+    messages: Vec<Message>,
+    /// `GroupContext::revocations` when it was collected.
+    generation: u64,
+    /// It ended full rather than by its wait: more messages are likely waiting.
+    full: bool,
+}
+
+/// A batch collected and decoded, not yet written.
+struct Decoded {
+    messages: Vec<Message>,
+    /// The orders, each with the index of its message.
+    orders: Vec<(usize, Encoded)>,
+    dead: Vec<DeadLetter>,
+    generation: u64,
+    full: bool,
+    decode_took: Duration,
+}
+
+impl Decoded {
+    /// Per partition, one past its last message.
+    fn ends(&self) -> HashMap<Partition, i64> {
+        let mut ends = HashMap::new();
+        for m in &self.messages {
+            let end = ends.entry((m.topic.clone(), m.partition)).or_insert(0);
+            *end = (*end).max(m.offset + 1);
+        }
+        ends
+    }
+}
+
+/// The thread that decodes batches, so that the consumer thread can write one batch
+/// while the next is decoded. It holds no offsets and no connection: it only turns
+/// messages into orders and dead letters, and hands each batch back in turn.
+struct Decoder {
+    batches: Option<crossbeam_channel::Sender<Collected>>,
+    decoded: crossbeam_channel::Receiver<Decoded>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Decoder {
+    fn start(rules: Rules) -> Decoder {
+        let (batches, to_decode) = crossbeam_channel::bounded::<Collected>(1);
+        let (done, decoded) = crossbeam_channel::bounded(1);
+        let thread = std::thread::Builder::new()
+            .name("decoder".into())
+            .spawn(move || {
+                for batch in to_decode {
+                    let started = Instant::now();
+                    let (orders, dead) = decode_all(&batch.messages, &rules);
+                    let decoded = Decoded {
+                        messages: batch.messages,
+                        orders,
+                        dead,
+                        generation: batch.generation,
+                        full: batch.full,
+                        decode_took: started.elapsed(),
+                    };
+                    if done.send(decoded).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("start the decoder thread");
+        Decoder { batches: Some(batches), decoded, thread: Some(thread) }
+    }
+
+    /// Hands a batch to the thread. Each is taken back with `next` before the next is given.
+    fn decode(&self, batch: Collected) {
+        self.batches.as_ref().expect("open until dropped").send(batch).expect("the decoder thread is running");
+    }
+
+    /// The batch given last, decoded.
+    fn next(&self) -> Decoded {
+        self.decoded.recv().expect("the decoder thread is running")
+    }
+}
+
+impl Drop for Decoder {
+    fn drop(&mut self) {
+        self.batches.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Decodes each message into an order or a dead letter with its reason.
 /// Each order is encoded here, once, for both the database and the cache.
-fn decode_all<'a>(batch: &'a [Message], rules: &Rules) -> (Vec<(&'a Message, Encoded)>, Vec<DeadLetter>) {
+fn decode_all(batch: &[Message], rules: &Rules) -> (Vec<(usize, Encoded)>, Vec<DeadLetter>) {
     let mut orders = Vec::with_capacity(batch.len());
     let mut dead = Vec::new();
-    for m in batch {
+    for (i, m) in batch.iter().enumerate() {
         match model::decode(m.payload.as_deref(), rules) {
-            Ok(order) => orders.push((m, order.encode())),
+            Ok(order) => orders.push((i, order.encode())),
             Err(rejection) => {
                 // The detail can quote the message, and so a person's name or address:
                 // it goes to the dead letter, and to the log only at debug level.

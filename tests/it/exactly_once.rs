@@ -158,3 +158,64 @@ fn a_replay_of_the_partition_never_walks_an_order_back() {
     assert_eq!(metric(addr, "orders_stored_total{outcome=\"replaced\"}"), Some(0.0));
     eprintln!("{reads} reads during the replay, all of version 3");
 }
+
+/// A backlog of 20,000 orders on 4 partitions, written in full batches of 200 (each held
+/// while the next is collected and decoded; each batch's write takes at least 50 ms, so
+/// that the backlog lasts), while instances join and leave the group:
+/// every message is written exactly once, and the stored offsets end at the partitions'
+/// ends. Run with both of librdkafka's rebalance protocols. With cooperative rebalancing
+/// a revocation takes only some of an instance's partitions, and a batch collected from
+/// the others is dropped: unless those are sought back, a later batch claims them from
+/// their stored offset past the dropped messages, and they are never written.
+#[test]
+fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
+    for strategy in ["range", "cooperative-sticky"] {
+        let setup = Setup::new(4);
+        let db = &setup.db;
+        orders_svc::store::migrate(&mut db.client()).unwrap();
+        db.client()
+            .batch_execute(
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); \
+                 RETURN NULL; END $$; \
+                 CREATE TRIGGER slow AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION slow();",
+            )
+            .unwrap();
+        let mut generator = orders_svc::tools::generate::Generator::new(31, 3);
+        let payloads: Vec<Vec<u8>> = (0..20_000).map(|_| generator.order().to_json()).collect();
+        let ends = per_partition(&setup.produce(&payloads.iter().map(Vec::as_slice).collect::<Vec<_>>()), 4);
+        let config = || {
+            let mut config = setup.config();
+            config.ingest.batch_max_messages = 200;
+            config.kafka.properties.insert("partition.assignment.strategy".into(), strategy.into());
+            config
+        };
+        let written = || db.count("SELECT coalesce(sum(messages), 0)::bigint FROM consumer_offsets");
+
+        let first = Running::start(config());
+        wait_for("the first batches", Duration::from_secs(60), || (written() > 0).then_some(()));
+        let second = Running::start(config());
+        wait_for("a rebalance to give the second instance partitions", Duration::from_secs(60), || {
+            (second.health().assigned_partitions() > 0).then_some(())
+        });
+        let third = Running::start(config());
+        wait_for("a rebalance to give the third instance partitions", Duration::from_secs(60), || {
+            (third.health().assigned_partitions() > 0).then_some(())
+        });
+        assert!(written() < 20_000, "{strategy}: the backlog was written before the instances joined");
+        second.stop();
+        setup.wait_committed(&ends, Duration::from_secs(120));
+        first.stop();
+        third.stop();
+
+        assert_eq!(written(), 20_000, "{strategy}: messages written, each exactly once");
+        assert_eq!(db.count("SELECT count(*) FROM orders"), 20_000, "{strategy}");
+        let stored: Vec<i64> = db
+            .client()
+            .query("SELECT next_offset FROM consumer_offsets ORDER BY partition", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(stored, ends, "{strategy}");
+    }
+}
