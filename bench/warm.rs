@@ -123,7 +123,10 @@ fn main() -> anyhow::Result<()> {
         "  resident after warm / cache bytes    = {}  (target: at most 1.5)",
         spread(&|r| r.resident_bytes as f64 / r.cache_bytes as f64)
     );
-    println!("  peak resident / cache bytes          = {}", spread(&|r| r.peak_resident_bytes as f64 / r.cache_bytes as f64));
+    println!(
+        "  peak resident / cache bytes          = {}",
+        spread(&|r| r.peak_resident_bytes as f64 / r.cache_bytes as f64)
+    );
     Ok(())
 }
 

@@ -77,7 +77,12 @@ pub fn stored_orders<T: Send>(
         items.add_last().context("an item row")?;
     }
     drop(rows);
-    debug!("event=warm_items_read items={} bytes={} ms={}", items.starts.len(), items.bytes.len(), started.elapsed().as_millis());
+    debug!(
+        "event=warm_items_read items={} bytes={} ms={}",
+        items.starts.len(),
+        items.bytes.len(),
+        started.elapsed().as_millis()
+    );
 
     let query = format!("SELECT {} FROM {HEAD_JOIN}{keep}", head_columns());
     let mut rows = copy_out(&mut tx, &query).context("read the stored orders")?;

@@ -209,13 +209,7 @@ fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
 
         assert_eq!(written(), 20_000, "{strategy}: messages written, each exactly once");
         assert_eq!(db.count("SELECT count(*) FROM orders"), 20_000, "{strategy}");
-        let stored: Vec<i64> = db
-            .client()
-            .query("SELECT next_offset FROM consumer_offsets ORDER BY partition", &[])
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let stored = db.next_offsets();
         assert_eq!(stored, ends, "{strategy}");
     }
 }

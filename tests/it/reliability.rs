@@ -111,13 +111,7 @@ fn sigkill_five_times_during_ingest_loses_nothing_and_writes_nothing_twice() {
     // Redelivered: messages written more than once. Each batch adds its message count to
     // its partitions' rows, so a message written twice would count twice.
     assert_eq!(written() - 50_000, 0, "messages written more than once");
-    let stored: Vec<i64> = db
-        .client()
-        .query("SELECT next_offset FROM consumer_offsets ORDER BY partition", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored = db.next_offsets();
     assert_eq!(stored, ends);
     let uids = String::from_utf8(uids).unwrap();
     assert_eq!(uids.lines().count(), 49_045);

@@ -284,13 +284,12 @@ fn the_warm_read_gives_each_stored_order_whole() {
     let messages: Vec<Message> = (0..300).map(|i| at(0, i)).collect();
     // Three batches, so three ages: 0..100 oldest, 200..300 newest.
     for part in 0..3 {
-        let batch: Vec<(&Message, &Order)> = (part * 100..part * 100 + 100).map(|i| (&messages[i], &orders[i])).collect();
+        let batch: Vec<(&Message, &Order)> =
+            (part * 100..part * 100 + 100).map(|i| (&messages[i], &orders[i])).collect();
         write(&db, &batch);
     }
     let mut client = db.client();
-    let read_all = |client: &mut postgres::Client, limit: usize| {
-        store::stored_orders(client, limit, |s| s).unwrap()
-    };
+    let read_all = |client: &mut postgres::Client, limit: usize| store::stored_orders(client, limit, |s| s).unwrap();
 
     let all = read_all(&mut client, 1000);
     assert_eq!(all.len(), 300);

@@ -28,6 +28,12 @@ impl TestDb {
         Client::connect(&self.url, NoTls).expect("connect to the test database")
     }
 
+    /// The group's stored offsets (`consumer_offsets.next_offset`), by partition.
+    pub fn next_offsets(&self) -> Vec<i64> {
+        let rows = self.client().query("SELECT next_offset FROM consumer_offsets ORDER BY partition", &[]);
+        rows.expect("read the stored offsets").iter().map(|r| r.get(0)).collect()
+    }
+
     /// Runs a query that returns one bigint, such as a count.
     pub fn count(&self, sql: &str) -> i64 {
         self.client().query_one(sql, &[]).expect(sql).get(0)
