@@ -64,7 +64,10 @@ fn out_of_descriptors_the_server_answers_again_once_some_are_closed() {
 }
 
 /// 2,000 connections each sending a header a byte at a time: a normal client, on a new
-/// connection each time, is answered in under 100 ms.
+/// connection each time, is answered in under 250 ms. Alone it takes under 50 ms; the
+/// bound leaves room for the other tests of the suite running beside it on two cores
+/// (115 ms was seen so), and is still far below a server whose workers the slow
+/// connections hold, which answers after seconds or not at all.
 #[test]
 fn two_thousand_slow_connections_leave_normal_requests_fast() {
     let s = serve("slow", "", None);
@@ -105,7 +108,7 @@ fn two_thousand_slow_connections_leave_normal_requests_fast() {
     stop.store(true, Ordering::Relaxed);
     trickle.join().unwrap();
     eprintln!("with 2,000 slow connections, the slowest of 100 normal requests took {slowest:?}");
-    assert!(slowest < Duration::from_millis(100), "the slowest normal request took {slowest:?}");
+    assert!(slowest < Duration::from_millis(250), "the slowest normal request took {slowest:?}");
 }
 
 /// A request that stops half way is answered 408 and closed once the request timeout
