@@ -21,12 +21,18 @@ pub enum Route<'a> {
     Other,
 }
 
+fn trim_blank(text: &str) -> &str {
+    text.trim_matches([' ', '\t', '\r', '\n'])
+}
+
 impl<'a> Route<'a> {
     pub fn parse(url: &'a str) -> Route<'a> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         match path {
             "/" => match query_param(query, "uid") {
-                Some(uid) if !uid.trim().is_empty() => Route::Lookup(uid.trim().to_string()),
+                // Spaces, tabs and line ends around the id are dropped, as the OpenAPI
+                // document's pattern says; any other character is the id's.
+                Some(uid) if !trim_blank(&uid).is_empty() => Route::Lookup(trim_blank(&uid).to_string()),
                 _ => Route::Index,
             },
             "/healthz" => Route::Healthz,
@@ -145,6 +151,8 @@ mod tests {
     fn routes_carry_what_the_handlers_need() {
         assert_eq!(Route::parse("/order/abc?x=1"), Route::Order("abc"));
         assert_eq!(Route::parse("/?uid=+a%20b+"), Route::Lookup("a b".into()));
+        assert_eq!(Route::parse("/?uid=%0D"), Route::Index);
+        assert_eq!(Route::parse("/?uid=%0Cx%0D%0A"), Route::Lookup("\u{c}x".into()));
         assert_eq!(Route::parse("/?uid=+"), Route::Index);
         assert_eq!(Route::parse("/?xuid=1"), Route::Index);
         assert_eq!(Route::parse("/assets/style.css"), Route::Asset("style.css"));
