@@ -2,6 +2,7 @@
 //! orders and dead letters, and the reads behind the cache and the commands. Only this
 //! module contains SQL; `tables` names every column it writes, once.
 
+mod copy_in;
 mod dead_letters;
 mod migrate;
 mod notify;

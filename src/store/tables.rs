@@ -101,7 +101,7 @@ pub(super) const REJECTED_MESSAGES: Table = Table {
 };
 
 impl Table {
-    /// The column types, for `BinaryCopyInWriter`.
+    /// The column types, for `copy_in::CopyIn`.
     pub fn types(&self) -> Vec<Type> {
         self.columns.iter().map(|(_, t)| t.clone()).collect()
     }

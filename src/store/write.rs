@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use anyhow::Context;
 use log::{info, warn};
 use postgres::Transaction;
-use postgres::binary_copy::BinaryCopyInWriter;
 
+use super::copy_in::CopyIn;
 use super::dead_letters::{DeadLetter, insert_dead_letters};
 use super::notify::notify_changed;
 use super::offsets::{self, Claim};
@@ -69,7 +69,7 @@ pub fn write_batch(
     // Savepoints make every row a subtransaction's, which costs PostgreSQL: the batch is
     // written without them, and only written again with them when some rows are refused.
     match write_transaction(client, group, claims, orders, dead, false) {
-        Err(e) if e.downcast_ref::<postgres::Error>().is_some_and(refuses_rows) => {
+        Err(e) if refused(&e) => {
             info!("event=batch_refused_by_database reason={e:#} action=write_again_isolating_the_refused_rows");
             write_transaction(client, group, claims, orders, dead, true)
         }
@@ -134,7 +134,7 @@ fn write_isolating(
     orders: &[(&Message, Encoded)],
     part: &[usize],
     result: &mut BatchResult,
-) -> Result<(), postgres::Error> {
+) -> anyhow::Result<()> {
     if part.is_empty() {
         return Ok(());
     }
@@ -146,11 +146,11 @@ fn write_isolating(
             result.add(counts, part);
             Ok(())
         }
-        Err(e) if refuses_rows(&e) => {
+        Err(e) if refused(&e) => {
             drop(savepoint);
             if let [i] = part {
                 let (message, encoded) = &orders[*i];
-                let detail = db_message(&e);
+                let detail = message_of(&e);
                 warn!(
                     "event=order_refused_by_database topic={} partition={} offset={} order_uid={} reason={detail:?}",
                     message.topic, message.partition, message.offset, encoded.order.order_uid
@@ -159,7 +159,7 @@ fn write_isolating(
                 result.dead_letters.push(DeadLetter::new(message, Rejection::new(Rule::Database, detail), usize::MAX));
                 return Ok(());
             }
-            info!("event=orders_refused_by_database orders={} reason={:?} action=split", part.len(), db_message(&e));
+            info!("event=orders_refused_by_database orders={} reason={:?} action=split", part.len(), message_of(&e));
             let (first, second) = part.split_at(part.len() / 2);
             write_isolating(tx, orders, first, result)?;
             write_isolating(tx, orders, second, result)
@@ -228,10 +228,7 @@ impl Stored {
 
 /// Inserts new orders and replaces older versions with newer ones; leaves identical
 /// ones (recording the newer source) and stale ones alone. `stored` indexes `orders`.
-pub(super) fn write_orders(
-    tx: &mut Transaction<'_>,
-    orders: &[(&Message, &Encoded)],
-) -> Result<BatchResult, postgres::Error> {
+pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encoded)]) -> anyhow::Result<BatchResult> {
     let mut counts = BatchResult::default();
     if orders.is_empty() {
         return Ok(counts);
@@ -307,10 +304,10 @@ pub(super) fn write_orders(
     Ok(counts)
 }
 
-/// One binary COPY per table: the fastest way into PostgreSQL short of a bulk load. Each
+/// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a bulk load. Each
 /// row's values are in the order of its table's columns in `tables`.
-fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]) -> Result<(), postgres::Error> {
-    let mut w = BinaryCopyInWriter::new(tx.copy_in(&ORDERS.copy_in())?, &ORDERS.types());
+fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]) -> anyhow::Result<()> {
+    let mut w = CopyIn::start(tx, &ORDERS)?;
     for (o, fingerprint, source) in orders {
         let fingerprint: &[u8] = fingerprint;
         w.write(&[
@@ -333,14 +330,14 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]
     }
     w.finish()?;
 
-    let mut w = BinaryCopyInWriter::new(tx.copy_in(&DELIVERIES.copy_in())?, &DELIVERIES.types());
+    let mut w = CopyIn::start(tx, &DELIVERIES)?;
     for (o, ..) in orders {
         let d = &o.delivery;
         w.write(&[&o.order_uid, &d.name, &d.phone, &d.zip, &d.city, &d.address, &d.region, &d.email])?;
     }
     w.finish()?;
 
-    let mut w = BinaryCopyInWriter::new(tx.copy_in(&PAYMENTS.copy_in())?, &PAYMENTS.types());
+    let mut w = CopyIn::start(tx, &PAYMENTS)?;
     for (o, ..) in orders {
         let p = &o.payment;
         w.write(&[
@@ -359,7 +356,7 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]
     }
     w.finish()?;
 
-    let mut w = BinaryCopyInWriter::new(tx.copy_in(&ORDER_ITEMS.copy_in())?, &ORDER_ITEMS.types());
+    let mut w = CopyIn::start(tx, &ORDER_ITEMS)?;
     for (o, ..) in orders {
         for (position, i) in o.items.iter().enumerate() {
             let position = position as i32;
@@ -403,9 +400,19 @@ pub(super) fn refuses_rows(e: &postgres::Error) -> bool {
     code.starts_with("22") || code.starts_with("23") || code.starts_with("54") || code == "57014"
 }
 
+/// `refuses_rows`, for an error that may have come from the database.
+fn refused(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<postgres::Error>().is_some_and(refuses_rows)
+}
+
 fn db_message(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => e.to_string(),
     }
+}
+
+/// `db_message`, for an error that may have come from the database.
+fn message_of(e: &anyhow::Error) -> String {
+    e.downcast_ref::<postgres::Error>().map_or_else(|| format!("{e:#}"), db_message)
 }

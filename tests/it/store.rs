@@ -157,6 +157,32 @@ fn poison_orders_are_isolated_by_splitting_the_batch() {
     assert_eq!(db.count("SELECT next_offset FROM consumer_offsets"), 10);
 }
 
+/// The same in a batch whose rows go to the server in several pieces, the refused one in
+/// the first.
+#[test]
+fn a_poison_order_early_in_a_large_batch_is_isolated() {
+    let db = migrated();
+    refuse_on_insert(
+        &db,
+        "orders",
+        "IF NEW.track_number = 'LIMIT' THEN
+             RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
+         END IF;",
+    );
+    let mut generator = Generator::new(5, 3);
+    let mut orders: Vec<Order> = (0..3000).map(|_| generator.order()).collect();
+    orders[1].track_number = "LIMIT".into();
+    let messages: Vec<Message> = (0..3000).map(|i| at(0, i)).collect();
+    let batch: Vec<(&Message, Encoded)> = messages.iter().zip(&orders).map(|(m, o)| (m, o.clone().encode())).collect();
+
+    let written = store::write_batch(&mut db.client(), "g", &[claim(None, 3000)], &batch, &[]).unwrap();
+    let result = written.committed().expect("committed");
+    assert_eq!((result.inserted, result.dead_letters.len()), (2999, 1));
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 2999);
+    assert_eq!(db.count("SELECT count(*) FROM rejected_messages WHERE \"offset\" = 1 AND rule = 'database'"), 1);
+    assert_eq!(db.count("SELECT next_offset FROM consumer_offsets"), 3000);
+}
+
 /// A dead letter the database refuses (here a trigger, for one whose detail says so) is
 /// kept without its payload, with the reason; the other dead letters are kept whole.
 #[test]
