@@ -33,6 +33,8 @@ use crate::store::{self, BatchResult, Claim, DeadLetter, Written};
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// How often partitions waiting on the database or past their end are looked at again.
 const RECONCILE_EVERY: Duration = Duration::from_secs(2);
+/// The longest a written batch's offsets wait to be committed to Kafka, busy or idle.
+const COMMIT_EVERY: Duration = Duration::from_secs(1);
 /// The longest wait for the broker in a seek or a watermark query.
 const BROKER_CALL: Duration = Duration::from_secs(5);
 
@@ -72,6 +74,8 @@ pub struct Consumer {
     uncommitted_generation: u64,
     /// After a failed commit: when to try again while idle, and the backoff after that.
     commit_retry: Option<(Instant, Backoff)>,
+    /// When offsets were last committed to Kafka.
+    committed_at: Instant,
     /// When partitions waiting on something were last looked at.
     reconciled: Instant,
 }
@@ -318,6 +322,7 @@ impl Consumer {
             uncommitted: BTreeMap::new(),
             uncommitted_generation: 0,
             commit_retry: None,
+            committed_at: Instant::now(),
             reconciled: Instant::now(),
         })
     }
@@ -416,11 +421,14 @@ impl Consumer {
         let written = Instant::now();
         #[cfg(debug_assertions)]
         crate::fault::point("exit_after_database_commit");
+        // Committed in PostgreSQL, so served at once: Kafka's offsets are only for lag
+        // tools, and no reader should wait for them.
+        self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
+        let committing = Instant::now();
         self.commit_offsets(&messages);
-        let timings = [decode_took, written - started, written.elapsed()];
+        let timings = [decode_took, written - started, committing.elapsed()];
         self.record(&messages, &result, timings);
         log_batch(&messages, &result, timings);
-        self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
         Some(true)
     }
 
@@ -754,9 +762,11 @@ impl Consumer {
         }
     }
 
-    /// Commits, per partition, one past the highest offset of the batch. A commit that
-    /// fails is tried again with the next batch, or while idle after a backoff; committing
-    /// a later offset also covers it.
+    /// Commits, per partition, one past the highest offset of the batch: at once if the
+    /// last commit was `COMMIT_EVERY` ago, else with a later batch or while idle (a
+    /// commit is a round trip to the broker, and the offsets that count are stored in
+    /// PostgreSQL). A commit that fails is tried again after a backoff; committing a
+    /// later offset also covers it.
     fn commit_offsets(&mut self, batch: &[Message]) {
         let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
         if generation != self.uncommitted_generation {
@@ -768,17 +778,21 @@ impl Consumer {
             let next = self.uncommitted.entry((m.topic.clone(), m.partition)).or_insert(0);
             *next = (*next).max(m.offset + 1);
         }
-        self.commit_pending(true);
+        self.commit_pending(false);
     }
 
     /// Commits the offsets written but not committed yet. Unless `now`, waits out the
-    /// backoff of a commit that failed before.
+    /// backoff of a commit that failed before, or else `COMMIT_EVERY` since the last.
     fn commit_pending(&mut self, now: bool) {
         if self.uncommitted.is_empty() {
             self.commit_retry = None;
             return;
         }
-        if !now && self.commit_retry.as_ref().is_some_and(|(at, _)| Instant::now() < *at) {
+        let due = match &self.commit_retry {
+            Some((at, _)) => *at,
+            None => self.committed_at + COMMIT_EVERY,
+        };
+        if !now && Instant::now() < due {
             return;
         }
         if self.consumer.context().revocations.load(Ordering::SeqCst) != self.uncommitted_generation {
@@ -794,6 +808,7 @@ impl Consumer {
                 debug!("event=offsets_committed offsets={}", describe_offsets(&self.uncommitted));
                 self.uncommitted.clear();
                 self.commit_retry = None;
+                self.committed_at = Instant::now();
             }
             Err(e) => {
                 self.metrics.kafka_commit_failures.inc();
