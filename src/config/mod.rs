@@ -136,8 +136,8 @@ impl Default for Kafka {
 impl Default for Ingest {
     fn default() -> Self {
         Ingest {
-            batch_max_messages: 5000,
-            batch_max_bytes: 16 << 20,
+            batch_max_messages: 20_000,
+            batch_max_bytes: 32 << 20,
             batch_max_wait_ms: 50,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
