@@ -59,7 +59,9 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             store::migrate(&mut client)?;
             let listener = store::listen(&config.database, name)?;
             cache.listener_established();
-            let stored = store::stored_orders(&mut client, config.cache.max_orders, |s| {
+            // A second connection reads the items beside the orders, for the warm-up only.
+            let mut items_client = store::connect(&config.database)?;
+            let stored = store::stored_orders(&mut client, Some(&mut items_client), config.cache.max_orders, |s| {
                 (s.stored_at, Arc::new(CachedOrder::stored(s)))
             })?;
             Ok((listener, stored))
@@ -68,6 +70,7 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             Ok((listener, stored)) => {
                 let read = stored.len();
                 cache.warm(stored);
+                release_free_memory();
                 cache.listening();
                 health.set_cache_warm();
                 info!(
@@ -90,6 +93,17 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
         if shutdown.sleep(backoff.next_delay()) {
             return None;
         }
+    }
+}
+
+/// Gives the pages of freed memory back to the system: the warm-up's buffers (the item
+/// rows, the order rows waiting for them) are gone, and the allocator would otherwise
+/// keep much of their memory resident.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointer of ours.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -1,23 +1,26 @@
 //! The read that fills the cache at start: every stored order, or the `limit` most
 //! recently stored, at close to the speed PostgreSQL streams rows.
 //!
-//! Two `COPY … TO STDOUT BINARY` in one read-only repeatable-read transaction, so that
-//! heads and items are of the same versions. The items come first and are kept as they
-//! arrived, in one buffer indexed by order; then the head rows, as they arrive, are handed
-//! in chunks to one thread per core, which writes each order's JSON straight from its
-//! head row and item rows: no `Order` is built, field by field, only to be serialized.
-//! Neither query sorts or joins by order id (PostgreSQL would have to sort or walk an
-//! index across the whole table), and no more than a few chunks of head rows and the
-//! items' raw bytes are held at a time. The orders come in the tables' order, each with
-//! when it was stored, so that the caller can keep the newest.
+//! Two `COPY … TO STDOUT BINARY` in read-only repeatable-read transactions that share one
+//! snapshot (the second exported from the first), so that heads and items are of the same
+//! versions: the items on a second connection, the head rows at the same time on the
+//! first. The items are kept as they arrived, in one buffer indexed by order; the head
+//! rows wait in chunks until the items are all there, then go, as they arrive, to one
+//! thread per core, which writes each order's JSON straight from its head row and item
+//! rows: no `Order` is built, field by field, only to be serialized. Neither query sorts
+//! or joins by order id (PostgreSQL would have to sort or walk an index across the whole
+//! table). The orders come in the tables' order, each with when it was stored, so that
+//! the caller can keep the newest. Without a second connection (or a server that cannot
+//! share its snapshot) the items are read first, on the one connection.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::io::{BufRead, Read};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{Context, bail};
-use log::debug;
+use log::{debug, warn};
 use postgres::types::{FromSql, Type};
 use postgres::{Client, IsolationLevel};
 use time::OffsetDateTime;
@@ -36,10 +39,13 @@ pub struct StoredOrder {
 
 /// Reads the stored orders, the `limit` most recently stored if there are more (ties
 /// broken by id, as the index page does), and returns what `make` makes of each, in no
-/// particular order. This thread reads; `make`, and the decoding of the rows, run on as
-/// many threads as there are cores.
+/// particular order. This thread reads the orders; `make`, and the decoding of the rows,
+/// run on as many threads as there are cores. With `items_client`, a second connection,
+/// the items are read on it at the same time, in the same snapshot; without it (or if
+/// the server cannot share a snapshot), first, on `client`.
 pub fn stored_orders<T: Send>(
     client: &mut Client,
+    items_client: Option<&mut Client>,
     limit: usize,
     make: impl Fn(StoredOrder) -> T + Sync,
 ) -> anyhow::Result<Vec<T>> {
@@ -68,66 +74,143 @@ pub fn stored_orders<T: Send>(
     } else {
         String::new()
     };
-
-    let mut items = Items::default();
     let join = if keep.is_empty() { "" } else { " JOIN orders o USING (order_uid)" };
-    let query = format!("SELECT {} FROM order_items i{join}{keep}", item_columns());
-    let mut rows = copy_out(&mut tx, &query).context("read the items of the stored orders")?;
+    let items_query = format!("SELECT {} FROM order_items i{join}{keep}", item_columns());
+    let heads_query = format!("SELECT {} FROM {HEAD_JOIN}{keep}", head_columns());
+
+    let beside = match items_client {
+        Some(other) => {
+            same_snapshot(&mut tx, other).inspect_err(|e| warn!("event=warm_items_read_first reason={e:#}")).ok()
+        }
+        None => None,
+    };
+    let (first, items_tx) = match beside {
+        Some(items_tx) => (None, Some(items_tx)),
+        None => (Some(read_items(&mut tx, &items_query, started)?), None),
+    };
+    let state = AtomicU8::new(if first.is_some() { ITEMS_READ } else { READING_ITEMS });
+
+    let mut rows = copy_out(&mut tx, &heads_query).context("read the stored orders")?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (chunks, to_decode) = crossbeam_channel::bounded::<Chunk>(2 * threads);
+    let made = std::thread::scope(|scope| {
+        // The items (read here, beside the orders, when not read first), then the
+        // workers that make the orders from them.
+        let makers = scope.spawn(|| -> anyhow::Result<Vec<T>> {
+            let to_decode = to_decode;
+            let items = match (first, items_tx) {
+                (Some(items), _) => items,
+                (None, Some(mut items_tx)) => {
+                    let read = read_items(&mut items_tx, &items_query, started)
+                        .and_then(|items| items_tx.commit().context("end reading the items").map(|()| items));
+                    state.store(if read.is_ok() { ITEMS_READ } else { ITEMS_FAILED }, Ordering::Release);
+                    read?
+                }
+                (None, None) => unreachable!("the items are read first or beside"),
+            };
+            std::thread::scope(|inner| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        let to_decode = to_decode.clone();
+                        let (items, make) = (&items, &make);
+                        inner.spawn(move || -> anyhow::Result<Vec<T>> {
+                            let (mut made, mut json) = (Vec::new(), Vec::new());
+                            for chunk in to_decode {
+                                for row in chunk.rows() {
+                                    made.push(make(stored_order(row, items, &mut json)?));
+                                }
+                            }
+                            Ok(made)
+                        })
+                    })
+                    .collect();
+                drop(to_decode);
+                let mut made = Vec::new();
+                for worker in workers {
+                    made.append(&mut worker.join().expect("a warm-up thread panicked")?);
+                }
+                Ok(made)
+            })
+        });
+        // The rows, in chunks. While the items are still coming, the chunks wait here
+        // (so that PostgreSQL sends both at once); then they go to the workers as they
+        // come, as fast as the workers take them. A worker or the items failing ends
+        // the reading early.
+        let read = (|| -> anyhow::Result<()> {
+            let mut waiting: Vec<Chunk> = Vec::new();
+            let mut chunk = Chunk::default();
+            loop {
+                let more = rows.next_into(&mut chunk.bytes)?;
+                if more {
+                    chunk.ends.push(chunk.bytes.len());
+                    if chunk.ends.len() < CHUNK_ROWS {
+                        continue;
+                    }
+                }
+                waiting.push(std::mem::take(&mut chunk));
+                match state.load(Ordering::Acquire) {
+                    READING_ITEMS if more => continue,
+                    ITEMS_FAILED => return Ok(()),
+                    _ => {}
+                }
+                for chunk in waiting.drain(..) {
+                    if chunks.send(chunk).is_err() {
+                        return Ok(());
+                    }
+                }
+                if !more {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(chunks);
+        let made = makers.join().expect("the warm-up's items thread panicked");
+        read.and(made)
+    })?;
+    drop(rows);
+    tx.commit().context("end reading the stored orders")?;
+    debug!("event=warm_orders_read orders={} ms={}", made.len(), started.elapsed().as_millis());
+    Ok(made)
+}
+
+/// Where the items are, for the thread reading the orders.
+const READING_ITEMS: u8 = 0;
+const ITEMS_READ: u8 = 1;
+const ITEMS_FAILED: u8 = 2;
+
+/// A read-only transaction on `other` that sees what `tx` sees (PostgreSQL's exported
+/// snapshots).
+fn same_snapshot<'c>(
+    tx: &mut postgres::Transaction<'_>,
+    other: &'c mut Client,
+) -> anyhow::Result<postgres::Transaction<'c>> {
+    let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).context("export the snapshot")?.get(0);
+    let mut items_tx = other
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .context("begin reading the items")?;
+    items_tx
+        .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
+        .context("read the items in the orders' snapshot")?;
+    Ok(items_tx)
+}
+
+/// Every item row of `query`, indexed by order.
+fn read_items(tx: &mut postgres::Transaction<'_>, query: &str, started: std::time::Instant) -> anyhow::Result<Items> {
+    let mut items = Items::default();
+    let mut rows = copy_out(tx, query).context("read the items of the stored orders")?;
     while rows.next_into(&mut items.bytes)? {
         items.add_last().context("an item row")?;
     }
-    drop(rows);
     debug!(
         "event=warm_items_read items={} bytes={} ms={}",
         items.starts.len(),
         items.bytes.len(),
         started.elapsed().as_millis()
     );
-
-    let query = format!("SELECT {} FROM {HEAD_JOIN}{keep}", head_columns());
-    let mut rows = copy_out(&mut tx, &query).context("read the stored orders")?;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (chunks, to_decode) = crossbeam_channel::bounded::<Chunk>(2 * threads);
-    let made = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                let to_decode = to_decode.clone();
-                let (items, make) = (&items, &make);
-                scope.spawn(move || -> anyhow::Result<Vec<T>> {
-                    let (mut made, mut json) = (Vec::new(), Vec::new());
-                    for chunk in to_decode {
-                        for row in chunk.rows() {
-                            made.push(make(stored_order(row, items, &mut json)?));
-                        }
-                    }
-                    Ok(made)
-                })
-            })
-            .collect();
-        drop(to_decode);
-        // The rows, in chunks; a worker that failed ends the others' input early.
-        let read = (|| -> anyhow::Result<()> {
-            let mut chunk = Chunk::default();
-            while rows.next_into(&mut chunk.bytes)? {
-                chunk.ends.push(chunk.bytes.len());
-                if chunk.ends.len() == CHUNK_ROWS && chunks.send(std::mem::take(&mut chunk)).is_err() {
-                    return Ok(());
-                }
-            }
-            let _ = chunks.send(chunk);
-            Ok(())
-        })();
-        drop(chunks);
-        let mut made = Vec::new();
-        for worker in workers {
-            made.append(&mut worker.join().expect("a warm-up thread panicked")?);
-        }
-        read.map(|()| made)
-    })?;
-    drop(rows);
-    tx.commit().context("end reading the stored orders")?;
-    debug!("event=warm_orders_read orders={} ms={}", made.len(), started.elapsed().as_millis());
-    Ok(made)
+    Ok(items)
 }
 
 /// Rows to decode, as `BinaryRows` gives them, in one buffer.

@@ -314,32 +314,35 @@ fn the_warm_read_gives_each_stored_order_whole() {
             (part * 100..part * 100 + 100).map(|i| (&messages[i], &orders[i])).collect();
         write(&db, &batch);
     }
-    let mut client = db.client();
-    let read_all = |client: &mut postgres::Client, limit: usize| store::stored_orders(client, limit, |s| s).unwrap();
-
-    let all = read_all(&mut client, 1000);
-    assert_eq!(all.len(), 300);
+    let (mut client, mut other) = (db.client(), db.client());
     let mut conn = store::Conn::from(db.client());
     let by_uid: std::collections::HashMap<&str, &Order> = orders.iter().map(|o| (o.order_uid.as_str(), o)).collect();
-    for stored in &all {
-        let single = store::order(&mut conn, &stored.uid).unwrap().expect("stored");
-        assert_eq!(&single, by_uid[stored.uid.as_str()]);
-        let encoded = single.encode();
-        assert_eq!(*stored.json, *encoded.json, "{}", stored.uid);
-        assert_eq!(stored.sha256, encoded.sha256.to_vec());
-    }
-    let ages: std::collections::BTreeSet<i64> = all.iter().map(|s| s.stored_at).collect();
-    assert_eq!(ages.len(), 3);
-
-    // The newest batch whole, and of the middle one the 50 first by id.
-    let kept = read_all(&mut client, 150);
-    assert_eq!(kept.len(), 150);
     let mut middle: Vec<&str> = orders[100..200].iter().map(|o| o.order_uid.as_str()).collect();
     middle.sort_unstable();
-    let mut expected: Vec<&str> = orders[200..].iter().map(|o| o.order_uid.as_str()).collect();
-    expected.extend(&middle[..50]);
-    expected.sort_unstable();
-    let mut got: Vec<&str> = kept.iter().map(|s| s.uid.as_str()).collect();
-    got.sort_unstable();
-    assert_eq!(got, expected);
+    // The items read first on the one connection, then beside the orders on another.
+    for beside in [false, true] {
+        let mut read_all =
+            |limit: usize| store::stored_orders(&mut client, beside.then_some(&mut other), limit, |s| s).unwrap();
+        let all = read_all(1000);
+        assert_eq!(all.len(), 300, "beside: {beside}");
+        for stored in &all {
+            let single = store::order(&mut conn, &stored.uid).unwrap().expect("stored");
+            assert_eq!(&single, by_uid[stored.uid.as_str()]);
+            let encoded = single.encode();
+            assert_eq!(*stored.json, *encoded.json, "{} (beside: {beside})", stored.uid);
+            assert_eq!(stored.sha256, encoded.sha256.to_vec());
+        }
+        let ages: std::collections::BTreeSet<i64> = all.iter().map(|s| s.stored_at).collect();
+        assert_eq!(ages.len(), 3);
+
+        // The newest batch whole, and of the middle one the 50 first by id.
+        let kept = read_all(150);
+        assert_eq!(kept.len(), 150);
+        let mut expected: Vec<&str> = orders[200..].iter().map(|o| o.order_uid.as_str()).collect();
+        expected.extend(&middle[..50]);
+        expected.sort_unstable();
+        let mut got: Vec<&str> = kept.iter().map(|s| s.uid.as_str()).collect();
+        got.sort_unstable();
+        assert_eq!(got, expected, "beside: {beside}");
+    }
 }
