@@ -436,10 +436,27 @@ impl Cache {
         orders.sort_by_key(|(stored_at, _)| *stored_at);
         let mut inner = self.inner.write();
         inner.map.reserve(orders.len().min(self.limits.max_orders));
-        for (_, order) in orders {
-            let tick = self.tick();
-            self.put(&mut inner, order, tick);
+        if !inner.map.is_empty() {
+            for (_, order) in orders {
+                let tick = self.tick();
+                self.put(&mut inner, order, tick);
+            }
+            return;
         }
+        // Into an empty cache (the start): every order at once, the age index built in
+        // one go from the entries kept (an id given twice keeps its later order), and
+        // then the oldest evicted until the bounds hold.
+        for (_, value) in orders {
+            let tick = self.tick();
+            let key: Arc<str> = value.uid.as_str().into();
+            inner.bytes += value.size();
+            let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick };
+            if let Some(old) = inner.map.insert(key, entry) {
+                inner.bytes -= old.value.size();
+            }
+        }
+        inner.by_age = inner.map.iter().map(|(key, entry)| (entry.indexed_at, key.clone())).collect();
+        self.evict(&mut inner);
     }
 
     fn put(&self, inner: &mut Inner, value: Arc<CachedOrder>, tick: u64) {
@@ -765,6 +782,29 @@ pub(crate) mod tests {
         let e = enc("a");
         assert_eq!(&*c.get("a").unwrap().json, &*e.json);
         assert_eq!(c.get("a").unwrap().etag, CachedOrder::new(&e).etag);
+    }
+
+    /// At the start, into an empty cache: an id given twice is held once, counted once,
+    /// and the later of the two is kept.
+    #[test]
+    fn warm_holds_an_id_given_twice_once() {
+        let c = cache(10);
+        let stored = |uid: &str, json: &str| {
+            let sha256 = vec![json.len() as u8; 32];
+            let json: Arc<[u8]> = json.as_bytes().into();
+            Arc::new(CachedOrder::stored(StoredOrder { uid: uid.into(), json, sha256, stored_at: 0 }))
+        };
+        let (first, later, other) = (stored("a", "{\"v\":1}"), stored("a", "{\"v\":22}"), stored("b", "{}"));
+        c.warm(vec![(1, first), (2, later.clone()), (1, other.clone())]);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.bytes(), later.size() + other.size());
+        assert_eq!(&*c.get("a").unwrap().json, b"{\"v\":22}");
+        // The age index holds each entry once: both are evicted in turn, "b" first ("a"
+        // was read since).
+        c.publish(&(0..9).map(|i| enc(&format!("n{i}"))).collect::<Vec<_>>());
+        assert!(!c.contains("b") && c.contains("a") && c.len() == 10);
+        c.publish(&[enc("last")]);
+        assert!(!c.contains("a") && c.len() == 10);
     }
 
     #[test]
