@@ -460,8 +460,8 @@ impl Consumer {
     }
 
     /// Takes messages until the batch holds `batch_max_messages` or `batch_max_bytes`, or
-    /// `batch_max_wait` has passed since its first message; returns an empty batch when a
-    /// poll finds nothing to start one. If partitions are revoked meanwhile, what was
+    /// `batch_max_wait` has passed since its first message and no more are already here;
+    /// returns an empty batch when a poll finds nothing to start one. If partitions are revoked meanwhile, what was
     /// collected is dropped: their new owner reads it again from the stored offset. A
     /// message before this consumer's position, or before `after` (where a batch
     /// collected but not yet written ends), is skipped: the broker reset the position
@@ -476,7 +476,9 @@ impl Consumer {
         let mut generation = self.revocations();
         loop {
             let timeout = deadline.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()));
-            match self.consumer.poll(timeout) {
+            let polled = self.consumer.poll(timeout);
+            let found = polled.is_some();
+            match polled {
                 Some(Ok(m)) => {
                     let key = (m.topic().to_string(), m.partition());
                     let position = match self.consumer.context().positions.lock().get(&key) {
@@ -512,7 +514,9 @@ impl Consumer {
                 deadline = None;
                 generation = now_generation;
             }
-            if batch.len() >= max || bytes >= max_bytes || deadline.is_some_and(|d| Instant::now() >= d) {
+            // Past the wait, the messages already here still join the batch: it ends when
+            // a poll finds no more, so the wait can be short without batches of one.
+            if batch.len() >= max || bytes >= max_bytes || (!found && deadline.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
             if batch.is_empty() && self.shutdown.is_signalled() {

@@ -78,6 +78,24 @@ fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
     assert_eq!(setup.db.count("SELECT count(*) FROM orders"), 1);
 }
 
+/// Past a batch's wait, the messages already received still join it: with no wait at
+/// all, 200 orders waiting on the topic are written in a few batches, not one by one.
+#[test]
+fn messages_already_received_join_a_batch_past_its_wait() {
+    let setup = Setup::new(1);
+    let mut generator = orders_svc::tools::generate::Generator::new(17, 2);
+    let payloads: Vec<Vec<u8>> = (0..200).map(|_| generator.order().to_json()).collect();
+    setup.produce(&payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    let mut config = setup.config();
+    config.ingest.batch_max_wait_ms = 0;
+    let service = Running::start(config);
+    wait_for("the 200 orders", Duration::from_secs(60), || {
+        (setup.db.count("SELECT count(*) FROM orders") == 200).then_some(())
+    });
+    let batches = service.metrics().batch_messages.get_sample_count();
+    assert!((1..=10).contains(&batches), "{batches} batches for 200 waiting messages");
+}
+
 /// After a stop and a start with the same group, the stored order is served from the
 /// warmed cache, the committed offset is where the first run left it, and nothing is
 /// read twice into a duplicate row.
