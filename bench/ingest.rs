@@ -9,7 +9,8 @@
 //! Run with `bench/run ingest` (brings up the local stack first). Settings from the
 //! environment: INGEST_N (default 200000 orders), INGEST_BATCH1_N (how many of them the
 //! batch-size-1 run ingests, default 20000: at its rate all of them would take minutes),
-//! INGEST_BATCH (the service's batch size, default the config default).
+//! INGEST_BATCH and INGEST_BATCH_BYTES (the service's `ingest.batch_max_messages` and
+//! `ingest.batch_max_bytes`, default the config's defaults).
 
 use std::path::Path;
 use std::process::Command;
@@ -80,6 +81,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(batch) = std::env::var("INGEST_BATCH").ok().and_then(|v| v.parse().ok()) {
         config.ingest.batch_max_messages = batch;
     }
+    if let Some(bytes) = std::env::var("INGEST_BATCH_BYTES").ok().and_then(|v| v.parse().ok()) {
+        config.ingest.batch_max_bytes = bytes;
+    }
     let batch = config.ingest.batch_max_messages;
     let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
 
@@ -90,7 +94,7 @@ fn main() -> anyhow::Result<()> {
     let batch1_rate = time_ingest(&db1, config, n_batch1, "orders-svc, batch 1:")?;
 
     println!();
-    println!("  orders-svc / psql \\copy  = {:.2}  (target: at least 0.50)", service_rate / copy_rate);
+    println!("  orders-svc / psql \\copy  = {:.2}  (target: at least 0.9)", service_rate / copy_rate);
     println!("  orders-svc / batch 1     = {:.1}  (target: at least 10)", service_rate / batch1_rate);
     Ok(())
 }
@@ -98,11 +102,20 @@ fn main() -> anyhow::Result<()> {
 /// Starts the service on `db` and measures its rate from the first stored order to the
 /// `target`-th, so the consumer group's join time is reported apart.
 fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) -> anyhow::Result<f64> {
+    let group = config.kafka.group_id.clone();
     let started = Instant::now();
     let service = Service::start(config)?;
     let mut client = db.client();
+    // The messages the group has committed, read from its few rows of stored offsets
+    // (written in the same transaction as the orders): counting the orders table
+    // instead, 20 times a second, would scan it each time and take a share of the
+    // cores from the service being measured.
     let count = |client: &mut Client| -> anyhow::Result<usize> {
-        Ok(client.query_one("SELECT count(*) FROM orders", &[])?.get::<_, i64>(0) as usize)
+        let row = client.query_one(
+            "SELECT coalesce(sum(messages), 0)::int8 FROM consumer_offsets WHERE group_id = $1",
+            &[&group],
+        )?;
+        Ok(row.get::<_, i64>(0) as usize)
     };
     let (first_at, first_count) = loop {
         let c = count(&mut client)?;
@@ -127,6 +140,11 @@ fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) 
     }
     let secs = first_at.elapsed().as_secs_f64();
     service.shutdown();
+    // Every message is a distinct valid order: each one counted is an order stored.
+    let stored: i64 = client.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    if (stored as usize) < target {
+        bail!("the group committed {target} messages but only {stored} orders are stored");
+    }
     let rate = (target - first_count) as f64 / secs;
     println!(
         "  {label:<21} {target:>7} orders in {secs:>6.2} s = {rate:>8.0} orders/s  (group join and first batch: {join_secs:.1} s)"
