@@ -9,7 +9,9 @@
 //!
 //! Then latency under a fixed load, open loop: each of the three servers is sent half the
 //! hit rate orders-svc reached under wrk, for HTTP_OPEN_SECONDS (10), over
-//! HTTP_OPEN_CONNECTIONS (16) keep-alive connections. Each request is sent when it is
+//! HTTP_OPEN_CONNECTIONS (16) keep-alive connections, the three in turn for
+//! HTTP_OPEN_ROUNDS (3) rounds; each figure is the median over the rounds. orders-svc
+//! stays up, idle, while the references are measured. Each request is sent when it is
 //! due, or at once if its connection is still busy with an earlier one, and its latency
 //! is taken from when it was due: coordinated omission is corrected, as wrk2 does. (The
 //! generator is part of the benchmark: wrk2 is not packaged by Debian, and oha would be
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
     let open = OpenLoop {
         seconds: env_number("HTTP_OPEN_SECONDS", 10) as u64,
         connections: env_number("HTTP_OPEN_CONNECTIONS", 16),
+        rounds: env_number("HTTP_OPEN_ROUNDS", 3).max(1),
     };
     let brokers = brokers();
     let run = format!("bench_http_{}", std::process::id());
@@ -79,8 +82,6 @@ fn main() -> anyhow::Result<()> {
         config.http.workers = workers;
         let service = Service::start(config)?;
         let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
-        let open_rate = svc.rps / 2.0;
-        let svc_open = open_loop(service.http_addr().to_string(), &owned(&uids), open_rate, &open)?;
 
         // Misses: ids PostgreSQL does not have.
         let stats = &service.cache().stats;
@@ -88,21 +89,34 @@ fn main() -> anyhow::Result<()> {
         let miss = wrk(&dir, wrk_threads, service.http_addr().to_string(), "unknown.txt", seconds, connections)?;
         let reads = stats.db_reads.get() - reads_before;
         let busy = stats.database_busy.get() - busy_before;
-        service.shutdown();
 
+        // The references run while orders-svc stays up, idle (its consumer waiting on an
+        // empty topic): every server is measured beside the same background.
         // Reference: bare tiny_http with the same bytes.
         let bodies: HashMap<String, Arc<[u8]>> =
             orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
         let bare = BareServer::start(bodies, workers)?;
         let tiny = wrk(&dir, wrk_threads, bare.addr.clone(), "uids.txt", seconds, connections)?;
-        let tiny_open = open_loop(bare.addr.clone(), &owned(&uids), open_rate, &open)?;
-        bare.stop();
 
         // Reference: nginx with the same bytes as files.
         let nginx = Nginx::start(&dir, &orders)?;
         let static_files = wrk(&dir, wrk_threads, nginx.addr.clone(), "uids.txt", seconds, connections)?;
-        let nginx_open = open_loop(nginx.addr.clone(), &owned(&uids), open_rate, &open)?;
+
+        // The fixed load, the three servers in turn, round after round, so that a change
+        // of the machine's pace during the run touches all three alike.
+        let open_rate = svc.rps / 2.0;
+        let servers = [service.http_addr().to_string(), bare.addr.clone(), nginx.addr.clone()];
+        let mut rounds: Vec<[Latencies; 3]> = Vec::new();
+        for _ in 0..open.rounds {
+            let mut round = Vec::new();
+            for addr in &servers {
+                round.push(open_loop(addr.clone(), &owned(&uids), open_rate, &open)?);
+            }
+            rounds.push(round.try_into().map_err(|_| anyhow::anyhow!("three servers"))?);
+        }
         drop(nginx);
+        bare.stop();
+        service.shutdown();
 
         println!();
         println!("  {:<28} {:>12} {:>10} {:>10}", "GET /order/<uid>", "requests/s", "p50", "p99");
@@ -125,20 +139,43 @@ fn main() -> anyhow::Result<()> {
         );
         println!();
         println!(
-            "  open loop, {open_rate:.0} requests/s (half of orders-svc's hits/s) for {} s over {} connections:",
-            open.seconds, open.connections
+            "  open loop, {open_rate:.0} requests/s (half of orders-svc's hits/s), {} rounds of {} s per server over {} \
+             connections:",
+            open.rounds, open.seconds, open.connections
         );
         println!("  {:<28} {:>10} {:>10} {:>10} {:>10}", "GET /order/<uid>", "p50", "p99", "p99.9", "max");
-        for (name, l) in
-            [("orders-svc", &svc_open), ("bare tiny_http", &tiny_open), ("nginx static files", &nginx_open)]
-        {
+        let names = ["orders-svc", "bare tiny_http", "nginx static files"];
+        for (n, round) in rounds.iter().enumerate() {
+            for (name, l) in names.iter().zip(round) {
+                let name = format!("{name}, round {}", n + 1);
+                println!("  {name:<28} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.3}ms", l.p50, l.p99, l.p999, l.max);
+            }
+        }
+        // Per server, the median over the rounds of each figure.
+        let median = |server: usize, f: fn(&Latencies) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(|r| f(&r[server])).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let summary = |server: usize| Latencies {
+            p50: median(server, |l| l.p50),
+            p99: median(server, |l| l.p99),
+            p999: median(server, |l| l.p999),
+            max: median(server, |l| l.max),
+        };
+        let (svc_open, tiny_open, nginx_open) = (summary(0), summary(1), summary(2));
+        for (name, l) in names.iter().zip([&svc_open, &tiny_open, &nginx_open]) {
+            let name = format!("{name}, median");
             println!("  {name:<28} {:>8.3}ms {:>8.3}ms {:>8.3}ms {:>8.3}ms", l.p50, l.p99, l.p999, l.max);
         }
+        let per_round: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r[0].p99 / r[1].p99)).collect();
         println!(
-            "  orders-svc / bare tiny_http: p50 {:.2}, p99 {:.2}, p99.9 {:.2}  (target: p99 at most 1.2)",
+            "  orders-svc / bare tiny_http: p50 {:.2}, p99 {:.2}, p99.9 {:.2}  (medians; p99 by round: {})  \
+             (target: p99 at most 1.2)",
             svc_open.p50 / tiny_open.p50,
             svc_open.p99 / tiny_open.p99,
-            svc_open.p999 / tiny_open.p999
+            svc_open.p999 / tiny_open.p999,
+            per_round.join(", ")
         );
         println!(
             "  orders-svc / nginx:          p50 {:.2}, p99 {:.2}, p99.9 {:.2}",
@@ -160,6 +197,7 @@ fn main() -> anyhow::Result<()> {
 struct OpenLoop {
     seconds: u64,
     connections: usize,
+    rounds: usize,
 }
 
 struct Latencies {
