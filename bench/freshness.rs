@@ -13,6 +13,8 @@
 //! the same moments to its receipt of each followed message: the broker's own delivery
 //! time, the floor of anything that consumes from it. The service runs with the default
 //! batch settings unless FRESHNESS_BATCH_WAIT_MS (ingest.batch_max_wait_ms) is given.
+//! The broker is the stack's (nisshi with SQLite storage), or with FRESHNESS_BROKER=memory
+//! a nisshi of the run's own that keeps messages in memory, whose own delivery is faster.
 //!
 //! Run with `bench/run freshness`.
 
@@ -32,6 +34,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 #[path = "common.rs"]
 mod common;
 use common::support::http::Connection;
+use common::support::{Broker, Storage};
 use common::{brokers, create_topic_on, env_number, migrated_db, service_config};
 
 const READERS: usize = 4;
@@ -52,9 +55,34 @@ fn main() -> anyhow::Result<()> {
     let sample = env_number("FRESHNESS_SAMPLE", 10).max(1);
     let run = format!("bench_freshness_{}", std::process::id());
     let db = migrated_db()?;
-    create_topic_on(&brokers(), &run, 4);
+    // The stack's broker (SQLite storage), or one of the run's own that keeps messages
+    // in memory: FRESHNESS_BROKER=memory.
+    let own = match std::env::var("FRESHNESS_BROKER").as_deref() {
+        Ok("memory") => Some(Broker::start(Storage::Memory)),
+        Ok("stack") | Err(_) => None,
+        Ok(other) => anyhow::bail!("FRESHNESS_BROKER={other}: expected stack or memory"),
+    };
+    let (brokers, broker_name) = match &own {
+        Some(broker) => (broker.addr(), "nisshi, memory storage"),
+        None => (brokers(), "the stack's nisshi, SQLite storage"),
+    };
+    create_topic_on(&brokers, &run, 4);
 
+    // FRESHNESS_KAFKA="name=value,…": librdkafka settings for the service's consumer and
+    // the reference consumer alike.
+    let kafka_settings: Vec<(String, String)> = std::env::var("FRESHNESS_KAFKA")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("FRESHNESS_KAFKA: name=value"))
+        .collect::<anyhow::Result<_>>()?;
+    // Not idempotent unless FRESHNESS_IDEMPOTENT=1: nisshi answers an idempotent
+    // producer's requests with tails of their own (the bare consumer's p99 was 0.3 to 0.8 s
+    // at 500 orders/s with it, 17 ms without), which would hide the service's part.
+    let idempotent = std::env::var("FRESHNESS_IDEMPOTENT").is_ok_and(|v| v == "1");
     let mut config = service_config(&db, &run);
+    config.kafka.brokers = brokers.clone();
+    config.kafka.properties.extend(kafka_settings.iter().cloned());
     if let Ok(wait) = std::env::var("FRESHNESS_BATCH_WAIT_MS") {
         config.ingest.batch_max_wait_ms = wait.parse().context("FRESHNESS_BATCH_WAIT_MS")?;
     }
@@ -64,13 +92,16 @@ fn main() -> anyhow::Result<()> {
     wait_until_assigned(&service)?;
 
     // The reference consumer, at the end of every partition before the first send.
-    let bare: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    let mut bare = ClientConfig::new();
+    bare.set("bootstrap.servers", &brokers)
         .set("group.id", format!("{run}_bare"))
         .set("auto.offset.reset", "latest")
         .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "10")
-        .create()?;
+        .set("fetch.wait.max.ms", "10");
+    for (name, value) in &kafka_settings {
+        bare.set(name, value);
+    }
+    let bare: BaseConsumer = bare.create()?;
     bare.subscribe(&[&run])?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while bare.assignment()?.count() < 4 {
@@ -110,9 +141,10 @@ fn main() -> anyhow::Result<()> {
 
     println!(
         "bench/freshness: {rate} orders/s for {seconds} s, every {sample}th followed; ingest.batch_max_messages = \
-         {batch_messages}, ingest.batch_max_wait_ms = {batch_wait}"
+         {batch_messages}, ingest.batch_max_wait_ms = {batch_wait}; broker: {broker_name}; idempotent producer: \
+         {idempotent}"
     );
-    let producer = Producer::new(&brokers(), &run)?;
+    let producer = Producer::with_settings(&brokers, &run, &[("enable.idempotence", &idempotent.to_string())])?;
     let mut generator = Generator::new(2026, 3);
     let start = Instant::now();
     let total = rate * seconds;
