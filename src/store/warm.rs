@@ -50,12 +50,7 @@ pub fn stored_orders<T: Send>(
     make: impl Fn(StoredOrder) -> T + Sync,
 ) -> anyhow::Result<Vec<T>> {
     let started = std::time::Instant::now();
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .context("begin reading the stored orders")?;
+    let mut tx = read_only(client).context("begin reading the stored orders")?;
     let count: i64 = tx.query_one("SELECT count(*) FROM orders", &[]).context("count the stored orders")?.get(0);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     // Past `limit`, only the orders at or after the last one to keep, in the order
@@ -185,16 +180,16 @@ fn same_snapshot<'c>(
     other: &'c mut Client,
 ) -> anyhow::Result<postgres::Transaction<'c>> {
     let snapshot: String = tx.query_one("SELECT pg_export_snapshot()", &[]).context("export the snapshot")?.get(0);
-    let mut items_tx = other
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .context("begin reading the items")?;
+    let mut items_tx = read_only(other).context("begin reading the items")?;
     items_tx
         .batch_execute(&format!("SET TRANSACTION SNAPSHOT {}", literal(&snapshot)))
         .context("read the items in the orders' snapshot")?;
     Ok(items_tx)
+}
+
+/// A read-only repeatable-read transaction: one snapshot for all it reads.
+fn read_only(client: &mut Client) -> Result<postgres::Transaction<'_>, postgres::Error> {
+    client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()
 }
 
 /// Every item row of `query`, indexed by order.

@@ -125,15 +125,7 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
 #[test]
 fn poison_orders_are_isolated_by_splitting_the_batch() {
     let db = migrated();
-    refuse_on_insert(
-        &db,
-        "orders",
-        "IF NEW.track_number = 'LIMIT' THEN
-             RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
-         ELSIF NEW.track_number = 'TIMEOUT' THEN
-             RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
-         END IF;",
-    );
+    refuse_poison_orders(&db);
     let mut generator = Generator::new(3, 2);
     let mut orders: Vec<Order> = (0..10).map(|_| generator.order()).collect();
     orders[2].track_number = "LIMIT".into();
@@ -157,18 +149,26 @@ fn poison_orders_are_isolated_by_splitting_the_batch() {
     assert_eq!(db.count("SELECT next_offset FROM consumer_offsets"), 10);
 }
 
+/// Makes the database refuse an order whose track number is LIMIT (a program limit) or
+/// TIMEOUT (a statement cancelled by its timeout).
+fn refuse_poison_orders(db: &TestDb) {
+    refuse_on_insert(
+        db,
+        "orders",
+        "IF NEW.track_number = 'LIMIT' THEN
+             RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
+         ELSIF NEW.track_number = 'TIMEOUT' THEN
+             RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
+         END IF;",
+    );
+}
+
 /// The same in a batch whose rows go to the server in several pieces, the refused one in
 /// the first.
 #[test]
 fn a_poison_order_early_in_a_large_batch_is_isolated() {
     let db = migrated();
-    refuse_on_insert(
-        &db,
-        "orders",
-        "IF NEW.track_number = 'LIMIT' THEN
-             RAISE EXCEPTION 'row is too big' USING ERRCODE = 'program_limit_exceeded';
-         END IF;",
-    );
+    refuse_poison_orders(&db);
     let mut generator = Generator::new(5, 3);
     let mut orders: Vec<Order> = (0..3000).map(|_| generator.order()).collect();
     orders[1].track_number = "LIMIT".into();
