@@ -9,8 +9,9 @@
 //! Run with `bench/run ingest` (brings up the local stack first). Settings from the
 //! environment: INGEST_N (default 200000 orders), INGEST_BATCH1_N (how many of them the
 //! batch-size-1 run ingests, default 20000: at its rate all of them would take minutes),
-//! INGEST_BATCH and INGEST_BATCH_BYTES (the service's `ingest.batch_max_messages` and
-//! `ingest.batch_max_bytes`, default the config's defaults).
+//! INGEST_BATCH, INGEST_BATCH_BYTES and INGEST_BATCH_WAIT_MS (the service's
+//! `ingest.batch_max_messages`, `batch_max_bytes` and `batch_max_wait_ms`, default the
+//! config's defaults).
 
 use std::path::Path;
 use std::process::Command;
@@ -83,6 +84,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(bytes) = std::env::var("INGEST_BATCH_BYTES").ok().and_then(|v| v.parse().ok()) {
         config.ingest.batch_max_bytes = bytes;
+    }
+    if let Some(wait) = std::env::var("INGEST_BATCH_WAIT_MS").ok().and_then(|v| v.parse().ok()) {
+        config.ingest.batch_max_wait_ms = wait;
     }
     let batch = config.ingest.batch_max_messages;
     let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
