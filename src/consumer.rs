@@ -461,11 +461,11 @@ impl Consumer {
 
     /// Takes messages until the batch holds `batch_max_messages` or `batch_max_bytes`, or
     /// `batch_max_wait` has passed since its first message and no more are already here;
-    /// returns an empty batch when a poll finds nothing to start one. If partitions are revoked meanwhile, what was
-    /// collected is dropped: their new owner reads it again from the stored offset. A
-    /// message before this consumer's position, or before `after` (where a batch
-    /// collected but not yet written ends), is skipped: the broker reset the position
-    /// backwards. Its partition is sought back to where it should be.
+    /// returns an empty batch when a poll finds nothing to start one. If partitions are
+    /// revoked meanwhile, what was collected is dropped: their new owner reads it again
+    /// from the stored offset. A message before this consumer's position, or before `after`
+    /// (where a batch collected but not yet written ends), is skipped: the broker reset the
+    /// position backwards. Its partition is sought back to where it should be.
     fn collect_batch(&mut self, after: &HashMap<Partition, i64>) -> Collected {
         let (max, max_bytes) = (self.ingest.batch_max_messages, self.ingest.batch_max_bytes);
         let max_wait = self.ingest.batch_max_wait();

@@ -71,9 +71,8 @@ impl<'a> CopyIn<'a> {
 /// The driver reports what the server said during a COPY as an I/O error around its own
 /// error type: that error itself, so that callers can tell what the server refused.
 fn database_error(e: std::io::Error) -> anyhow::Error {
-    if e.get_ref().is_some_and(|inner| inner.is::<postgres::Error>()) {
-        let inner = e.into_inner().expect("checked above");
-        return anyhow::Error::from(*inner.downcast::<postgres::Error>().expect("checked above"));
+    match e.downcast::<postgres::Error>() {
+        Ok(db) => db.into(),
+        Err(e) => e.into(),
     }
-    anyhow::Error::from(e)
 }

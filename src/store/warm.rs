@@ -79,11 +79,11 @@ pub fn stored_orders<T: Send>(
         }
         None => None,
     };
-    let (first, items_tx) = match beside {
-        Some(items_tx) => (None, Some(items_tx)),
-        None => (Some(read_items(&mut tx, &items_query, started)?), None),
+    let items = match beside {
+        Some(items_tx) => ItemsFrom::Beside(items_tx),
+        None => ItemsFrom::Read(read_items(&mut tx, &items_query, started)?),
     };
-    let state = AtomicU8::new(if first.is_some() { ITEMS_READ } else { READING_ITEMS });
+    let state = AtomicU8::new(if matches!(items, ItemsFrom::Read(_)) { ITEMS_READ } else { READING_ITEMS });
 
     let mut rows = copy_out(&mut tx, &heads_query).context("read the stored orders")?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -93,15 +93,14 @@ pub fn stored_orders<T: Send>(
         // workers that make the orders from them.
         let makers = scope.spawn(|| -> anyhow::Result<Vec<T>> {
             let to_decode = to_decode;
-            let items = match (first, items_tx) {
-                (Some(items), _) => items,
-                (None, Some(mut items_tx)) => {
+            let items = match items {
+                ItemsFrom::Read(items) => items,
+                ItemsFrom::Beside(mut items_tx) => {
                     let read = read_items(&mut items_tx, &items_query, started)
                         .and_then(|items| items_tx.commit().context("end reading the items").map(|()| items));
                     state.store(if read.is_ok() { ITEMS_READ } else { ITEMS_FAILED }, Ordering::Release);
                     read?
                 }
-                (None, None) => unreachable!("the items are read first or beside"),
             };
             std::thread::scope(|inner| {
                 let workers: Vec<_> = (0..threads)
@@ -166,6 +165,12 @@ pub fn stored_orders<T: Send>(
     tx.commit().context("end reading the stored orders")?;
     debug!("event=warm_orders_read orders={} ms={}", made.len(), started.elapsed().as_millis());
     Ok(made)
+}
+
+/// The items, read already, or to read in this transaction beside the orders.
+enum ItemsFrom<'c> {
+    Read(Items),
+    Beside(postgres::Transaction<'c>),
 }
 
 /// Where the items are, for the thread reading the orders.

@@ -304,8 +304,8 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
     Ok(counts)
 }
 
-/// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a bulk load. Each
-/// row's values are in the order of its table's columns in `tables`.
+/// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a
+/// bulk load. Each row's values are in the order of its table's columns in `tables`.
 fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]) -> anyhow::Result<()> {
     let mut w = CopyIn::start(tx, &ORDERS)?;
     for (o, fingerprint, source) in orders {
