@@ -37,8 +37,9 @@ pub fn service_config(db: &TestDb, topic: &str) -> orders_svc::config::Config {
     config
 }
 
-/// The rows as four CSV files and a psql script that copies them in. The orders are
-/// dated as if ingested in batches of 500, one millisecond apart, the last batch newest.
+/// The rows as four CSV files (each order with its document) and a psql script that
+/// copies them in. The orders are dated as if ingested in batches of 500, one
+/// millisecond apart, the last batch newest.
 pub fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
     fn q(s: &str) -> String {
         format!("\"{}\"", s.replace('"', "\"\""))
@@ -48,10 +49,12 @@ pub fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
     for (n, x) in orders.iter().enumerate() {
         let ingested = (base + time::Duration::milliseconds((n / 500) as i64)).format(&Rfc3339)?;
         let created = x.date_created.format(&Rfc3339)?;
-        let fingerprint: String = x.clone().encode().sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let encoded = x.clone().encode();
+        let fingerprint: String = encoded.sha256.iter().map(|b| format!("{b:02x}")).collect();
+        let document = std::str::from_utf8(&encoded.json)?;
         writeln!(
             o,
-            "{},{},{},{},{},{},{},{},{},{},{},\\x{},{ingested}",
+            "{},{},{},{},{},{},{},{},{},{},{},\\x{},{ingested},{}",
             q(&x.order_uid),
             q(&x.track_number),
             q(&x.entry),
@@ -63,7 +66,8 @@ pub fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
             x.sm_id,
             created,
             q(&x.oof_shard),
-            fingerprint
+            fingerprint,
+            q(document)
         )?;
         let v = &x.delivery;
         writeln!(
@@ -119,7 +123,7 @@ pub fn write_csv(dir: &Path, orders: &[Order]) -> anyhow::Result<()> {
     std::fs::write(dir.join("items.csv"), i)?;
     std::fs::write(
         dir.join("copy.sql"),
-        "\\copy orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, shardkey, sm_id, date_created, oof_shard, content_sha256, ingested_at) FROM 'orders.csv' CSV\n\
+        "\\copy orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, shardkey, sm_id, date_created, oof_shard, content_sha256, ingested_at, document) FROM 'orders.csv' CSV\n\
          \\copy deliveries (order_uid, name, phone, zip, city, address, region, email) FROM 'deliveries.csv' CSV\n\
          \\copy payments (order_uid, transaction, request_id, currency, provider, amount, payment_dt, bank, delivery_cost, goods_total, custom_fee) FROM 'payments.csv' CSV\n\
          \\copy order_items (order_uid, position, chrt_id, track_number, price, rid, name, sale, size, total_price, nm_id, brand, status) FROM 'items.csv' CSV\n",

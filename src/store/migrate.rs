@@ -10,6 +10,7 @@ use postgres::Client;
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "0001_orders.sql", include_str!("../../sql/0001_orders.sql")),
     (2, "0002_exactly_once.sql", include_str!("../../sql/0002_exactly_once.sql")),
+    (3, "0003_order_documents.sql", include_str!("../../sql/0003_order_documents.sql")),
 ];
 
 /// Any fixed number: concurrent starts of several instances take this advisory lock so

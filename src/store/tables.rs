@@ -30,6 +30,7 @@ pub(super) const ORDERS: Table = Table {
         ("source_topic", Type::TEXT),
         ("source_partition", Type::INT4),
         ("source_offset", Type::INT8),
+        ("document", Type::TEXT),
     ],
 };
 
@@ -145,7 +146,7 @@ pub(super) const HEAD_JOIN: &str =
 fn head_columns() -> String {
     format!(
         "{}, {}, {}",
-        ORDERS.select("o", "", &["content_sha256", "source_topic", "source_partition", "source_offset"]),
+        ORDERS.select("o", "", &["content_sha256", "source_topic", "source_partition", "source_offset", "document"]),
         DELIVERIES.select("d", "delivery_", &["order_uid"]),
         PAYMENTS.select("p", "payment_", &["order_uid"]),
     )
@@ -182,8 +183,8 @@ mod tests {
         assert_eq!(
             ORDERS.copy_in(),
             "COPY orders (order_uid, track_number, entry, locale, internal_signature, customer_id, delivery_service, \
-             shardkey, sm_id, date_created, oof_shard, content_sha256, source_topic, source_partition, source_offset) \
-             FROM STDIN BINARY"
+             shardkey, sm_id, date_created, oof_shard, content_sha256, source_topic, source_partition, source_offset, \
+             document) FROM STDIN BINARY"
         );
         assert_eq!(
             ORDER_ITEMS.copy_in(),
@@ -198,7 +199,10 @@ mod tests {
         let select = ORDER_WITH_ITEMS_SELECT.as_str();
         assert!(select.starts_with("SELECT o.order_uid, o.track_number, "), "{select}");
         assert!(select.contains(", o.oof_shard, d.name AS delivery_name, "), "{select}");
-        assert!(!select.contains("content_sha256") && !select.contains("source_"), "{select}");
+        assert!(
+            !select.contains("content_sha256") && !select.contains("source_") && !select.contains("document"),
+            "{select}"
+        );
         let head = select.split(" FROM ").next().unwrap().trim_start_matches("SELECT ");
         let names: Vec<&str> = head.split(", ").map(|c| c.rsplit([' ', '.']).next().unwrap()).collect();
         let unique: std::collections::HashSet<&str> = names.iter().copied().collect();

@@ -1,17 +1,22 @@
 //! The read that fills the cache at start: every stored order, or the `limit` most
 //! recently stored, at close to the speed PostgreSQL streams rows.
 //!
-//! Two `COPY … TO STDOUT BINARY` in read-only repeatable-read transactions that share one
-//! snapshot (the second exported from the first), so that heads and items are of the same
-//! versions: the items on a second connection, the head rows at the same time on the
-//! first. The items are kept as they arrived, in one buffer indexed by order; the head
-//! rows wait in chunks until the items are all there, then go, as they arrive, to one
-//! thread per core, which writes each order's JSON straight from its head row and item
-//! rows: no `Order` is built, field by field, only to be serialized. Neither query sorts
-//! or joins by order id (PostgreSQL would have to sort or walk an index across the whole
-//! table). The orders come in the tables' order, each with when it was stored, so that
-//! the caller can keep the newest. Without a second connection (or a server that cannot
-//! share its snapshot) the items are read first, on the one connection.
+//! An order is stored with its document, the JSON the service serves (`orders.document`):
+//! the read is one `COPY … TO STDOUT BINARY` of id, document, digest and age, each row
+//! copied once into the order's own allocation.
+//!
+//! Orders stored before there were documents are made from their rows, in the same
+//! read-only repeatable-read snapshot. Two more COPYs, the second on another connection
+//! that shares the snapshot (exported from the first), so that heads and items are of the
+//! same versions: the items on the second connection, the head rows at the same time on
+//! the first. The items are kept as they arrived, in one buffer indexed by order; the
+//! head rows wait in chunks until the items are all there, then go, as they arrive, to
+//! one thread per core, which writes each order's JSON straight from its head row and
+//! item rows: no `Order` is built, field by field, only to be serialized. Neither query
+//! sorts or joins by order id (PostgreSQL would have to sort or walk an index across the
+//! whole table). The orders come in the tables' order, each with when it was stored, so
+//! that the caller can keep the newest. Without a second connection (or a server that
+//! cannot share its snapshot) the items are read first, on the one connection.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -39,10 +44,11 @@ pub struct StoredOrder {
 
 /// Reads the stored orders, the `limit` most recently stored if there are more (ties
 /// broken by id, as the index page does), and returns what `make` makes of each, in no
-/// particular order. This thread reads the orders; `make`, and the decoding of the rows,
-/// run on as many threads as there are cores. With `items_client`, a second connection,
-/// the items are read on it at the same time, in the same snapshot; without it (or if
-/// the server cannot share a snapshot), first, on `client`.
+/// particular order. Orders with their document are read as it; the others, stored
+/// before there were documents, are made from their rows: `make`, and the decoding of
+/// those rows, run on as many threads as there are cores, and with `items_client`, a
+/// second connection, their items are read on it at the same time, in the same
+/// snapshot; without it (or if the server cannot share a snapshot), first, on `client`.
 pub fn stored_orders<T: Send>(
     client: &mut Client,
     items_client: Option<&mut Client>,
@@ -55,7 +61,8 @@ pub fn stored_orders<T: Send>(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     // Past `limit`, only the orders at or after the last one to keep, in the order
     // "newest first, then by id". COPY takes no parameters: the values are literals.
-    let keep = if count > limit {
+    let mut keep = Vec::new();
+    if count > limit {
         let last = tx
             .query_one(
                 "SELECT ingested_at, order_uid FROM orders ORDER BY ingested_at DESC, order_uid OFFSET $1 LIMIT 1",
@@ -65,27 +72,97 @@ pub fn stored_orders<T: Send>(
         let at: OffsetDateTime = last.get(0);
         let at = literal(&at.format(&time::format_description::well_known::Rfc3339)?);
         let uid = literal(last.get(1));
-        format!(" WHERE o.ingested_at > {at} OR (o.ingested_at = {at} AND o.order_uid <= {uid})")
-    } else {
-        String::new()
-    };
-    let join = if keep.is_empty() { "" } else { " JOIN orders o USING (order_uid)" };
-    let items_query = format!("SELECT {} FROM order_items i{join}{keep}", item_columns());
-    let heads_query = format!("SELECT {} FROM {HEAD_JOIN}{keep}", head_columns());
+        keep.push(format!("(o.ingested_at > {at} OR (o.ingested_at = {at} AND o.order_uid <= {uid}))"));
+    }
+    let to_read = count.min(limit);
+    // Through the partial index that holds only them: none, once every order has been
+    // stored since documents were.
+    let without: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM orders o{}", where_all(&keep, "o.document IS NULL")), &[])
+        .context("count the stored orders without a document")?
+        .get(0);
+    let mut made = Vec::new();
+    if without < to_read {
+        let query = format!(
+            "SELECT o.order_uid, o.document, o.content_sha256, o.ingested_at FROM orders o{}",
+            where_all(&keep, "o.document IS NOT NULL")
+        );
+        read_documents(&mut tx, &query, &make, &mut made).context("read the stored orders' documents")?;
+        debug!("event=warm_documents_read orders={} ms={}", made.len(), started.elapsed().as_millis());
+    }
+    if without > 0 {
+        // Only those: with none at all, the plain reads of the tables, without a filter.
+        if without < to_read {
+            keep.push("o.document IS NULL".to_string());
+        }
+        made.append(&mut built_from_rows(&mut tx, items_client, &keep, &make, started)?);
+    }
+    tx.commit().context("end reading the stored orders")?;
+    debug!(
+        "event=warm_orders_read orders={} without_document={without} ms={}",
+        made.len(),
+        started.elapsed().as_millis()
+    );
+    Ok(made)
+}
+
+/// ` WHERE <each of conditions and then last, joined by AND>`.
+fn where_all(conditions: &[String], last: &str) -> String {
+    let all: Vec<&str> = conditions.iter().map(String::as_str).chain([last]).collect();
+    format!(" WHERE {}", all.join(" AND "))
+}
+
+/// The orders of `query` (id, document, digest, when stored), each as `make` makes it.
+fn read_documents<T>(
+    tx: &mut postgres::Transaction<'_>,
+    query: &str,
+    make: &impl Fn(StoredOrder) -> T,
+    made: &mut Vec<T>,
+) -> anyhow::Result<()> {
+    let mut rows = copy_out(tx, query)?;
+    let mut row = Vec::new();
+    while rows.next_into(&mut row)? {
+        let mut f = Fields::new(&row);
+        let (uid, json, sha256) = (f.text()?, f.raw()?, f.raw()?);
+        let stored_at = f.int8_of(&Type::TIMESTAMPTZ)?;
+        f.end()?;
+        made.push(make(StoredOrder {
+            uid: uid.to_string(),
+            json: Arc::from(json),
+            sha256: sha256.to_vec(),
+            stored_at,
+        }));
+        row.clear();
+    }
+    Ok(())
+}
+
+/// The orders matching every one of `conditions` (on `o`, the orders table), made from
+/// their rows: the head rows streamed on `tx`, the items beside them on `items_client`
+/// or read first.
+fn built_from_rows<T: Send>(
+    tx: &mut postgres::Transaction<'_>,
+    items_client: Option<&mut Client>,
+    conditions: &[String],
+    make: &(impl Fn(StoredOrder) -> T + Sync),
+    started: std::time::Instant,
+) -> anyhow::Result<Vec<T>> {
+    let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    let join = if filter.is_empty() { "" } else { " JOIN orders o USING (order_uid)" };
+    let items_query = format!("SELECT {} FROM order_items i{join}{filter}", item_columns());
+    let heads_query = format!("SELECT {} FROM {HEAD_JOIN}{filter}", head_columns());
 
     let beside = match items_client {
-        Some(other) => {
-            same_snapshot(&mut tx, other).inspect_err(|e| warn!("event=warm_items_read_first reason={e:#}")).ok()
-        }
+        Some(other) => same_snapshot(tx, other).inspect_err(|e| warn!("event=warm_items_read_first reason={e:#}")).ok(),
         None => None,
     };
     let items = match beside {
         Some(items_tx) => ItemsFrom::Beside(items_tx),
-        None => ItemsFrom::Read(read_items(&mut tx, &items_query, started)?),
+        None => ItemsFrom::Read(read_items(tx, &items_query, started)?),
     };
     let state = AtomicU8::new(if matches!(items, ItemsFrom::Read(_)) { ITEMS_READ } else { READING_ITEMS });
 
-    let mut rows = copy_out(&mut tx, &heads_query).context("read the stored orders")?;
+    let mut rows = copy_out(tx, &heads_query).context("read the stored orders")?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let (chunks, to_decode) = crossbeam_channel::bounded::<Chunk>(2 * threads);
     let made = std::thread::scope(|scope| {
@@ -162,8 +239,6 @@ pub fn stored_orders<T: Send>(
         read.and(made)
     })?;
     drop(rows);
-    tx.commit().context("end reading the stored orders")?;
-    debug!("event=warm_orders_read orders={} ms={}", made.len(), started.elapsed().as_millis());
     Ok(made)
 }
 
@@ -234,7 +309,7 @@ impl Chunk {
 fn head_columns() -> String {
     format!(
         "{}, o.ingested_at, {}, {}",
-        ORDERS.select("o", "", &["source_topic", "source_partition", "source_offset"]),
+        ORDERS.select("o", "", &["source_topic", "source_partition", "source_offset", "document"]),
         DELIVERIES.select("d", "", &["order_uid"]),
         PAYMENTS.select("p", "", &["order_uid"]),
     )

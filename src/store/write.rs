@@ -272,9 +272,9 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
             Some(_) => {
                 info!("event=order_replaced order_uid={}", order.order_uid);
                 to_replace.push(order.order_uid.as_str());
-                to_write.push((order, encoded.sha256, message));
+                to_write.push((encoded, message));
             }
-            None => to_write.push((order, encoded.sha256, message)),
+            None => to_write.push((encoded, message)),
         }
         counts.stored.push(i);
     }
@@ -287,7 +287,7 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
     if !to_write.is_empty() {
         copy_orders(tx, &to_write)?;
         // Delivered to every listening instance if, and when, this transaction commits.
-        notify_changed(tx, to_write.iter().map(|(order, sha, _)| (order.order_uid.as_str(), sha)))?;
+        notify_changed(tx, to_write.iter().map(|(e, _)| (e.order.order_uid.as_str(), &e.sha256)))?;
     }
     if !to_touch.is_empty() {
         let uids: Vec<&str> = to_touch.iter().map(|(uid, _)| *uid).collect();
@@ -305,11 +305,14 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
 }
 
 /// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a
-/// bulk load. Each row's values are in the order of its table's columns in `tables`.
-fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]) -> anyhow::Result<()> {
+/// bulk load. Each row's values are in the order of its table's columns in `tables`;
+/// the order's row carries its JSON, the document the cache is filled from at start.
+fn copy_orders(tx: &mut Transaction<'_>, encoded: &[(&Encoded, &Message)]) -> anyhow::Result<()> {
+    let orders: Vec<&Order> = encoded.iter().map(|(e, _)| &e.order).collect();
     let mut w = CopyIn::start(tx, &ORDERS)?;
-    for (o, fingerprint, source) in orders {
-        let fingerprint: &[u8] = fingerprint;
+    for (e, source) in encoded {
+        let (o, fingerprint) = (&e.order, &e.sha256[..]);
+        let document = std::str::from_utf8(&e.json).context("an order's JSON is not UTF-8")?;
         w.write(&[
             &o.order_uid,
             &o.track_number,
@@ -326,19 +329,20 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]
             &source.topic,
             &source.partition,
             &source.offset,
+            &document,
         ])?;
     }
     w.finish()?;
 
     let mut w = CopyIn::start(tx, &DELIVERIES)?;
-    for (o, ..) in orders {
+    for o in &orders {
         let d = &o.delivery;
         w.write(&[&o.order_uid, &d.name, &d.phone, &d.zip, &d.city, &d.address, &d.region, &d.email])?;
     }
     w.finish()?;
 
     let mut w = CopyIn::start(tx, &PAYMENTS)?;
-    for (o, ..) in orders {
+    for o in &orders {
         let p = &o.payment;
         w.write(&[
             &o.order_uid,
@@ -357,7 +361,7 @@ fn copy_orders(tx: &mut Transaction<'_>, orders: &[(&Order, [u8; 32], &Message)]
     w.finish()?;
 
     let mut w = CopyIn::start(tx, &ORDER_ITEMS)?;
-    for (o, ..) in orders {
+    for o in &orders {
         for (position, i) in o.items.iter().enumerate() {
             let position = position as i32;
             w.write(&[

@@ -299,8 +299,10 @@ fn a_prepared_read_that_fails_is_prepared_again() {
 }
 
 /// The read that fills the cache gives every stored order exactly as the read of one
-/// order does, items in their order, with the digest it was stored with. With more
-/// stored than the limit, it gives the most recently stored, ties broken by id.
+/// order does, items in their order, with the digest it was stored with: from its
+/// document, or from its rows for an order stored before there were documents, and both
+/// in one read. With more stored than the limit, it gives the most recently stored, ties
+/// broken by id.
 #[test]
 fn the_warm_read_gives_each_stored_order_whole() {
     let db = migrated();
@@ -314,35 +316,51 @@ fn the_warm_read_gives_each_stored_order_whole() {
             (part * 100..part * 100 + 100).map(|i| (&messages[i], &orders[i])).collect();
         write(&db, &batch);
     }
+    let documents =
+        |db: &TestDb| -> i64 { db.client().query_one("SELECT count(document) FROM orders", &[]).unwrap().get(0) };
+    assert_eq!(documents(&db), 300);
     let (mut client, mut other) = (db.client(), db.client());
     let mut conn = store::Conn::from(db.client());
     let by_uid: std::collections::HashMap<&str, &Order> = orders.iter().map(|o| (o.order_uid.as_str(), o)).collect();
     let mut middle: Vec<&str> = orders[100..200].iter().map(|o| o.order_uid.as_str()).collect();
     middle.sort_unstable();
-    // The items read first on the one connection, then beside the orders on another.
-    for beside in [false, true] {
-        let mut read_all =
-            |limit: usize| store::stored_orders(&mut client, beside.then_some(&mut other), limit, |s| s).unwrap();
-        let all = read_all(1000);
-        assert_eq!(all.len(), 300, "beside: {beside}");
-        for stored in &all {
-            let single = store::order(&mut conn, &stored.uid).unwrap().expect("stored");
-            assert_eq!(&single, by_uid[stored.uid.as_str()]);
-            let encoded = single.encode();
-            assert_eq!(*stored.json, *encoded.json, "{} (beside: {beside})", stored.uid);
-            assert_eq!(stored.sha256, encoded.sha256.to_vec());
+    // Every order with its document; then every third one without (as if stored before
+    // there were documents), across the three ages; then none with one.
+    for (without, third) in [(0, 0), (100, 3), (300, 1)] {
+        if third > 0 {
+            db.client()
+                .execute(
+                    "UPDATE orders SET document = NULL WHERE order_uid = ANY($1)",
+                    &[&orders.iter().step_by(third).map(|o| o.order_uid.as_str()).collect::<Vec<_>>()],
+                )
+                .unwrap();
         }
-        let ages: std::collections::BTreeSet<i64> = all.iter().map(|s| s.stored_at).collect();
-        assert_eq!(ages.len(), 3);
+        assert_eq!(documents(&db), 300 - without);
+        // The items read first on the one connection, then beside the orders on another.
+        for beside in [false, true] {
+            let mut read_all =
+                |limit: usize| store::stored_orders(&mut client, beside.then_some(&mut other), limit, |s| s).unwrap();
+            let all = read_all(1000);
+            assert_eq!(all.len(), 300, "beside: {beside}, without a document: {without}");
+            for stored in &all {
+                let single = store::order(&mut conn, &stored.uid).unwrap().expect("stored");
+                assert_eq!(&single, by_uid[stored.uid.as_str()]);
+                let encoded = single.encode();
+                assert_eq!(*stored.json, *encoded.json, "{} (beside: {beside}, without: {without})", stored.uid);
+                assert_eq!(stored.sha256, encoded.sha256.to_vec());
+            }
+            let ages: std::collections::BTreeSet<i64> = all.iter().map(|s| s.stored_at).collect();
+            assert_eq!(ages.len(), 3);
 
-        // The newest batch whole, and of the middle one the 50 first by id.
-        let kept = read_all(150);
-        assert_eq!(kept.len(), 150);
-        let mut expected: Vec<&str> = orders[200..].iter().map(|o| o.order_uid.as_str()).collect();
-        expected.extend(&middle[..50]);
-        expected.sort_unstable();
-        let mut got: Vec<&str> = kept.iter().map(|s| s.uid.as_str()).collect();
-        got.sort_unstable();
-        assert_eq!(got, expected, "beside: {beside}");
+            // The newest batch whole, and of the middle one the 50 first by id.
+            let kept = read_all(150);
+            assert_eq!(kept.len(), 150);
+            let mut expected: Vec<&str> = orders[200..].iter().map(|o| o.order_uid.as_str()).collect();
+            expected.extend(&middle[..50]);
+            expected.sort_unstable();
+            let mut got: Vec<&str> = kept.iter().map(|s| s.uid.as_str()).collect();
+            got.sort_unstable();
+            assert_eq!(got, expected, "beside: {beside}, without a document: {without}");
+        }
     }
 }
