@@ -18,6 +18,23 @@ pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The broker a benchmark runs against, as the environment variable `var` says: `memory`
+/// (the default), a nisshi of the run's own that keeps messages in memory, or `stack`,
+/// the stack's, whose SQLite storage costs the shared cores more and adds to its own
+/// delivery time. Returns the broker if it is the run's own (stopped when dropped), its
+/// address and a name for the report.
+pub fn bench_broker(var: &str) -> anyhow::Result<(Option<support::Broker>, String, &'static str)> {
+    match std::env::var(var).as_deref() {
+        Ok("memory") | Err(_) => {
+            let broker = support::Broker::start(support::Storage::Memory);
+            let addr = broker.addr();
+            Ok((Some(broker), addr, "nisshi, memory storage"))
+        }
+        Ok("stack") => Ok((None, brokers(), "the stack's nisshi, SQLite storage")),
+        Ok(other) => anyhow::bail!("{var}={other}: expected memory or stack"),
+    }
+}
+
 /// A database of the run's own with the service's tables, dropped at the end.
 pub fn migrated_db() -> anyhow::Result<TestDb> {
     let db = TestDb::new();

@@ -35,8 +35,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 #[path = "common.rs"]
 mod common;
 use common::support::http::Connection;
-use common::support::{Broker, Storage};
-use common::{brokers, create_topic_on, env_number, migrated_db, service_config};
+use common::{bench_broker, create_topic_on, env_number, migrated_db, service_config};
 
 const READERS: usize = 4;
 /// The soonest an order is asked for again.
@@ -56,18 +55,9 @@ fn main() -> anyhow::Result<()> {
     let sample = env_number("FRESHNESS_SAMPLE", 10).max(1);
     let run = format!("bench_freshness_{}", std::process::id());
     let db = migrated_db()?;
-    // A broker of the run's own that keeps messages in memory, or with
-    // FRESHNESS_BROKER=stack the stack's (SQLite storage, whose writes add to its own
-    // delivery time: a bare consumer's p99 was 0.28 s against 0.03 s in memory).
-    let own = match std::env::var("FRESHNESS_BROKER").as_deref() {
-        Ok("memory") | Err(_) => Some(Broker::start(Storage::Memory)),
-        Ok("stack") => None,
-        Ok(other) => anyhow::bail!("FRESHNESS_BROKER={other}: expected memory or stack"),
-    };
-    let (brokers, broker_name) = match &own {
-        Some(broker) => (broker.addr(), "nisshi, memory storage"),
-        None => (brokers(), "the stack's nisshi, SQLite storage"),
-    };
+    // With FRESHNESS_BROKER=stack, the stack's broker: a bare consumer's p99 was 0.28 s
+    // there against 0.03 s in memory.
+    let (_own, brokers, broker_name) = bench_broker("FRESHNESS_BROKER")?;
     create_topic_on(&brokers, &run, 4);
 
     // FRESHNESS_KAFKA="name=value,…": librdkafka settings for the service's consumer and

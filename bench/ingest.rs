@@ -6,6 +6,11 @@
 //! - the service itself with `ingest.batch_max_messages = 1`: one transaction per
 //!   message, as most services of this kind write.
 //!
+//! The broker is a nisshi of the run's own that keeps messages in memory, or with
+//! INGEST_BROKER=stack the stack's (SQLite storage). It shares the two cores with the
+//! service and PostgreSQL, and `\copy` has no broker to share them with: serving the
+//! messages from SQLite took nisshi more CPU time than the service's own work.
+//!
 //! Run with `bench/run ingest` (brings up the local stack first). Settings from the
 //! environment: INGEST_N (default 200000 orders), INGEST_BATCH1_N (how many of them the
 //! batch-size-1 run ingests, default 20000: at its rate all of them would take minutes),
@@ -27,7 +32,7 @@ use postgres::Client;
 
 #[path = "common.rs"]
 mod common;
-use common::{brokers, create_topic_on, env_number, migrated_db, write_csv};
+use common::{bench_broker, create_topic_on, env_number, migrated_db, write_csv};
 
 const SEED: u64 = 20_211_126;
 const PARTITIONS: i32 = 4;
@@ -36,10 +41,12 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let n = env_number("INGEST_N", 200_000);
     let n_batch1 = env_number("INGEST_BATCH1_N", 20_000).min(n);
-    let brokers = brokers();
+    let (_own, brokers, broker_name) = bench_broker("INGEST_BROKER")?;
     let run = format!("bench_ingest_{}", std::process::id());
 
-    println!("bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions");
+    println!(
+        "bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions, on {broker_name}"
+    );
     let mut generator = Generator::new(SEED, 3);
     let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
     let items: usize = orders.iter().map(|o| o.items.len()).sum();
