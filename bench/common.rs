@@ -6,6 +6,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use anyhow::Context as _;
 use orders_svc::model::Order;
 use time::format_description::well_known::Rfc3339;
 
@@ -18,21 +19,49 @@ pub fn env_number(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+/// The broker a benchmark runs against.
+pub struct BenchBroker {
+    /// The run's own broker, stopped when dropped; None for the stack's.
+    pub own: Option<support::Broker>,
+    pub addr: String,
+    /// For the report.
+    pub name: &'static str,
+    /// Its process, to read its CPU time.
+    pub pid: Option<u32>,
+}
+
 /// The broker a benchmark runs against, as the environment variable `var` says: `memory`
 /// (the default), a nisshi of the run's own that keeps messages in memory, or `stack`,
 /// the stack's, whose SQLite storage costs the shared cores more and adds to its own
-/// delivery time. Returns the broker if it is the run's own (stopped when dropped), its
-/// address and a name for the report.
-pub fn bench_broker(var: &str) -> anyhow::Result<(Option<support::Broker>, String, &'static str)> {
+/// delivery time.
+pub fn bench_broker(var: &str) -> anyhow::Result<BenchBroker> {
     match std::env::var(var).as_deref() {
         Ok("memory") | Err(_) => {
             let broker = support::Broker::start(support::Storage::Memory);
-            let addr = broker.addr();
-            Ok((Some(broker), addr, "nisshi, memory storage"))
+            let (addr, pid) = (broker.addr(), broker.pid());
+            Ok(BenchBroker { own: Some(broker), addr, name: "nisshi, memory storage", pid })
         }
-        Ok("stack") => Ok((None, brokers(), "the stack's nisshi, SQLite storage")),
+        Ok("stack") => {
+            let pid_file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/nisshi/broker.pid");
+            let pid = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse().ok());
+            Ok(BenchBroker { own: None, addr: brokers(), name: "the stack's nisshi, SQLite storage", pid })
+        }
         Ok(other) => anyhow::bail!("{var}={other}: expected memory or stack"),
     }
+}
+
+/// The CPU time (user and system) process `pid` has used so far, in seconds.
+pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name, which is in parentheses: utime and stime are
+    // the 12th and 13th of them (fields 14 and 15 of proc(5)).
+    let (_, after) = stat.rsplit_once(')').context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let [utime, stime] = [11, 12].map(|i| fields.get(i).and_then(|f| f.parse::<u64>().ok()));
+    let ticks = utime.zip(stime).map(|(u, s)| u + s).context("no CPU times in /proc/PID/stat")?;
+    // SAFETY: sysconf only reads a system setting.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / per_sec as f64)
 }
 
 /// A database of the run's own with the service's tables, dropped at the end.

@@ -32,7 +32,7 @@ use postgres::Client;
 
 #[path = "common.rs"]
 mod common;
-use common::{bench_broker, create_topic_on, env_number, migrated_db, write_csv};
+use common::{bench_broker, cpu_secs, create_topic_on, env_number, migrated_db, write_csv};
 
 const SEED: u64 = 20_211_126;
 const PARTITIONS: i32 = 4;
@@ -41,11 +41,13 @@ fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let n = env_number("INGEST_N", 200_000);
     let n_batch1 = env_number("INGEST_BATCH1_N", 20_000).min(n);
-    let (_own, brokers, broker_name) = bench_broker("INGEST_BROKER")?;
+    let broker = bench_broker("INGEST_BROKER")?;
+    let brokers = broker.addr.clone();
     let run = format!("bench_ingest_{}", std::process::id());
 
     println!(
-        "bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions, on {broker_name}"
+        "bench/ingest: {n} generated orders (1-3 items each, seed {SEED}), {PARTITIONS} partitions, on {}",
+        broker.name
     );
     let mut generator = Generator::new(SEED, 3);
     let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
@@ -96,7 +98,15 @@ fn main() -> anyhow::Result<()> {
         config.ingest.batch_max_wait_ms = wait;
     }
     let batch = config.ingest.batch_max_messages;
+    let cpu = |pid: Option<u32>| pid.map_or(Ok(f64::NAN), cpu_secs);
+    let before = (cpu(broker.pid)?, cpu(Some(std::process::id()))?, Instant::now());
     let service_rate = time_ingest(&db, config, n, &format!("orders-svc, batch {batch}:"))?;
+    let secs = before.2.elapsed().as_secs_f64();
+    println!(
+        "    CPU time over those {secs:.1} s, from start to stop: the broker {:.1} s, orders-svc (this process) {:.1} s",
+        cpu(broker.pid)? - before.0,
+        cpu(Some(std::process::id()))? - before.1
+    );
 
     // Reference 2: the service writing one message per transaction.
     let db1 = migrated_db()?;

@@ -2,8 +2,9 @@
 //! recently stored, at close to the speed PostgreSQL streams rows.
 //!
 //! An order is stored with its document, the JSON the service serves (`orders.document`):
-//! the read is one `COPY … TO STDOUT BINARY` of id, document, digest and age, each row
-//! copied once into the order's own allocation.
+//! the read is one `COPY … TO STDOUT BINARY` of id, document, digest and age, on this
+//! thread while PostgreSQL's backend sends them from the other core; each document goes
+//! into an allocation of its own, held by the cache as it is.
 //!
 //! Orders stored before there were documents are made from their rows, in the same
 //! read-only repeatable-read snapshot. Two more COPYs, the second on another connection

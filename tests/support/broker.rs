@@ -102,6 +102,11 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The broker's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Starts the broker (again) on the same port and storage.
     pub fn restart(&mut self) {
         let binary = std::env::var("STACK_NISSHI")
