@@ -236,6 +236,9 @@ pub struct Cache {
     pub stats: Stats,
 }
 
+/// Orders published under one hold of the write lock.
+const PUBLISH_PIECE: usize = 1000;
+
 /// Most ids remembered as missing at once; past it, expired ones are dropped first.
 const MAX_NEGATIVE: usize = 100_000;
 
@@ -422,10 +425,14 @@ impl Cache {
             return;
         }
         self.supersede(fresh.iter().map(|o| o.uid.as_str()));
-        let mut inner = self.inner.write();
-        for order in fresh {
-            let tick = self.tick();
-            self.put(&mut inner, order, tick);
+        // In pieces, so that readers wait for a piece of a large batch, not for all of it.
+        let mut fresh = fresh.into_iter().peekable();
+        while fresh.peek().is_some() {
+            let mut inner = self.inner.write();
+            for order in fresh.by_ref().take(PUBLISH_PIECE) {
+                let tick = self.tick();
+                self.put(&mut inner, order, tick);
+            }
         }
     }
 
