@@ -758,6 +758,19 @@ pub(crate) mod tests {
         assert_eq!(c.stats.evictions.get(), 2);
     }
 
+    /// A batch larger than one hold of the lock goes in, piece after piece, in its order:
+    /// past the bound, its first orders are the ones evicted.
+    #[test]
+    fn a_large_batch_is_published_whole_and_in_order() {
+        let c = cache(2 * PUBLISH_PIECE);
+        let batch: Vec<Encoded> = (0..2 * PUBLISH_PIECE + 500).map(|i| enc(&format!("o{i}"))).collect();
+        c.publish(&batch);
+        assert_eq!(c.len(), 2000);
+        assert!(!c.contains("o0") && !c.contains("o499"));
+        assert!(c.contains("o500") && c.contains("o1000") && c.contains("o2499"));
+        assert_eq!(c.stats.evictions.get(), 500);
+    }
+
     #[test]
     fn byte_bound_holds() {
         let one = CachedOrder::new(&enc("a")).size();
