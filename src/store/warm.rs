@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{Context, bail};
-use log::{debug, warn};
+use log::{debug, info, warn};
 use postgres::types::{FromSql, Type};
 use postgres::{Client, IsolationLevel};
 use time::OffsetDateTime;
@@ -76,8 +76,8 @@ pub fn stored_orders<T: Send>(
         keep.push(format!("(o.ingested_at > {at} OR (o.ingested_at = {at} AND o.order_uid <= {uid}))"));
     }
     let to_read = count.min(limit);
-    // Through the partial index that holds only them: none, once every order has been
-    // stored since documents were.
+    // Counted through the partial index that holds only them: none, once every order
+    // has been stored since there were documents.
     let without: i64 = tx
         .query_one(&format!("SELECT count(*) FROM orders o{}", where_all(&keep, "o.document IS NULL")), &[])
         .context("count the stored orders without a document")?
@@ -92,7 +92,8 @@ pub fn stored_orders<T: Send>(
         debug!("event=warm_documents_read orders={} ms={}", made.len(), started.elapsed().as_millis());
     }
     if without > 0 {
-        // Only those: with none at all, the plain reads of the tables, without a filter.
+        info!("event=warm_orders_without_document orders={without} action=make_them_from_their_rows");
+        // Only the orders without one; if none has one, the tables whole, unfiltered.
         if without < to_read {
             keep.push("o.document IS NULL".to_string());
         }
