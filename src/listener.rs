@@ -59,9 +59,10 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             store::migrate(&mut client)?;
             let listener = store::listen(&config.database, name)?;
             cache.listener_established();
-            // A second connection reads the items beside the orders, for the warm-up only.
-            let mut items_client = store::connect(&config.database)?;
-            let stored = store::stored_orders(&mut client, Some(&mut items_client), config.cache.max_orders, |s| {
+            // Orders stored before there were documents have their items read on a second
+            // connection, beside the orders, opened only if there are any.
+            let connect_items = || store::connect(&config.database);
+            let stored = store::stored_orders(&mut client, Some(&connect_items), config.cache.max_orders, |s| {
                 (s.stored_at, Arc::new(CachedOrder::stored(s)))
             })?;
             Ok((listener, stored))

@@ -47,12 +47,13 @@ pub struct StoredOrder {
 /// broken by id, as the index page does), and returns what `make` makes of each, in no
 /// particular order. Orders with their document are read as it; the others, stored
 /// before there were documents, are made from their rows: `make`, and the decoding of
-/// those rows, run on as many threads as there are cores, and with `items_client`, a
-/// second connection, their items are read on it at the same time, in the same
-/// snapshot; without it (or if the server cannot share a snapshot), first, on `client`.
+/// those rows, run on as many threads as there are cores, and with `connect_items`, on a
+/// second connection it opens (only then), their items are read at the same time, in the
+/// same snapshot; without it (or if the connection or the shared snapshot fails), first,
+/// on `client`.
 pub fn stored_orders<T: Send>(
     client: &mut Client,
-    items_client: Option<&mut Client>,
+    connect_items: Option<&dyn Fn() -> anyhow::Result<Client>>,
     limit: usize,
     make: impl Fn(StoredOrder) -> T + Sync,
 ) -> anyhow::Result<Vec<T>> {
@@ -97,7 +98,7 @@ pub fn stored_orders<T: Send>(
         if without < to_read {
             keep.push("o.document IS NULL".to_string());
         }
-        made.append(&mut built_from_rows(&mut tx, items_client, &keep, &make, started)?);
+        made.append(&mut built_from_rows(&mut tx, connect_items, &keep, &make, started)?);
     }
     tx.commit().context("end reading the stored orders")?;
     debug!(
@@ -140,11 +141,11 @@ fn read_documents<T>(
 }
 
 /// The orders matching every one of `conditions` (on `o`, the orders table), made from
-/// their rows: the head rows streamed on `tx`, the items beside them on `items_client`
-/// or read first.
+/// their rows: the head rows streamed on `tx`, the items beside them on a connection of
+/// `connect_items`, or read first.
 fn built_from_rows<T: Send>(
     tx: &mut postgres::Transaction<'_>,
-    items_client: Option<&mut Client>,
+    connect_items: Option<&dyn Fn() -> anyhow::Result<Client>>,
     conditions: &[String],
     make: &(impl Fn(StoredOrder) -> T + Sync),
     started: std::time::Instant,
@@ -154,7 +155,14 @@ fn built_from_rows<T: Send>(
     let items_query = format!("SELECT {} FROM order_items i{join}{filter}", item_columns());
     let heads_query = format!("SELECT {} FROM {HEAD_JOIN}{filter}", head_columns());
 
-    let beside = match items_client {
+    let mut other = match connect_items.map(|connect| connect()).transpose() {
+        Ok(other) => other,
+        Err(e) => {
+            warn!("event=warm_items_read_first reason={e:#}");
+            None
+        }
+    };
+    let beside = match &mut other {
         Some(other) => same_snapshot(tx, other).inspect_err(|e| warn!("event=warm_items_read_first reason={e:#}")).ok(),
         None => None,
     };

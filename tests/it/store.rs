@@ -319,7 +319,8 @@ fn the_warm_read_gives_each_stored_order_whole() {
     let documents =
         |db: &TestDb| -> i64 { db.client().query_one("SELECT count(document) FROM orders", &[]).unwrap().get(0) };
     assert_eq!(documents(&db), 300);
-    let (mut client, mut other) = (db.client(), db.client());
+    let mut client = db.client();
+    let connect = || Ok(db.client());
     let mut conn = store::Conn::from(db.client());
     let by_uid: std::collections::HashMap<&str, &Order> = orders.iter().map(|o| (o.order_uid.as_str(), o)).collect();
     let mut middle: Vec<&str> = orders[100..200].iter().map(|o| o.order_uid.as_str()).collect();
@@ -338,8 +339,9 @@ fn the_warm_read_gives_each_stored_order_whole() {
         assert_eq!(documents(&db), 300 - without);
         // The items read first on the one connection, then beside the orders on another.
         for beside in [false, true] {
-            let mut read_all =
-                |limit: usize| store::stored_orders(&mut client, beside.then_some(&mut other), limit, |s| s).unwrap();
+            let mut read_all = |limit: usize| {
+                store::stored_orders(&mut client, beside.then_some(&connect as _), limit, |s| s).unwrap()
+            };
             let all = read_all(1000);
             assert_eq!(all.len(), 300, "beside: {beside}, without a document: {without}");
             for stored in &all {
