@@ -80,14 +80,14 @@ pub fn stored_orders<T: Send>(
     // Counted through the partial index that holds only them: none, once every order
     // has been stored since there were documents.
     let without: i64 = tx
-        .query_one(&format!("SELECT count(*) FROM orders o{}", where_all(&keep, "o.document IS NULL")), &[])
+        .query_one(&format!("SELECT count(*) FROM orders o{}", where_all(&keep, Some("o.document IS NULL"))), &[])
         .context("count the stored orders without a document")?
         .get(0);
     let mut made = Vec::new();
     if without < to_read {
         let query = format!(
             "SELECT o.order_uid, o.document, o.content_sha256, o.ingested_at FROM orders o{}",
-            where_all(&keep, "o.document IS NOT NULL")
+            where_all(&keep, Some("o.document IS NOT NULL"))
         );
         read_documents(&mut tx, &query, &make, &mut made).context("read the stored orders' documents")?;
         debug!("event=warm_documents_read orders={} ms={}", made.len(), started.elapsed().as_millis());
@@ -109,10 +109,10 @@ pub fn stored_orders<T: Send>(
     Ok(made)
 }
 
-/// ` WHERE <each of conditions and then last, joined by AND>`.
-fn where_all(conditions: &[String], last: &str) -> String {
-    let all: Vec<&str> = conditions.iter().map(String::as_str).chain([last]).collect();
-    format!(" WHERE {}", all.join(" AND "))
+/// ` WHERE <each of conditions and then last, joined by AND>`, or nothing without any.
+fn where_all(conditions: &[String], last: Option<&str>) -> String {
+    let all: Vec<&str> = conditions.iter().map(String::as_str).chain(last).collect();
+    if all.is_empty() { String::new() } else { format!(" WHERE {}", all.join(" AND ")) }
 }
 
 /// The orders of `query` (id, document, digest, when stored), each as `make` makes it.
@@ -150,7 +150,7 @@ fn built_from_rows<T: Send>(
     make: &(impl Fn(StoredOrder) -> T + Sync),
     started: std::time::Instant,
 ) -> anyhow::Result<Vec<T>> {
-    let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    let filter = where_all(conditions, None);
     let join = if filter.is_empty() { "" } else { " JOIN orders o USING (order_uid)" };
     let items_query = format!("SELECT {} FROM order_items i{join}{filter}", item_columns());
     let heads_query = format!("SELECT {} FROM {HEAD_JOIN}{filter}", head_columns());
