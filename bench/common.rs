@@ -30,23 +30,22 @@ pub struct BenchBroker {
     pub pid: Option<u32>,
 }
 
-/// The broker a benchmark runs against, as the environment variable `var` says: `memory`
-/// (the default), a nisshi of the run's own that keeps messages in memory, or `stack`,
-/// the stack's, whose SQLite storage costs the shared cores more and adds to its own
-/// delivery time.
+/// The broker a benchmark runs against, as the environment variable `var` says: `stack`
+/// (the default), the stack's Apache Kafka, or `own`, an Apache Kafka of the run's own
+/// on new storage, stopped at the end of the run.
 pub fn bench_broker(var: &str) -> anyhow::Result<BenchBroker> {
     match std::env::var(var).as_deref() {
-        Ok("memory") | Err(_) => {
-            let broker = support::Broker::start(support::Storage::Memory);
-            let (addr, pid) = (broker.addr(), broker.pid());
-            Ok(BenchBroker { own: Some(broker), addr, name: "nisshi, memory storage", pid })
-        }
-        Ok("stack") => {
-            let pid_file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/nisshi/broker.pid");
+        Ok("stack") | Err(_) => {
+            let pid_file = std::env::var("STACK_KAFKA_PID_FILE").context("STACK_KAFKA_PID_FILE: run bench/run")?;
             let pid = std::fs::read_to_string(pid_file).ok().and_then(|p| p.trim().parse().ok());
-            Ok(BenchBroker { own: None, addr: brokers(), name: "the stack's nisshi, SQLite storage", pid })
+            Ok(BenchBroker { own: None, addr: brokers(), name: "the stack's Apache Kafka", pid })
         }
-        Ok(other) => anyhow::bail!("{var}={other}: expected memory or stack"),
+        Ok("own") => {
+            let broker = support::Broker::start();
+            let (addr, pid) = (broker.addr(), broker.pid());
+            Ok(BenchBroker { own: Some(broker), addr, name: "an Apache Kafka of the run's own", pid })
+        }
+        Ok(other) => anyhow::bail!("{var}={other}: expected stack or own"),
     }
 }
 

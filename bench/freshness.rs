@@ -14,8 +14,9 @@
 //! the same moments to its receipt of each followed message: the broker's own delivery
 //! time, the floor of anything that consumes from it. The service runs with the default
 //! batch settings unless FRESHNESS_BATCH_WAIT_MS (ingest.batch_max_wait_ms) is given.
-//! The broker is a nisshi of the run's own that keeps messages in memory, or with
-//! FRESHNESS_BROKER=stack the stack's (SQLite storage), whose own delivery is slower.
+//! The broker is the stack's Apache Kafka, or with FRESHNESS_BROKER=own a Kafka of the
+//! run's own on new storage. The producer is idempotent, as Kafka's producers are by
+//! default, unless FRESHNESS_IDEMPOTENT=0.
 //!
 //! Run with `bench/run freshness`.
 
@@ -69,10 +70,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("FRESHNESS_KAFKA: name=value"))
         .collect::<anyhow::Result<_>>()?;
-    // Not idempotent unless FRESHNESS_IDEMPOTENT=1: nisshi answers an idempotent
-    // producer's requests with tails of their own (the bare consumer's p99 was 0.3 to 0.8 s
-    // at 500 orders/s with it, 17 ms without), which would hide the service's part.
-    let idempotent = std::env::var("FRESHNESS_IDEMPOTENT").is_ok_and(|v| v == "1");
+    let idempotent = std::env::var("FRESHNESS_IDEMPOTENT").map_or(true, |v| v != "0");
     let mut config = service_config(&db, &run);
     config.kafka.brokers = brokers.clone();
     config.kafka.properties.extend(kafka_settings.iter().cloned());

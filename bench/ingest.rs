@@ -6,10 +6,9 @@
 //! - the service itself with `ingest.batch_max_messages = 1`: one transaction per
 //!   message, as most services of this kind write.
 //!
-//! The broker is a nisshi of the run's own that keeps messages in memory, or with
-//! INGEST_BROKER=stack the stack's (SQLite storage). It shares the two cores with the
-//! service and PostgreSQL, and `\copy` has no broker to share them with: serving the
-//! messages from SQLite took nisshi more CPU time than the service's own work.
+//! The broker is the stack's Apache Kafka, or with INGEST_BROKER=own a Kafka of the
+//! run's own on new storage. It shares the two cores with the service and PostgreSQL,
+//! and `\copy` has no broker to share them with; the run prints the broker's CPU time.
 //!
 //! Run with `bench/run ingest` (brings up the local stack first). Settings from the
 //! environment: INGEST_N (default 200000 orders), INGEST_BATCH1_N (how many of them the

@@ -39,3 +39,27 @@ stop_pid() {
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.5
 }
+
+# Installs the Debian packages named unless COMMAND is on PATH.
+apt_install_for() {
+    local command="$1"
+    shift
+    command -v "$command" >/dev/null 2>&1 && return 0
+    say "installing $* (Debian packages): no $command on PATH"
+    apt_install "$@"
+}
+
+# Installs Debian packages. Their maintainer scripts start no service: a package's own
+# server (postgresql's cluster) would take a port the stack means to use.
+apt_install() {
+    local sudo="" policy=/usr/sbin/policy-rc.d ours=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod +x "$policy" && ours=1
+    fi
+    local rc=0
+    { $sudo apt-get update -qq >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null; } || rc=$?
+    [[ -z "$ours" ]] || $sudo rm -f "$policy"
+    ((rc == 0)) || die "apt-get install $* failed"
+}

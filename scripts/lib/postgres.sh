@@ -1,6 +1,7 @@
 # PostgreSQL for scripts/stack: the server already on 127.0.0.1:5432 when user
 # `postgres` gets in there without a password, else a throwaway cluster in .stack/pg
-# (on 5432 if free, else 55432). Sourced, not run; needs common.sh and $STACK.
+# (on 5432 if free, else 55432). Debian's postgresql is installed first when its
+# binaries are missing. Sourced, not run; needs common.sh and $STACK.
 
 PG_DATA="$STACK/pg/data"
 PG_LOG="$STACK/pg/log"
@@ -29,6 +30,19 @@ as_pg() {
     else
         (cd / && "$@")
     fi
+}
+
+# Installs Debian's postgresql unless initdb, pg_ctl and psql are all found.
+pg_install_if_missing() {
+    local tool
+    for tool in initdb pg_ctl psql; do
+        (pg_bin "$tool" >/dev/null 2>&1) && continue
+        say "postgres: no $tool on PATH or in /usr/lib/postgresql/*/bin; installing Debian's postgresql"
+        local started=$SECONDS
+        apt_install postgresql
+        say "postgres: installed in $((SECONDS - started)) s"
+        return 0
+    done
 }
 
 pg_superuser_ok() {
@@ -63,6 +77,7 @@ start_throwaway() {
 }
 
 pg_up() {
+    pg_install_if_missing
     if throwaway_running; then
         PG_KIND="throwaway"
     elif port_open 5432 && pg_superuser_ok 5432; then

@@ -125,7 +125,7 @@ impl Default for Kafka {
             topic: "orders".into(),
             group_id: "orders-svc".into(),
             auto_offset_reset: OffsetReset::Earliest,
-            fetch_wait_max_ms: 10,
+            fetch_wait_max_ms: 100,
             session_timeout_ms: 45_000,
             properties: BTreeMap::new(),
             properties_file: None,
@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(c.database.url, "postgres://orders_svc@127.0.0.1:5432/orders");
         assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
         assert_eq!(c.kafka.topic, "orders");
-        assert_eq!(c.kafka.fetch_wait_max_ms, 10);
+        assert_eq!(c.kafka.fetch_wait_max_ms, 100);
         assert_eq!(c.http.addr.to_string(), "127.0.0.1:8081");
         assert_eq!(
             (c.http.max_connections, c.http.request_timeout(), c.http.idle_timeout()),

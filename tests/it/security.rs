@@ -78,7 +78,8 @@ fn the_service_consumes_over_sasl_ssl_and_a_wrong_password_is_named_clearly() {
     let start = |name: &str, password: &str| {
         let addr = free_addr();
         let mut toml = config_toml(&db.url, &topic, &unique("group"), addr, "");
-        toml = toml.replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.addr()));
+        toml =
+            toml.replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.secure_addr()));
         toml.push_str("[kafka.properties]\n");
         for (name, value) in properties(password) {
             toml.push_str(&format!("{name:?} = {value:?}\n"));
@@ -89,7 +90,7 @@ fn the_service_consumes_over_sasl_ssl_and_a_wrong_password_is_named_clearly() {
     let (service, addr) = start("sasl", password);
     wait_ready(addr);
     let kafka = orders_svc::config::Kafka {
-        brokers: broker.addr(),
+        brokers: broker.secure_addr(),
         properties: properties(password),
         ..orders_svc::config::Kafka::default()
     };
