@@ -78,6 +78,9 @@ pub struct Consumer {
     committed_at: Instant,
     /// When partitions waiting on something were last looked at.
     reconciled: Instant,
+    /// For each partition, the position from which a loss was last reported, so that a
+    /// batch dropped and read again does not report it twice.
+    losses_reported: HashMap<Partition, i64>,
 }
 
 /// Follows the consumer group's rebalances. Its callbacks run on the consumer thread,
@@ -324,6 +327,7 @@ impl Consumer {
             commit_retry: None,
             committed_at: Instant::now(),
             reconciled: Instant::now(),
+            losses_reported: HashMap::new(),
         })
     }
 
@@ -465,13 +469,16 @@ impl Consumer {
     /// revoked meanwhile, what was collected is dropped: their new owner reads it again
     /// from the stored offset. A message before this consumer's position, or before `after`
     /// (where a batch collected but not yet written ends), is skipped: the broker reset the
-    /// position backwards. Its partition is sought back to where it should be.
+    /// position backwards. Its partition is sought back to where it should be. A
+    /// partition whose first message comes after the position may have lost messages to
+    /// retention: `report_loss` looks.
     fn collect_batch(&mut self, after: &HashMap<Partition, i64>) -> Collected {
         let (max, max_bytes) = (self.ingest.batch_max_messages, self.ingest.batch_max_bytes);
         let max_wait = self.ingest.batch_max_wait();
         let mut batch = Vec::new();
         let mut bytes = 0;
         let mut behind = BTreeMap::new();
+        let mut ahead = BTreeMap::new();
         let mut deadline: Option<Instant> = None;
         let mut generation = self.revocations();
         loop {
@@ -491,6 +498,11 @@ impl Consumer {
                     {
                         behind.insert(key, position);
                         continue;
+                    }
+                    if let Some(position) = position
+                        && m.offset() > position
+                    {
+                        ahead.entry(key.clone()).or_insert((position, m.offset()));
                     }
                     bytes += m.payload_len();
                     batch.push(Message {
@@ -513,6 +525,7 @@ impl Consumer {
                 bytes = 0;
                 deadline = None;
                 generation = now_generation;
+                ahead.clear();
             }
             // Past the wait, the messages already here still join the batch: it ends when
             // a poll finds no more, so the wait can be short without batches of one.
@@ -525,6 +538,9 @@ impl Consumer {
         }
         for (key, position) in behind {
             self.seek_back(key, position);
+        }
+        for (key, (position, first)) in ahead {
+            self.report_loss(key, position, first);
         }
         let full = batch.len() >= max || bytes >= max_bytes;
         Collected { messages: batch, generation, full }
@@ -611,6 +627,40 @@ impl Consumer {
             }
             _ => self.seek(&key, position),
         }
+    }
+
+    /// A partition's first message came after this consumer's position. Offsets may be
+    /// missing for good reasons (a transaction's commit marker, compaction), but if the
+    /// partition now starts past the position, the broker deleted messages this group
+    /// never read (retention, or records deleted by an operator): Kafka answered the fetch
+    /// out of range and the consumer went on from the partition's start. Those messages
+    /// are lost to this service; it says so once, in the log and as a metric.
+    fn report_loss(&mut self, key: Partition, position: i64, first: i64) {
+        if self.losses_reported.get(&key) == Some(&position) {
+            return;
+        }
+        let start = match self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL) {
+            Ok((low, _)) => low,
+            Err(e) => {
+                warn!("event=watermarks_unavailable partition={}/{} error={e}", key.0, key.1);
+                return;
+            }
+        };
+        if start <= position {
+            debug!("event=offsets_skipped partition={}/{} from={position} to={}", key.0, key.1, first - 1);
+            return;
+        }
+        let to = start.min(first) - 1;
+        let lost = to - position + 1;
+        error!(
+            "event=messages_lost topic={} partition={} from={position} to={to} lost={lost} hint=\"the broker deleted \
+             these messages (retention.ms or retention.bytes, or records deleted by an operator) before this group \
+             read them: they were never stored. Produce them again to recover them; raise the topic's retention \
+             above the longest time the service may be down or behind\"",
+            key.0, key.1
+        );
+        self.metrics.messages_lost.with_label_values(&[key.0.as_str(), &key.1.to_string()]).inc_by(lost as u64);
+        self.losses_reported.insert(key, position);
     }
 
     fn pause(&self, keys: &[Partition]) {

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub batch_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
     pub position_beyond_end: IntGaugeVec,
+    pub messages_lost: IntCounterVec,
     pub assigned_partitions: IntGauge,
     pub http_requests: IntCounterVec,
     http_by_route_status: Vec<std::sync::OnceLock<IntCounter>>,
@@ -112,6 +113,14 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
+            messages_lost: IntCounterVec::new(
+                Opts::new(
+                    "orders_messages_lost_total",
+                    "Messages the broker deleted (retention, truncation) before this group read them: never stored.",
+                ),
+                &["topic", "partition"],
+            )
+            .expect("valid metric"),
             assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.")
                 .expect("valid metric"),
             http_requests: IntCounterVec::new(
@@ -157,6 +166,7 @@ impl Metrics {
             Box::new(m.batch_seconds.clone()),
             Box::new(m.consumer_lag.clone()),
             Box::new(m.position_beyond_end.clone()),
+            Box::new(m.messages_lost.clone()),
             Box::new(m.assigned_partitions.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_seconds.clone()),
