@@ -102,8 +102,6 @@ pub struct GroupContext {
     unpositioned: parking_lot::Mutex<BTreeSet<Partition>>,
     /// Stored offsets read at assignment, to be committed to Kafka too (for lag tools).
     assigned_offsets: parking_lot::Mutex<Vec<(Partition, i64)>>,
-    /// Partitions whose end is behind this consumer's position, as last reported.
-    beyond_end: parking_lot::Mutex<BTreeSet<Partition>>,
     /// Partitions paused because the database's offset is past the broker's end.
     blocked: parking_lot::Mutex<BTreeSet<Partition>>,
 }
@@ -123,12 +121,11 @@ impl ClientContext for GroupContext {
     }
 
     /// librdkafka's statistics, every `statistics.interval.ms`: the lag of each
-    /// assigned partition, from the broker's high watermark and the committed offset,
-    /// and any partition whose end is behind the position this consumer fetches from.
+    /// assigned partition, from the broker's high watermark and the committed offset, and
+    /// the partitions paused past their end.
     fn stats(&self, statistics: Statistics) {
         self.metrics.consumer_lag.reset();
         self.metrics.position_beyond_end.reset();
-        let mut beyond = BTreeSet::new();
         for (topic, t) in &statistics.topics {
             for (&partition, p) in &t.partitions {
                 // Partition -1 is librdkafka's own bookkeeping; -1 lag means unknown.
@@ -139,29 +136,10 @@ impl ClientContext for GroupContext {
                 if p.consumer_lag >= 0 {
                     self.metrics.consumer_lag.with_label_values(&labels).set(p.consumer_lag);
                 }
-                // A broker that lost messages this consumer already read (one with memory
-                // storage restarted, or the topic recreated) may answer fetches past its
-                // end with nothing at all, rather than with an out-of-range error that
-                // would reset the position: without this, the consumer waits in silence.
-                if p.fetch_state == "active" && p.hi_offset >= 0 && p.next_offset > p.hi_offset {
-                    self.metrics.position_beyond_end.with_label_values(&labels).set(1);
-                    if !self.beyond_end.lock().contains(&(topic.clone(), partition)) {
-                        error!(
-                            "event=partition_position_beyond_end topic={topic} partition={partition} position={} \
-                             end={} hint=\"the broker has fewer messages than this consumer already read: the topic \
-                             was deleted and created again, or the broker lost its data. Messages below the position \
-                             are not read. Run orders-svc reset-offsets --config <file> to set the group's stored \
-                             offsets to the partitions' starts; running instances follow within seconds\"",
-                            p.next_offset, p.hi_offset
-                        );
-                    }
-                    beyond.insert((topic.clone(), partition));
-                }
             }
         }
-        *self.beyond_end.lock() = beyond;
-        // Paused by `seek_back` (the broker reset the position rather than answering with
-        // nothing): still past the end until `reset-offsets` moves the stored offset.
+        // Paused by `seek_back`: still past the end until `reset-offsets` moves the stored
+        // offset.
         for (topic, partition) in self.blocked.lock().iter() {
             self.metrics.position_beyond_end.with_label_values(&[topic.as_str(), &partition.to_string()]).set(1);
         }
@@ -292,7 +270,6 @@ impl Consumer {
             positions: parking_lot::Mutex::new(HashMap::new()),
             unpositioned: parking_lot::Mutex::new(BTreeSet::new()),
             assigned_offsets: parking_lot::Mutex::new(Vec::new()),
-            beyond_end: parking_lot::Mutex::new(BTreeSet::new()),
             blocked: parking_lot::Mutex::new(BTreeSet::new()),
         };
         let consumer: BaseConsumer<GroupContext> = client_config(k)
@@ -677,8 +654,7 @@ impl Consumer {
         self.reconciled = Instant::now();
         let context = self.consumer.context();
         let unpositioned: Vec<Partition> = context.unpositioned.lock().iter().cloned().collect();
-        let mut waiting: BTreeSet<Partition> = context.beyond_end.lock().clone();
-        waiting.extend(context.blocked.lock().iter().cloned());
+        let waiting: BTreeSet<Partition> = context.blocked.lock().clone();
         if unpositioned.is_empty() && waiting.is_empty() {
             return;
         }
