@@ -108,7 +108,7 @@ KAFKA_PID="$KAFKA_DIR/broker.pid"
 KAFKA_LOG="$KAFKA_DIR/broker.log"
 
 broker_up() {
-    local pid started=$SECONDS
+    local pid started
     kafka_libs
     if pid="$(live_pid "$KAFKA_PID" kafka.Kafka)" && port_open "$BROKER_PORT"; then
         say "broker: using Apache Kafka $KAFKA_VERSION already running on $BROKER (pid $pid)"
@@ -117,6 +117,7 @@ broker_up() {
     else
         mkdir -p "$KAFKA_DIR"
         say "broker: starting Apache Kafka $KAFKA_VERSION on $BROKER (data $KAFKA_DIR/data, log $KAFKA_LOG)"
+        started=$SECONDS
         setsid nohup "$ROOT/scripts/kafka-node" "$KAFKA_DIR" "$BROKER_PORT" "$CONTROLLER_PORT" </dev/null >"$KAFKA_LOG" 2>&1 &
         echo $! >"$KAFKA_PID"
         kafka_wait_started "$KAFKA_LOG" "$!"
