@@ -69,7 +69,9 @@ pub fn index(recent: Option<&[OrderSummary]>) -> Markup {
 }
 
 /// An order shown in full: summary, delivery, payment and items.
-pub fn order(order: &Order) -> Markup {
+/// The order's page. `json` and `etag` are the document `/api/order/<uid>` serves and
+/// its validator: the page shows them as they are, below the tables.
+pub fn order(order: &Order, json: &[u8], etag: &str) -> Markup {
     let p = &order.payment;
     let d = &order.delivery;
     let paid =
@@ -153,6 +155,16 @@ pub fn order(order: &Order) -> Markup {
                     }
                 }
             }
+            section.json {
+                details {
+                    summary { "JSON" }
+                    p {
+                        a href=(format!("/api/order/{}", order.order_uid)) { "/api/order/" (order.order_uid) }
+                        " · ETag " code.etag { (etag) }
+                    }
+                    pre { code { (String::from_utf8_lossy(json)) } }
+                }
+            }
         },
     )
 }
@@ -225,6 +237,11 @@ mod tests {
         crate::model::decode(Some(include_bytes!("../demo/model.json")), &Default::default()).unwrap()
     }
 
+    /// The order's page, with its JSON as `Order::to_json` writes it.
+    fn order(o: &Order) -> Markup {
+        super::order(o, &o.to_json(), "\"v1\"")
+    }
+
     #[test]
     fn order_page_shows_each_section_and_the_values() {
         let html = order(&canonical()).into_string();
@@ -244,6 +261,24 @@ mod tests {
         ] {
             assert!(html.contains(needle), "missing {needle} in {html}");
         }
+    }
+
+    #[test]
+    fn order_page_links_its_json_and_shows_it_escaped_with_its_etag() {
+        let mut o = canonical();
+        o.delivery.name = "<b>\"Test\" & Testov</b>".into();
+        let html = order(&o).into_string();
+        assert!(
+            html.contains(r#"<a href="/api/order/b563feb7b2b84b6test">/api/order/b563feb7b2b84b6test</a>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<details><summary>JSON</summary>"#), "{html}");
+        assert!(html.contains(r#"ETag <code class="etag">&quot;v1&quot;</code>"#), "{html}");
+        assert!(
+            html.contains(r#"&quot;name&quot;:&quot;&lt;b&gt;\&quot;Test\&quot; &amp; Testov&lt;/b&gt;&quot;"#),
+            "{html}"
+        );
+        assert!(!html.contains("<b>"));
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
         ),
         Route::Index => index(state),
         Route::Lookup(uid) => lookup_form(uid),
-        Route::Order(uid) => order(state, request, uid),
+        Route::Order(uid) => order(state, request, uid, Representation::ByAccept),
+        Route::ApiOrder(uid) => order(state, request, uid, Representation::Json),
         Route::Asset(name) => asset(name),
         Route::OpenApi => Reply::new(200, JSON, OPENAPI),
         Route::Other => Reply::text(404, "not found\n"),
@@ -109,10 +110,21 @@ fn index(state: &State) -> Reply {
     Reply::html(200, pages::index(recent.ok().as_deref()))
 }
 
-/// `GET /order/<uid>`: JSON, or the order's page for a client that prefers HTML.
-fn order(state: &State, request: &Request, uid: &str) -> Reply {
-    let html = prefers_html(header(request, "Accept"));
-    let vary = |r: Reply| r.with("Vary", "Accept");
+/// How an order's address chooses between its JSON and its page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Representation {
+    /// `/order/<uid>`: the page for a client that prefers HTML, JSON for any other.
+    ByAccept,
+    /// `/api/order/<uid>`: JSON, whatever the client asks for.
+    Json,
+}
+
+/// `GET /order/<uid>` and `GET /api/order/<uid>`: the order as JSON, or its page.
+fn order(state: &State, request: &Request, uid: &str, representation: Representation) -> Reply {
+    let by_accept = representation == Representation::ByAccept;
+    let html = by_accept && prefers_html(header(request, "Accept"));
+    // Only an answer chosen by `Accept` varies with it.
+    let vary = |r: Reply| if by_accept { r.with("Vary", "Accept") } else { r };
     if let Err(reason) = model::check_uid(uid) {
         return vary(if html {
             Reply::html(400, pages::bad_request(uid, &reason))
@@ -179,7 +191,7 @@ fn found_order(request: &Request, order: &CachedOrder, html: bool) -> Reply {
         Reply { status: 304, headers: Vec::new(), body: Arc::from(&[][..]) }
     } else if html {
         match serde_json::from_slice::<Order>(&order.json) {
-            Ok(parsed) => Reply::html(200, pages::order(&parsed)),
+            Ok(parsed) => Reply::html(200, pages::order(&parsed, &order.json, &order.etag)),
             Err(e) => {
                 error!("event=cached_order_unreadable order_uid={} error={e}", order.uid);
                 Reply::text(500, "internal error\n")
@@ -421,7 +433,7 @@ pub(super) mod tests {
             })
             .collect();
         named.sort();
-        assert_eq!(named, ["asset", "healthz", "index", "metrics", "openapi", "order", "readyz"]);
+        assert_eq!(named, ["api_order", "asset", "healthz", "index", "metrics", "openapi", "order", "readyz"]);
     }
 
     #[test]

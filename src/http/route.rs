@@ -5,8 +5,10 @@
 /// method.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route<'a> {
-    /// `/order/<uid>`, the uid not checked yet.
+    /// `/order/<uid>`, the uid not checked yet: JSON, or the order's page for a browser.
     Order(&'a str),
+    /// `/api/order/<uid>`: the same order, always as JSON.
+    ApiOrder(&'a str),
     /// `/`, including a lookup form sent with a blank uid.
     Index,
     /// `/?uid=…` with a uid that is not blank: form-decoded and trimmed.
@@ -39,11 +41,17 @@ impl<'a> Route<'a> {
             "/readyz" => Route::Readyz,
             "/metrics" => Route::Metrics,
             "/openapi.json" => Route::OpenApi,
-            _ => match path.strip_prefix("/order/") {
-                Some(uid) => Route::Order(uid),
-                None if path.starts_with("/assets/") => Route::Asset(path.trim_start_matches("/assets/")),
-                None => Route::Other,
-            },
+            _ => {
+                if let Some(uid) = path.strip_prefix("/order/") {
+                    Route::Order(uid)
+                } else if let Some(uid) = path.strip_prefix("/api/order/") {
+                    Route::ApiOrder(uid)
+                } else if let Some(name) = path.strip_prefix("/assets/") {
+                    Route::Asset(name)
+                } else {
+                    Route::Other
+                }
+            }
         }
     }
 
@@ -51,6 +59,7 @@ impl<'a> Route<'a> {
     pub fn name(&self) -> RouteName {
         match self {
             Route::Order(_) => RouteName::Order,
+            Route::ApiOrder(_) => RouteName::ApiOrder,
             Route::Index => RouteName::Index,
             Route::Lookup(_) => RouteName::Lookup,
             Route::Asset(_) => RouteName::Asset,
@@ -67,6 +76,7 @@ impl<'a> Route<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteName {
     Order,
+    ApiOrder,
     Index,
     Lookup,
     Asset,
@@ -79,8 +89,9 @@ pub enum RouteName {
 
 impl RouteName {
     /// Every name, each at the index of its discriminant (`name as usize`).
-    pub const ALL: [RouteName; 9] = [
+    pub const ALL: [RouteName; 10] = [
         RouteName::Order,
+        RouteName::ApiOrder,
         RouteName::Index,
         RouteName::Lookup,
         RouteName::Asset,
@@ -94,6 +105,7 @@ impl RouteName {
     pub fn label(self) -> &'static str {
         match self {
             RouteName::Order => "order",
+            RouteName::ApiOrder => "api_order",
             RouteName::Index => "index",
             RouteName::Lookup => "lookup",
             RouteName::Asset => "asset",
@@ -138,6 +150,8 @@ mod tests {
     fn routes_are_named_for_metrics_without_raw_paths() {
         let name = |url: &str| Route::parse(url).name().label();
         assert_eq!(name("/order/abc"), "order");
+        assert_eq!(name("/api/order/abc"), "api_order");
+        assert_eq!(name("/api/orders"), "other");
         assert_eq!(name("/?uid=x"), "lookup");
         assert_eq!(name("/"), "index");
         assert_eq!(name("/assets/style.css"), "asset");
@@ -150,6 +164,8 @@ mod tests {
     #[test]
     fn routes_carry_what_the_handlers_need() {
         assert_eq!(Route::parse("/order/abc?x=1"), Route::Order("abc"));
+        assert_eq!(Route::parse("/api/order/abc?x=1"), Route::ApiOrder("abc"));
+        assert_eq!(Route::parse("/api/order/"), Route::ApiOrder(""));
         assert_eq!(Route::parse("/?uid=+a%20b+"), Route::Lookup("a b".into()));
         assert_eq!(Route::parse("/?uid=%0D"), Route::Index);
         assert_eq!(Route::parse("/?uid=%0Cx%0D%0A"), Route::Lookup("\u{c}x".into()));

@@ -1,6 +1,7 @@
 //! A real headless Chromium, driven through ChromeDriver (WebDriver over HTTP), uses
 //! the pages the way a person would: it loads `/`, types the canonical order id into
-//! the form, submits it, and reads the order page. Screenshots go to target/screenshots.
+//! the form, submits it, reads the order page, opens its JSON section and follows its
+//! link to the JSON. Screenshots go to target/screenshots.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -97,6 +98,10 @@ impl Browser {
             .collect()
     }
 
+    fn click(&self, css: &str) {
+        self.session("POST", &format!("/element/{}/click", self.find(css)), None);
+    }
+
     fn current_url(&self) -> String {
         self.session("GET", "/url", None).as_str().unwrap().to_string()
     }
@@ -175,6 +180,22 @@ fn chromium_looks_up_the_canonical_order_through_the_form() {
     let phone = browser.screenshot("order-phone.png");
     assert!(std::fs::metadata(desktop).unwrap().len() > 10_000);
     assert!(std::fs::metadata(phone).unwrap().len() > 10_000);
+
+    // The JSON section is collapsed; opened, it holds the bytes `/api/order/<uid>` serves,
+    // with their ETag, and its link leads there.
+    browser.resize(1280, 1400);
+    let served = get(addr, "/api/order/b563feb7b2b84b6test");
+    assert_eq!(served.status, 200);
+    assert_eq!(browser.texts("section.json pre"), vec![""]);
+    browser.click("section.json summary");
+    assert_eq!(browser.texts("section.json pre"), vec![served.body.clone()]);
+    assert_eq!(browser.texts("section.json code.etag"), vec![served.header("ETag").unwrap().to_string()]);
+    browser.screenshot("order-json.png");
+    browser.click("section.json a");
+    wait_for("the order's JSON", Duration::from_secs(10), || {
+        browser.current_url().ends_with("/api/order/b563feb7b2b84b6test").then_some(())
+    });
+    assert_eq!(browser.texts("body"), vec![served.body]);
 
     browser.goto(&format!("http://{addr}/order/nosuchorder"));
     assert_eq!(browser.texts("h1"), vec!["Order not found"]);
