@@ -10,7 +10,8 @@
 //! dropped. While notifications may be missed (the listening connection lost, or silent
 //! for longer than `SILENCE_LIMIT`), entries are not served as they are: each request
 //! reads the order again, and only if that fails is the copy served, marked as possibly
-//! stale. Locks are held for map operations, never across IO, SQL or rendering.
+//! stale. With `cache.max_age_secs`, an entry older than that is read again as a miss.
+//! Locks are held for map operations, never across IO, SQL or rendering.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -75,6 +76,44 @@ pub struct Stats {
     pub listener_up: IntGauge,
     pub stale_served: IntCounter,
     pub database_busy: IntCounter,
+    pub expirations: IntCounter,
+}
+
+impl Stats {
+    /// Every counter and gauge, for the registry: one list, so that none is left out.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let Stats {
+            hits,
+            misses,
+            negative_hits,
+            db_reads,
+            evictions,
+            notifications,
+            invalidations,
+            listener_reconnects,
+            listener_up,
+            stale_served,
+            database_busy,
+            expirations,
+        } = self;
+        let counters = [
+            hits,
+            misses,
+            negative_hits,
+            db_reads,
+            evictions,
+            notifications,
+            invalidations,
+            listener_reconnects,
+            stale_served,
+            database_busy,
+            expirations,
+        ];
+        let mut all: Vec<Box<dyn prometheus::core::Collector>> =
+            counters.into_iter().map(|c| Box::new(c.clone()) as Box<dyn prometheus::core::Collector>).collect();
+        all.push(Box::new(listener_up.clone()));
+        all
+    }
 }
 
 impl Default for Stats {
@@ -113,6 +152,10 @@ impl Default for Stats {
                 "orders_cache_database_busy_total",
                 "Lookups refused at once because cache.max_database_waits requests already read PostgreSQL.",
             ),
+            expirations: counter(
+                "orders_cache_expirations_total",
+                "Lookups that found their order older than cache.max_age_secs, and read it again.",
+            ),
             stale_served: counter(
                 "orders_cache_stale_served_total",
                 "Orders served from a copy that may be stale: notifications may have been missed and the database \
@@ -133,6 +176,29 @@ pub struct Limits {
     pub max_database_waits: usize,
     /// Longest a request waits for another request's read of the same order.
     pub database_wait: Duration,
+    /// Past this age an entry is not served from memory but read again, as a miss.
+    /// None: entries never expire.
+    pub max_age: Option<Duration>,
+}
+
+/// The wall clock the age limit reads, in microseconds since 2000-01-01 UTC: the epoch
+/// PostgreSQL keeps `ingested_at` in, so that the warm-up's orders are aged by when they
+/// were stored. Tests give the cache a clock they move.
+pub trait Clock: Send + Sync {
+    fn micros(&self) -> i64;
+}
+
+/// The system's clock.
+pub struct SystemClock;
+
+/// 2000-01-01T00:00:00Z in seconds since the Unix epoch.
+const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+
+impl Clock for SystemClock {
+    fn micros(&self) -> i64 {
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(unix.as_micros()).unwrap_or(i64::MAX) - PG_EPOCH_UNIX_SECS * 1_000_000
+    }
 }
 
 /// Why an order could not be answered.
@@ -171,6 +237,9 @@ struct Entry {
     last_used: AtomicU64,
     /// The key under which `by_age` holds this entry: never after `last_used`.
     indexed_at: u64,
+    /// When the entry was put in (`Clock::micros`), or for the warm-up's, when its order
+    /// was stored: what `Limits::max_age` is measured from.
+    kept_at: i64,
 }
 
 #[derive(Default)]
@@ -214,7 +283,10 @@ impl std::ops::Deref for Found {
 
 pub struct Cache {
     inner: RwLock<Inner>,
+    /// The order of uses, for least-recently-used eviction; not time.
     clock: AtomicU64,
+    /// Time, for the age limit.
+    time: Box<dyn Clock>,
     limits: Limits,
     negative: Mutex<HashMap<String, Instant>>,
     flights: Mutex<HashMap<String, Arc<Flight>>>,
@@ -244,9 +316,14 @@ const MAX_NEGATIVE: usize = 100_000;
 
 impl Cache {
     pub fn new(limits: Limits) -> Cache {
+        Cache::with_clock(limits, Box::new(SystemClock))
+    }
+
+    pub fn with_clock(limits: Limits, time: Box<dyn Clock>) -> Cache {
         Cache {
             inner: RwLock::new(Inner::default()),
             clock: AtomicU64::new(1),
+            time,
             limits,
             negative: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
@@ -402,12 +479,20 @@ impl Cache {
         self.clock.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The cached order, marking it used. Counts nothing: `lookup` counts.
-    fn get(&self, uid: &str) -> Option<Arc<CachedOrder>> {
+    /// The cached order, marking it used, and whether it is past the age limit. Counts
+    /// nothing: `lookup` counts.
+    fn get(&self, uid: &str) -> Option<(Arc<CachedOrder>, bool)> {
         let inner = self.inner.read();
         let entry = inner.map.get(uid)?;
         entry.last_used.store(self.tick(), Ordering::Relaxed);
-        Some(entry.value.clone())
+        Some((entry.value.clone(), self.expired(entry.kept_at)))
+    }
+
+    fn expired(&self, kept_at: i64) -> bool {
+        self.limits.max_age.is_some_and(|age| {
+            let age = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+            self.time.micros().saturating_sub(kept_at) > age
+        })
     }
 
     /// The consumer's write: orders PostgreSQL has just committed replace whatever the
@@ -437,27 +522,28 @@ impl Cache {
     }
 
     /// Fills the cache at start with orders in any order, each with when it was stored
-    /// (any number that grows with time). They go in oldest first (of equal age, as
-    /// given): so the newest are kept when they do not all fit, and evicted last.
+    /// (`Clock::micros`, as PostgreSQL's `ingested_at`). They go in oldest first (of
+    /// equal age, as given): so the newest are kept when they do not all fit, and evicted
+    /// last. Their age counts from when they were stored.
     pub fn warm(&self, mut orders: Vec<(i64, Arc<CachedOrder>)>) {
         orders.sort_by_key(|(stored_at, _)| *stored_at);
         let mut inner = self.inner.write();
         inner.map.reserve(orders.len().min(self.limits.max_orders));
         if !inner.map.is_empty() {
-            for (_, order) in orders {
+            for (stored_at, order) in orders {
                 let tick = self.tick();
-                self.put(&mut inner, order, tick);
+                self.put_kept_at(&mut inner, order, tick, stored_at);
             }
             return;
         }
         // Into an empty cache (the start): every order at once, the age index built in
         // one go from the entries kept (an id given twice keeps its later order), and
         // then the oldest evicted until the bounds hold.
-        for (_, value) in orders {
+        for (kept_at, value) in orders {
             let tick = self.tick();
             let key: Arc<str> = value.uid.as_str().into();
             inner.bytes += value.size();
-            let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick };
+            let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick, kept_at };
             if let Some(old) = inner.map.insert(key, entry) {
                 inner.bytes -= old.value.size();
             }
@@ -467,11 +553,16 @@ impl Cache {
     }
 
     fn put(&self, inner: &mut Inner, value: Arc<CachedOrder>, tick: u64) {
+        let now = self.time.micros();
+        self.put_kept_at(inner, value, tick, now);
+    }
+
+    fn put_kept_at(&self, inner: &mut Inner, value: Arc<CachedOrder>, tick: u64, kept_at: i64) {
         let key: Arc<str> = value.uid.as_str().into();
         Self::remove(inner, &key);
         inner.bytes += value.size();
         inner.by_age.insert(tick, key.clone());
-        inner.map.insert(key, Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick });
+        inner.map.insert(key, Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick, kept_at });
         self.evict(inner);
     }
 
@@ -495,20 +586,26 @@ impl Cache {
     /// lookups of one missing uid share one `load`. Found orders are kept; ids `load`
     /// does not find are remembered as missing for `negative_ttl`. While the cache is not
     /// `fresh`, every lookup loads, and a held copy is served (as `stale`) only if the
-    /// load fails.
+    /// load fails; so does a lookup whose entry is past `max_age`.
     pub fn lookup(
         &self,
         uid: &str,
         load: impl FnOnce() -> anyhow::Result<Option<Order>>,
     ) -> Result<Option<Found>, Unavailable> {
         let fresh = self.fresh();
-        let held = self.get(uid);
-        if fresh {
-            if let Some(hit) = held {
+        let held = match self.get(uid) {
+            Some((hit, false)) if fresh => {
                 self.stats.hits.inc();
                 return Ok(Some(Found { order: hit, stale: false }));
             }
-        }
+            Some((copy, expired)) => {
+                if expired {
+                    self.stats.expirations.inc();
+                }
+                Some(copy)
+            }
+            None => None,
+        };
         self.stats.misses.inc();
         if fresh && self.remembered_missing(uid) {
             self.stats.negative_hits.inc();
@@ -546,7 +643,7 @@ impl Cache {
                             self.stats.negative_hits.inc();
                             return Ok(None);
                         }
-                        if let Some(hit) = self.get(uid) {
+                        if let Some((hit, false)) = self.get(uid) {
                             return Ok(Some(hit));
                         }
                     }
@@ -691,6 +788,7 @@ pub(crate) mod tests {
             negative_ttl: Duration::ZERO,
             max_database_waits: 16,
             database_wait: Duration::from_secs(5),
+            max_age: None,
         }
     }
 
@@ -800,8 +898,8 @@ pub(crate) mod tests {
         c.publish(&[enc("new")]);
         assert!(c.contains("newest") && c.contains("a") && !c.contains("b"));
         let e = enc("a");
-        assert_eq!(&*c.get("a").unwrap().json, &*e.json);
-        assert_eq!(c.get("a").unwrap().etag, CachedOrder::new(&e).etag);
+        assert_eq!(&*c.get("a").unwrap().0.json, &*e.json);
+        assert_eq!(c.get("a").unwrap().0.etag, CachedOrder::new(&e).etag);
     }
 
     /// At the start, into an empty cache: an id given twice is held once, counted once,
@@ -818,7 +916,7 @@ pub(crate) mod tests {
         c.warm(vec![(1, first), (2, later.clone()), (1, other.clone())]);
         assert_eq!(c.len(), 2);
         assert_eq!(c.bytes(), later.size() + other.size());
-        assert_eq!(&*c.get("a").unwrap().json, b"{\"v\":22}");
+        assert_eq!(&*c.get("a").unwrap().0.json, b"{\"v\":22}");
         // The age index holds each entry once: both are evicted in turn, "b" first ("a"
         // was read since).
         c.publish(&(0..9).map(|i| enc(&format!("n{i}"))).collect::<Vec<_>>());
@@ -958,6 +1056,77 @@ pub(crate) mod tests {
         assert_eq!(c.stats.stale_served.get(), 1);
         assert_eq!(c.lookup("b", || Err(anyhow::anyhow!("down"))).unwrap_err(), Unavailable::Failed("down".into()));
         assert_eq!(c.stats.hits.get(), 0);
+    }
+
+    /// A clock the test moves: `Clock::micros` starts at 1,000 s past the epoch.
+    #[derive(Clone, Default)]
+    struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+    impl TestClock {
+        fn advance(&self, by: Duration) {
+            self.0.fetch_add(by.as_micros() as i64, Ordering::SeqCst);
+        }
+    }
+
+    impl Clock for TestClock {
+        fn micros(&self) -> i64 {
+            1_000_000_000 + self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn cache_with_max_age(secs: u64) -> (Cache, TestClock) {
+        let clock = TestClock::default();
+        let limits = Limits { max_age: Some(Duration::from_secs(secs)), ..limits() };
+        (Cache::with_clock(limits, Box::new(clock.clone())), clock)
+    }
+
+    #[test]
+    fn an_entry_past_the_age_limit_is_read_again_and_kept_afresh() {
+        let (c, clock) = cache_with_max_age(60);
+        c.publish(&[enc("a")]);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(city(&hit(&c, "a").unwrap()), "Kiryat Mozkin");
+        clock.advance(Duration::from_secs(1));
+        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
+        assert_eq!((c.stats.expirations.get(), c.stats.db_reads.get(), c.stats.hits.get()), (1, 1, 1));
+        // Kept afresh: its age counts from the read.
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(city(&hit(&c, "a").unwrap()), "Haifa");
+        assert_eq!(c.stats.expirations.get(), 1);
+    }
+
+    #[test]
+    fn an_expired_entry_is_served_only_as_stale_when_the_read_fails() {
+        let (c, clock) = cache_with_max_age(60);
+        c.publish(&[enc("a")]);
+        clock.advance(Duration::from_secs(61));
+        let got = c.lookup("a", || Err(anyhow::anyhow!("down"))).unwrap().unwrap();
+        assert_eq!((city(&got), got.stale), ("Kiryat Mozkin".to_string(), true));
+        assert_eq!((c.stats.expirations.get(), c.stats.stale_served.get()), (1, 1));
+    }
+
+    #[test]
+    fn warmed_orders_are_aged_from_when_they_were_stored() {
+        let (c, clock) = cache_with_max_age(30);
+        let now = clock.micros();
+        let stored = |uid: &str| Arc::new(CachedOrder::new(&enc(uid)));
+        c.warm(vec![(now - 25_000_000, stored("older")), (now - 5_000_000, stored("newer"))]);
+        clock.advance(Duration::from_secs(10));
+        assert!(hit(&c, "newer").is_some());
+        let got = c.lookup("older", || Ok(Some(moved("older", "Haifa")))).unwrap().unwrap();
+        assert_eq!(city(&got), "Haifa");
+        assert_eq!(c.stats.expirations.get(), 1);
+    }
+
+    #[test]
+    fn without_an_age_limit_entries_never_expire() {
+        let clock = TestClock::default();
+        let c = Cache::with_clock(limits(), Box::new(clock.clone()));
+        c.publish(&[enc("a")]);
+        clock.advance(Duration::from_secs(10 * 365 * 24 * 3600));
+        assert!(hit(&c, "a").is_some());
+        assert_eq!(c.stats.expirations.get(), 0);
     }
 
     #[test]

@@ -62,9 +62,11 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             // Orders stored before there were documents have their items read on a second
             // connection, beside the orders, opened only if there are any.
             let connect_items = || store::connect(&config.database);
-            let stored = store::stored_orders(&mut client, Some(&connect_items), config.cache.max_orders, |s| {
-                (s.stored_at, Arc::new(CachedOrder::stored(s)))
-            })?;
+            let limits = config.cache.limits(config.http.workers);
+            let stored =
+                store::stored_orders(&mut client, Some(&connect_items), limits.max_orders, limits.max_age, |s| {
+                    (s.stored_at, Arc::new(CachedOrder::stored(s)))
+                })?;
             Ok((listener, stored))
         });
         match ready {

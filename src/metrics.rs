@@ -175,18 +175,8 @@ impl Metrics {
             Box::new(m.connections_open.clone()),
             Box::new(m.connections_refused.clone()),
             Box::new(m.accept_errors.clone()),
-            Box::new(s.hits.clone()),
-            Box::new(s.misses.clone()),
-            Box::new(s.negative_hits.clone()),
-            Box::new(s.db_reads.clone()),
-            Box::new(s.evictions.clone()),
-            Box::new(s.notifications.clone()),
-            Box::new(s.invalidations.clone()),
-            Box::new(s.listener_reconnects.clone()),
-            Box::new(s.listener_up.clone()),
-            Box::new(s.stale_served.clone()),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(s.collectors()) {
             m.registry.register(c).expect("each metric registered once");
         }
         #[cfg(target_os = "linux")]

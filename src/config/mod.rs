@@ -100,6 +100,8 @@ pub struct CacheConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_database_waits: Option<usize>,
     pub database_wait_ms: u64,
+    /// Seconds after which a cached order is read again; 0: never.
+    pub max_age_secs: u64,
 }
 
 impl Default for Database {
@@ -165,6 +167,7 @@ impl Default for CacheConfig {
             negative_ttl_ms: 2000,
             max_database_waits: None,
             database_wait_ms: 2000,
+            max_age_secs: 0,
         }
     }
 }
@@ -178,6 +181,7 @@ impl CacheConfig {
             negative_ttl: Duration::from_millis(self.negative_ttl_ms),
             max_database_waits: self.max_database_waits.unwrap_or((workers / 2).max(1)),
             database_wait: Duration::from_millis(self.database_wait_ms),
+            max_age: (self.max_age_secs > 0).then(|| Duration::from_secs(self.max_age_secs)),
         }
     }
 }

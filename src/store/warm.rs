@@ -44,7 +44,8 @@ pub struct StoredOrder {
 }
 
 /// Reads the stored orders, the `limit` most recently stored if there are more (ties
-/// broken by id, as the index page does), and returns what `make` makes of each, in no
+/// broken by id, as the index page does), and only those stored within `max_age` if it
+/// is given, and returns what `make` makes of each, in no
 /// particular order. Orders with their document are read as it; the others, stored
 /// before there were documents, are made from their rows: `make`, and the decoding of
 /// those rows, run on as many threads as there are cores, and with `connect_items`, on a
@@ -55,19 +56,31 @@ pub fn stored_orders<T: Send>(
     client: &mut Client,
     connect_items: Option<&dyn Fn() -> anyhow::Result<Client>>,
     limit: usize,
+    max_age: Option<std::time::Duration>,
     make: impl Fn(StoredOrder) -> T + Sync,
 ) -> anyhow::Result<Vec<T>> {
     let started = std::time::Instant::now();
     let mut tx = read_only(client).context("begin reading the stored orders")?;
-    let count: i64 = tx.query_one("SELECT count(*) FROM orders", &[]).context("count the stored orders")?.get(0);
+    // COPY takes no parameters: the values in its conditions are literals.
+    let mut keep = Vec::new();
+    if let Some(age) = max_age {
+        keep.push(format!("o.ingested_at > now() - interval '{} seconds'", age.as_secs()));
+    }
+    let count: i64 = tx
+        .query_one(&format!("SELECT count(*) FROM orders o{}", where_all(&keep, None)), &[])
+        .context("count the stored orders")?
+        .get(0);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     // Past `limit`, only the orders at or after the last one to keep, in the order
-    // "newest first, then by id". COPY takes no parameters: the values are literals.
-    let mut keep = Vec::new();
+    // "newest first, then by id".
     if count > limit {
         let last = tx
             .query_one(
-                "SELECT ingested_at, order_uid FROM orders ORDER BY ingested_at DESC, order_uid OFFSET $1 LIMIT 1",
+                &format!(
+                    "SELECT o.ingested_at, o.order_uid FROM orders o{} ORDER BY o.ingested_at DESC, o.order_uid \
+                     OFFSET $1 LIMIT 1",
+                    where_all(&keep, None)
+                ),
                 &[&(limit - 1)],
             )
             .context("find the oldest order to read")?;

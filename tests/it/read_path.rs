@@ -2,6 +2,7 @@
 //! PostgreSQL once, the recent-orders list, and hostile values shown safely.
 
 use std::sync::{Arc, Barrier};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -28,6 +29,43 @@ fn head_and_conditional_get() {
     assert_eq!(full.header("X-Content-Type-Options"), Some("nosniff"));
     assert_eq!(full.header("Referrer-Policy"), Some("no-referrer"));
     assert!(full.header("Content-Security-Policy").unwrap().starts_with("default-src 'none'"));
+}
+
+/// `/api/order/<uid>` answers as `/order/<uid>` does for an API client, with JSON even
+/// when the client is a browser that prefers HTML, and is counted under its own route.
+#[test]
+fn the_api_path_answers_json_whatever_the_client_accepts() {
+    let (_setup, service) = service_with_canonical_order();
+    let addr = service.addr();
+    let browser = [("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
+    let api = http_with(addr, "GET", &format!("/api/order/{UID}"), &browser);
+    let plain = get(addr, &format!("/order/{UID}"));
+    assert_eq!(api.status, 200);
+    assert_eq!(api.header("Content-Type"), Some("application/json"));
+    assert_eq!(api.body, plain.body);
+    assert_eq!(api.header("ETag"), plain.header("ETag"));
+    assert_eq!(api.header("Vary"), None);
+    assert_eq!(
+        http_with(addr, "GET", &format!("/order/{UID}"), &browser).header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
+
+    let etag = api.header("ETag").unwrap();
+    let r = http_with(addr, "GET", &format!("/api/order/{UID}"), &[("If-None-Match", etag)]);
+    assert_eq!((r.status, r.body.as_str()), (304, ""));
+    let head = http(addr, "HEAD", &format!("/api/order/{UID}"));
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("Content-Length"), Some(api.body.len().to_string().as_str()));
+
+    let missing = http_with(addr, "GET", "/api/order/nosuchorder", &browser);
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.body, r#"{"error":"order not found","order_uid":"nosuchorder"}"#);
+    let bad = http_with(addr, "GET", "/api/order/bad%20id", &browser);
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("Content-Type"), Some("application/json"));
+    assert_eq!(http(addr, "POST", &format!("/api/order/{UID}")).status, 405);
+    assert_eq!(metric(addr, r#"orders_http_requests_total{route="api_order",status="200"}"#), Some(2.0));
+    assert_eq!(metric(addr, r#"orders_http_requests_total{route="api_order",status="404"}"#), Some(1.0));
 }
 
 /// Many requests at once for an id that does not exist cause one database read, and
@@ -66,6 +104,36 @@ fn storing_an_order_ends_its_negative_memory() {
     setup.produce(&[MODEL.as_bytes()]);
     let r = wait_until_served(addr, &format!("/order/{UID}"));
     assert_eq!(r.json()["order_uid"], UID);
+}
+
+/// With `cache.max_age_secs = 1`, an order cached for longer is read from PostgreSQL
+/// again on its next request, counted as expired, and then served from memory; a
+/// restart after that second does not load it, and one without the limit does.
+#[test]
+fn an_order_older_than_the_cache_age_limit_is_read_again_and_not_warmed() {
+    let setup = Setup::new(1);
+    let mut cfg = setup.config();
+    cfg.cache.max_age_secs = 1;
+    let service = Running::start(cfg.clone());
+    let addr = service.addr();
+    setup.produce(&[MODEL.as_bytes()]);
+    wait_until_served(addr, &format!("/order/{UID}"));
+    let reads = service.cache().stats.db_reads.get();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(addr, &format!("/order/{UID}")).json()["order_uid"], UID);
+    assert_eq!(service.cache().stats.db_reads.get(), reads + 1);
+    assert_eq!(get(addr, &format!("/order/{UID}")).status, 200);
+    assert_eq!(service.cache().stats.db_reads.get(), reads + 1);
+    assert_eq!(metric(addr, "orders_cache_expirations_total"), Some(1.0));
+    service.stop();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let aged = Running::start(cfg.clone());
+    assert_eq!(aged.cache().len(), 0);
+    assert_eq!(get(aged.addr(), &format!("/order/{UID}")).status, 200);
+    aged.stop();
+    cfg.cache.max_age_secs = 0;
+    assert_eq!(Running::start(cfg).cache().len(), 1);
 }
 
 /// `/` lists the most recently ingested orders, each a link to its page.

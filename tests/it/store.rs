@@ -2,6 +2,8 @@
 //! versions that only go forward, poison orders and dead letters isolated by splitting,
 //! and dead letters keyed by position and payload.
 
+use std::time::Duration;
+
 use orders_svc::model::{Encoded, Message, Order, Rejection, Rule};
 use orders_svc::store::{self, BatchResult, Claim, DeadLetter, Replay, Written};
 use orders_svc::tools::generate::Generator;
@@ -340,7 +342,7 @@ fn the_warm_read_gives_each_stored_order_whole() {
         // The items read first on the one connection, then beside the orders on another.
         for beside in [false, true] {
             let mut read_all = |limit: usize| {
-                store::stored_orders(&mut client, beside.then_some(&connect as _), limit, |s| s).unwrap()
+                store::stored_orders(&mut client, beside.then_some(&connect as _), limit, None, |s| s).unwrap()
             };
             let all = read_all(1000);
             assert_eq!(all.len(), 300, "beside: {beside}, without a document: {without}");
@@ -365,4 +367,42 @@ fn the_warm_read_gives_each_stored_order_whole() {
             assert_eq!(got, expected, "beside: {beside}, without a document: {without}");
         }
     }
+}
+
+/// With an age limit, the read that fills the cache skips orders stored longer ago, and
+/// the count limit applies to the orders within it.
+#[test]
+fn the_warm_read_skips_orders_stored_before_the_age_limit() {
+    let db = migrated();
+    let mut generator = Generator::new(11, 1);
+    let orders: Vec<Order> = (0..30).map(|_| generator.order()).collect();
+    let messages: Vec<Message> = (0..30).map(|i| at(0, i)).collect();
+    let batch: Vec<(&Message, &Order)> = messages.iter().zip(&orders).collect();
+    write(&db, &batch);
+    // 10 stored two hours ago, 10 half an hour ago, 10 now.
+    let uids = |range: std::ops::Range<usize>| orders[range].iter().map(|o| o.order_uid.clone()).collect::<Vec<_>>();
+    for (range, ago) in [(0..10, "2 hours"), (10..20, "30 minutes")] {
+        db.client()
+            .execute(
+                &format!("UPDATE orders SET ingested_at = now() - interval '{ago}' WHERE order_uid = ANY($1)"),
+                &[&uids(range)],
+            )
+            .unwrap();
+    }
+    let mut client = db.client();
+    let mut read = |limit: usize, age: Option<Duration>| {
+        let mut got: Vec<String> =
+            store::stored_orders(&mut client, None, limit, age, |s| s.uid).unwrap().into_iter().collect();
+        got.sort_unstable();
+        got
+    };
+    let sorted = |mut v: Vec<String>| {
+        v.sort_unstable();
+        v
+    };
+    assert_eq!(read(100, None).len(), 30);
+    assert_eq!(read(100, Some(Duration::from_secs(3600))), sorted(uids(10..30)));
+    assert_eq!(read(100, Some(Duration::from_secs(600))), sorted(uids(20..30)));
+    assert_eq!(read(5, Some(Duration::from_secs(3600))).len(), 5);
+    assert!(read(5, Some(Duration::from_secs(3600))).iter().all(|uid| uids(20..30).contains(uid)));
 }
