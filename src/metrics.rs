@@ -39,6 +39,12 @@ pub struct Metrics {
     pub position_beyond_end: IntGaugeVec,
     pub messages_lost: IntCounterVec,
     pub assigned_partitions: IntGauge,
+    pub ready: IntGauge,
+    /// When the batch write in progress began, in ms since the Unix epoch; 0 when none.
+    /// Kept by the consumer thread, turned into a duration when `/metrics` is read: a
+    /// write that hangs stops that thread, and with it every gauge it would update.
+    write_started_ms: std::sync::atomic::AtomicU64,
+    batch_write_in_flight: prometheus::Gauge,
     pub http_requests: IntCounterVec,
     http_by_route_status: Vec<std::sync::OnceLock<IntCounter>>,
     pub http_seconds: Histogram,
@@ -113,6 +119,18 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
+            ready: IntGauge::new(
+                "orders_ready",
+                "1 while /readyz answers 200 (cache filled, change notifications heard, consumer in its group), else 0; \
+                 set when /metrics is read.",
+            )
+            .expect("valid metric"),
+            write_started_ms: std::sync::atomic::AtomicU64::new(0),
+            batch_write_in_flight: prometheus::Gauge::new(
+                "orders_batch_write_in_flight_seconds",
+                "How long the batch write in progress has taken so far, retries included; 0 between writes.",
+            )
+            .expect("valid metric"),
             messages_lost: IntCounterVec::new(
                 Opts::new(
                     "orders_messages_lost_total",
@@ -154,6 +172,15 @@ impl Metrics {
             ),
             registry,
         };
+        // Every series of a known label value exists from the start, at 0: a counter
+        // that first appears already counting is invisible to rate() and increase(), so
+        // the first dead letters of a rule would not raise an alert.
+        for rule in crate::model::Rule::ALL {
+            m.messages_rejected.with_label_values(&[rule.as_str()]);
+        }
+        for outcome in ["inserted", "replaced", "unchanged", "stale"] {
+            m.orders_stored.with_label_values(&[outcome]);
+        }
         let s = &cache.stats;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(m.messages_consumed.clone()),
@@ -168,6 +195,8 @@ impl Metrics {
             Box::new(m.position_beyond_end.clone()),
             Box::new(m.messages_lost.clone()),
             Box::new(m.assigned_partitions.clone()),
+            Box::new(m.ready.clone()),
+            Box::new(m.batch_write_in_flight.clone()),
             Box::new(m.http_requests.clone()),
             Box::new(m.http_seconds.clone()),
             Box::new(m.cache_entries.clone()),
@@ -197,7 +226,16 @@ impl Metrics {
 
     /// The text exposition format, with the cache's size and the server's connection
     /// counts read now.
+    /// A batch write begins (`true`) or ends (`false`).
+    pub fn writing(&self, begins: bool) {
+        let now = if begins { unix_ms() } else { 0 };
+        self.write_started_ms.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn render(&self, cache: &Cache, connections: ConnectionCounts) -> String {
+        let started = self.write_started_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let in_flight = if started == 0 { 0 } else { unix_ms().saturating_sub(started) };
+        self.batch_write_in_flight.set(in_flight as f64 / 1000.0);
         self.cache_entries.set(cache.len() as i64);
         self.cache_bytes.set(cache.bytes() as i64);
         self.connections_open.set(connections.open as i64);
@@ -208,6 +246,11 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("metrics encode to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
     }
+}
+
+fn unix_ms() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

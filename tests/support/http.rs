@@ -107,8 +107,8 @@ impl Connection {
         Ok(rest)
     }
 
-    /// Reads one response: the head, then as many body bytes as Content-Length says, or
-    /// to the end of the stream without it.
+    /// Reads one response: the head, then as many body bytes as Content-Length says, the
+    /// chunks of a chunked body, or to the end of the stream without either.
     pub fn read_response(&mut self, head_request: bool) -> std::io::Result<HttpResponse> {
         let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
         let mut lines = Vec::new();
@@ -140,9 +140,24 @@ impl Connection {
             .find(|(k, _)| k.eq_ignore_ascii_case("Content-Length"))
             .map(|(_, v)| v.parse::<usize>().map_err(|_| invalid("bad Content-Length")))
             .transpose()?;
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("Transfer-Encoding") && v.eq_ignore_ascii_case("chunked"));
         let mut body = Vec::new();
         match length {
             _ if head_request || status == 304 => {}
+            _ if chunked => loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size)?;
+                let size = usize::from_str_radix(size.trim().split(';').next().unwrap_or_default(), 16)
+                    .map_err(|_| invalid("bad chunk size"))?;
+                let mut chunk = vec![0; size + 2];
+                self.reader.read_exact(&mut chunk)?;
+                if size == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            },
             Some(n) => {
                 body.resize(n, 0);
                 self.reader.read_exact(&mut body)?;
