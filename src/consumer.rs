@@ -78,6 +78,8 @@ pub struct Consumer {
     committed_at: Instant,
     /// When partitions waiting on something were last looked at.
     reconciled: Instant,
+    /// Set by a fatal error: librdkafka delivers nothing more, and the loop ends.
+    stopped: bool,
     /// For each partition, the position from which a loss was last reported, so that a
     /// batch dropped and read again does not report it twice.
     losses_reported: HashMap<Partition, i64>,
@@ -89,10 +91,15 @@ pub struct GroupContext {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     group: String,
+    protocol: config::GroupProtocol,
     database: config::Database,
     /// Counts revocations, so the loop can tell that partitions it held were taken away
     /// while it was collecting a batch.
     revocations: AtomicU64,
+    /// The partitions each revocation took, in order: entry `i` is revocation `i + 1`'s.
+    /// Under the classic protocol every revocation takes every partition; under the
+    /// consumer protocol only those that move, and batches keep the others.
+    revoked: parking_lot::Mutex<Vec<Vec<Partition>>>,
     /// For each assigned partition, where this consumer reads next as the database has
     /// it: the stored offset at assignment, then one past each batch written. None while
     /// the group has no stored offset for it (it starts from Kafka's committed offset,
@@ -124,6 +131,15 @@ impl ClientContext for GroupContext {
     /// assigned partition, from the broker's high watermark and the committed offset, and
     /// the partitions paused past their end.
     fn stats(&self, statistics: Statistics) {
+        // Under the consumer protocol a member the broker gives no partition gets no
+        // rebalance callback, and librdkafka's join state stays "init": the group
+        // coordinator's connection being up (its heartbeats answered) says it has joined.
+        if let Some(group) = &statistics.cgrp
+            && group.state == "up"
+            && (group.join_state == "steady" || self.protocol == config::GroupProtocol::Consumer)
+        {
+            self.health.record_joined();
+        }
         self.metrics.consumer_lag.reset();
         self.metrics.position_beyond_end.reset();
         for (topic, t) in &statistics.topics {
@@ -167,7 +183,9 @@ impl ConsumerContext for GroupContext {
 impl GroupContext {
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let assigned = partition_keys(tpl);
-        let stored = self.read_stored(&assigned);
+        // An incremental rebalance that only revoked ends with an empty assignment: no
+        // offsets to read, and no connection to open while every partition waits.
+        let stored = if assigned.is_empty() { Ok(HashMap::new()) } else { self.read_stored(&assigned) };
         if let Ok(stored) = &stored {
             for ((topic, partition), offset) in stored {
                 tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -214,21 +232,20 @@ impl GroupContext {
     }
 
     fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        // Eager revocation takes every partition held, whatever the list names.
+        let mut revoked: BTreeSet<Partition> = partition_keys(tpl).into_iter().collect();
+        if !cooperative {
+            revoked.extend(self.positions.lock().keys().cloned());
+            revoked.extend(self.unpositioned.lock().iter().cloned());
+        }
+        info!("event=partitions_revoked count={} partitions={}", revoked.len(), describe_partitions(&revoked));
+        self.positions.lock().retain(|k, _| !revoked.contains(k));
+        self.unpositioned.lock().retain(|k| !revoked.contains(k));
+        // Recorded before it is counted: a reader that sees the count finds the record.
+        self.revoked.lock().push(revoked.into_iter().collect());
         self.revocations.fetch_add(1, Ordering::SeqCst);
-        info!("event=partitions_revoked count={}", tpl.count());
-        let result = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => {
-                let revoked = partition_keys(tpl);
-                self.positions.lock().retain(|k, _| !revoked.contains(k));
-                self.unpositioned.lock().retain(|k| !revoked.contains(k));
-                consumer.incremental_unassign(tpl)
-            }
-            _ => {
-                self.positions.lock().clear();
-                self.unpositioned.lock().clear();
-                consumer.unassign()
-            }
-        };
+        let result = if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
         if let Err(e) = result {
             error!("event=unassign_failed error={e}");
         }
@@ -242,8 +259,17 @@ impl GroupContext {
     }
 }
 
+/// Whether `partitions` holds `topic`/`partition`, without making a key.
+fn holds(partitions: &BTreeSet<Partition>, topic: &str, partition: i32) -> bool {
+    partitions.iter().any(|(t, p)| t == topic && *p == partition)
+}
+
 fn partition_keys(tpl: &TopicPartitionList) -> Vec<Partition> {
     tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+fn describe_partitions(keys: &BTreeSet<Partition>) -> String {
+    keys.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>().join(",")
 }
 
 fn partitions(tpl: &TopicPartitionList) -> String {
@@ -265,14 +291,24 @@ impl Consumer {
             health,
             metrics: metrics.clone(),
             group: k.group_id.clone(),
+            protocol: k.group_protocol,
             database: config.database.clone(),
             revocations: AtomicU64::new(0),
+            revoked: parking_lot::Mutex::new(Vec::new()),
             positions: parking_lot::Mutex::new(HashMap::new()),
             unpositioned: parking_lot::Mutex::new(BTreeSet::new()),
             assigned_offsets: parking_lot::Mutex::new(Vec::new()),
             blocked: parking_lot::Mutex::new(BTreeSet::new()),
         };
-        let consumer: BaseConsumer<GroupContext> = client_config(k)
+        let mut client = client_config(k);
+        client.set("group.protocol", k.group_protocol.as_str());
+        if k.group_protocol == config::GroupProtocol::Classic {
+            client.set("session.timeout.ms", k.session_timeout_ms.unwrap_or(45_000).to_string());
+        }
+        if let Some(id) = &k.instance_id {
+            client.set("group.instance.id", id);
+        }
+        let consumer: BaseConsumer<GroupContext> = client
             .set("group.id", &k.group_id)
             .set("client.id", "orders-svc")
             .set("enable.auto.commit", "false")
@@ -280,7 +316,6 @@ impl Consumer {
             .set("enable.partition.eof", "false")
             .set("auto.offset.reset", k.auto_offset_reset.as_str())
             .set("fetch.wait.max.ms", k.fetch_wait_max_ms.to_string())
-            .set("session.timeout.ms", k.session_timeout_ms.to_string())
             .set("statistics.interval.ms", "5000")
             // librdkafka's default is 5 minutes: a topic created, recreated or given more
             // partitions while the service runs would wait that long to be consumed.
@@ -304,6 +339,7 @@ impl Consumer {
             commit_retry: None,
             committed_at: Instant::now(),
             reconciled: Instant::now(),
+            stopped: false,
             losses_reported: HashMap::new(),
         })
     }
@@ -320,16 +356,17 @@ impl Consumer {
     pub fn run(mut self) {
         let decoder = Decoder::start(self.rules.clone());
         let mut ready: Option<Decoded> = None;
-        while !self.shutdown.is_signalled() {
+        while !self.shutdown.is_signalled() && !self.stopped {
             let after = ready.as_ref().map(Decoded::ends).unwrap_or_default();
             let batch = self.collect_batch(&after);
             self.take_assigned_offsets();
             if self.reconciled.elapsed() >= RECONCILE_EVERY {
                 self.reconcile();
             }
-            if let Some(held) = ready.take_if(|held| held.generation != self.revocations()) {
-                self.discard(&held.messages, "partitions_revoked");
+            if let Some(held) = ready.as_mut() {
+                self.drop_revoked(held);
             }
+            ready = ready.filter(|held| !held.messages.is_empty());
             let decoding = !batch.messages.is_empty();
             if decoding {
                 decoder.decode(batch);
@@ -348,27 +385,55 @@ impl Consumer {
             if !decoding {
                 continue;
             }
-            let next = decoder.next();
-            if fenced || next.generation != self.revocations() {
+            let mut next = decoder.next();
+            if fenced {
                 // Collected from positions that no longer hold.
-                self.discard(&next.messages, if fenced { "batch_before_fenced" } else { "partitions_revoked" });
+                self.discard(&next.messages, "batch_before_fenced");
+                continue;
+            }
+            self.drop_revoked(&mut next);
+            if next.messages.is_empty() {
+                continue;
             } else if next.full {
                 ready = Some(next);
             } else if self.write(next).is_none() {
                 break;
             }
         }
-        if let Some(held) = ready.take()
-            && held.generation == self.revocations()
-        {
-            self.write(held);
+        if let Some(mut held) = ready.take() {
+            self.drop_revoked(&mut held);
+            if !held.messages.is_empty() {
+                self.write(held);
+            }
         }
-        self.commit_pending(true);
+        if !self.stopped {
+            self.commit_pending(true);
+        }
         info!("event=consumer_stopped");
     }
 
     fn revocations(&self) -> u64 {
         self.consumer.context().revocations.load(Ordering::SeqCst)
+    }
+
+    /// The partitions revoked since revocation number `generation`.
+    fn revoked_since(&self, generation: u64) -> BTreeSet<Partition> {
+        let revoked = self.consumer.context().revoked.lock();
+        revoked.iter().skip(generation as usize).flatten().cloned().collect()
+    }
+
+    /// Takes out of a decoded batch the messages of partitions revoked since it was
+    /// collected: their new owner reads them again from the stored offset. The other
+    /// partitions' messages stay, to be written.
+    fn drop_revoked(&mut self, batch: &mut Decoded) {
+        let now = self.revocations();
+        if batch.generation == now {
+            return;
+        }
+        let revoked = self.revoked_since(batch.generation);
+        batch.generation = now;
+        let dropped = batch.take_partitions(&revoked);
+        self.discard(&dropped, "partitions_revoked");
     }
 
     /// Writes a decoded batch, commits its offsets and publishes its orders. Some(true)
@@ -381,7 +446,10 @@ impl Consumer {
         let claims = self.claims(&messages);
         let orders: Vec<(&Message, Encoded)> = orders.into_iter().map(|(i, e)| (&messages[i], e)).collect();
         self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
-        let result = match self.write_with_retry(&claims, &orders, &dead) {
+        self.metrics.writing(true);
+        let result = self.write_with_retry(&claims, &orders, &dead);
+        self.metrics.writing(false);
+        let result = match result {
             None => {
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", messages.len());
                 return None;
@@ -491,18 +559,28 @@ impl Consumer {
                     });
                     deadline.get_or_insert_with(|| Instant::now() + max_wait);
                 }
+                Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                    self.stop_on_fatal(code);
+                    break;
+                }
                 Some(Err(e)) => warn!("event=kafka_error error={e}"),
                 None if batch.is_empty() => break,
                 None => {}
             }
             let now_generation = self.revocations();
             if now_generation != generation {
-                self.discard(&batch, "partitions_revoked");
-                batch.clear();
-                bytes = 0;
-                deadline = None;
+                let revoked = self.revoked_since(generation);
+                let (dropped, kept): (Vec<Message>, Vec<Message>) =
+                    batch.into_iter().partition(|m| holds(&revoked, &m.topic, m.partition));
+                self.discard(&dropped, "partitions_revoked");
+                batch = kept;
+                bytes = batch.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
+                if batch.is_empty() {
+                    deadline = None;
+                }
                 generation = now_generation;
-                ahead.clear();
+                ahead.retain(|key, _| !revoked.contains(key));
+                behind.retain(|key, _| !revoked.contains(key));
             }
             // Past the wait, the messages already here still join the batch: it ends when
             // a poll finds no more, so the wait can be short without batches of one.
@@ -604,6 +682,30 @@ impl Consumer {
             }
             _ => self.seek(&key, position),
         }
+    }
+
+    /// A fatal error: the consumer will deliver nothing more. The likeliest cause is
+    /// another process with this instance's `kafka.instance_id`: under the classic
+    /// protocol it took this member's place (FENCED_INSTANCE_ID), under the consumer
+    /// protocol this one was refused because the other holds the id
+    /// (UNRELEASED_INSTANCE_ID). The loop ends, so nothing more is written; the HTTP side
+    /// goes on serving, and `/readyz` says why the instance is not ready.
+    fn stop_on_fatal(&mut self, code: RDKafkaErrorCode) {
+        let reason = match code {
+            RDKafkaErrorCode::FencedInstanceId => {
+                "another process joined the group with this kafka.instance_id and took this one's place".to_string()
+            }
+            RDKafkaErrorCode::UnreleasedInstanceId => {
+                "another process of the group holds this kafka.instance_id; this one was refused".to_string()
+            }
+            other => format!("librdkafka reported a fatal error ({other})"),
+        };
+        error!(
+            "event=consumer_fatal_error code={code:?} reason=\"{reason}\" action=stopped_consuming hint=\"give each \
+             instance its own kafka.instance_id, then restart this one\""
+        );
+        self.consumer.context().health.set_consumer_stopped(format!("stopped consuming: {reason}"));
+        self.stopped = true;
     }
 
     /// A partition's first message came after this consumer's position. Offsets may be
@@ -719,11 +821,7 @@ impl Consumer {
         if assigned.is_empty() {
             return;
         }
-        let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
-        if generation != self.uncommitted_generation {
-            self.uncommitted.clear();
-            self.uncommitted_generation = generation;
-        }
+        self.forget_revoked_uncommitted();
         for (key, offset) in assigned {
             let next = self.uncommitted.entry(key).or_insert(0);
             *next = (*next).max(offset);
@@ -798,17 +896,23 @@ impl Consumer {
     /// PostgreSQL). A commit that fails is tried again after a backoff; committing a
     /// later offset also covers it.
     fn commit_offsets(&mut self, batch: &[Message]) {
-        let generation = self.consumer.context().revocations.load(Ordering::SeqCst);
-        if generation != self.uncommitted_generation {
-            // Partitions were revoked since these were written: their new owner commits.
-            self.uncommitted.clear();
-            self.uncommitted_generation = generation;
-        }
+        self.forget_revoked_uncommitted();
         for m in batch {
             let next = self.uncommitted.entry((m.topic.clone(), m.partition)).or_insert(0);
             *next = (*next).max(m.offset + 1);
         }
         self.commit_pending(false);
+    }
+
+    /// Partitions revoked since offsets were last added to `uncommitted` leave it: their
+    /// new owner commits them.
+    fn forget_revoked_uncommitted(&mut self) {
+        let now = self.revocations();
+        if now != self.uncommitted_generation {
+            let revoked = self.revoked_since(self.uncommitted_generation);
+            self.uncommitted.retain(|key, _| !revoked.contains(key));
+            self.uncommitted_generation = now;
+        }
     }
 
     /// Commits the offsets written but not committed yet. Unless `now`, waits out the
@@ -825,8 +929,8 @@ impl Consumer {
         if !now && Instant::now() < due {
             return;
         }
-        if self.consumer.context().revocations.load(Ordering::SeqCst) != self.uncommitted_generation {
-            self.uncommitted.clear();
+        self.forget_revoked_uncommitted();
+        if self.uncommitted.is_empty() {
             return;
         }
         let mut tpl = TopicPartitionList::new();
@@ -878,6 +982,29 @@ struct Decoded {
 }
 
 impl Decoded {
+    /// Takes out the messages of `partitions`, with their orders and dead letters, and
+    /// returns those messages; the rest keep their order.
+    fn take_partitions(&mut self, partitions: &BTreeSet<Partition>) -> Vec<Message> {
+        if partitions.is_empty() {
+            return Vec::new();
+        }
+        let mut new_index = vec![None; self.messages.len()];
+        let (mut kept, mut taken) = (Vec::new(), Vec::new());
+        for (i, m) in std::mem::take(&mut self.messages).into_iter().enumerate() {
+            if holds(partitions, &m.topic, m.partition) {
+                taken.push(m);
+            } else {
+                new_index[i] = Some(kept.len());
+                kept.push(m);
+            }
+        }
+        self.messages = kept;
+        self.orders =
+            std::mem::take(&mut self.orders).into_iter().filter_map(|(i, e)| Some((new_index[i]?, e))).collect();
+        self.dead.retain(|d| !holds(partitions, &d.topic, d.partition));
+        taken
+    }
+
     /// Per partition, one past its last message.
     fn ends(&self) -> HashMap<Partition, i64> {
         let mut ends = HashMap::new();
@@ -994,4 +1121,46 @@ fn partition_list(keys: &[Partition]) -> TopicPartitionList {
         tpl.add_partition(topic, *partition);
     }
     tpl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(partition: i32, offset: i64, payload: &[u8]) -> Message {
+        Message { topic: "t".into(), partition, offset, key: None, payload: Some(payload.to_vec()) }
+    }
+
+    fn order(uid: &str) -> Vec<u8> {
+        let model = include_str!("../demo/model.json");
+        model.replace("b563feb7b2b84b6test", uid).into_bytes()
+    }
+
+    /// A batch of partitions 0 and 1, each with two orders and a dead letter, loses
+    /// partition 1: its orders and dead letter go with it, and partition 0's orders still
+    /// point at their own messages.
+    #[test]
+    fn a_revoked_partition_leaves_a_batch_with_its_orders_and_dead_letters() {
+        let messages = vec![
+            message(0, 10, &order("a0")),
+            message(1, 20, &order("b0")),
+            message(1, 21, b"not json"),
+            message(0, 11, b"not json"),
+            message(1, 22, &order("b1")),
+            message(0, 12, &order("a1")),
+        ];
+        let (orders, dead) = decode_all(&messages, &Rules::default());
+        let mut batch = Decoded { messages, orders, dead, generation: 0, full: false, decode_took: Duration::ZERO };
+        let revoked = BTreeSet::from([("t".to_string(), 1)]);
+        let taken = batch.take_partitions(&revoked);
+        assert_eq!(taken.iter().map(|m| m.offset).collect::<Vec<_>>(), [20, 21, 22]);
+        assert_eq!(batch.messages.iter().map(|m| m.offset).collect::<Vec<_>>(), [10, 11, 12]);
+        let orders: Vec<(i64, &str)> =
+            batch.orders.iter().map(|(i, e)| (batch.messages[*i].offset, e.order.order_uid.as_str())).collect();
+        assert_eq!(orders, [(10, "a0"), (12, "a1")]);
+        assert_eq!(batch.dead.iter().map(|d| (d.partition, d.offset)).collect::<Vec<_>>(), [(0, 11)]);
+        assert_eq!(batch.ends(), HashMap::from([(("t".to_string(), 0), 13)]));
+        assert!(batch.take_partitions(&BTreeSet::new()).is_empty());
+        assert_eq!(batch.messages.len(), 3);
+    }
 }

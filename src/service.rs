@@ -33,6 +33,8 @@ pub struct Health {
     /// The last error librdkafka reported about the brokers (unreachable, a refused TLS
     /// handshake or SASL login), until the group is joined.
     broker_problem: parking_lot::Mutex<Option<String>>,
+    /// Why the consumer stopped for good (a fatal error), if it did.
+    consumer_stopped: parking_lot::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -68,6 +70,20 @@ impl Health {
         self.assigned_partitions.store(n, Ordering::SeqCst);
         self.consumer_joined.store(true, Ordering::SeqCst);
         *self.broker_problem.lock() = None;
+    }
+    /// The consumer will consume no more (a fatal error); `why` says why.
+    pub fn set_consumer_stopped(&self, why: String) {
+        *self.consumer_stopped.lock() = Some(why);
+    }
+    pub fn consumer_stopped(&self) -> Option<String> {
+        self.consumer_stopped.lock().clone()
+    }
+    /// The group joined, whatever it assigned (the rebalance callback may not run for an
+    /// empty assignment).
+    pub fn record_joined(&self) {
+        if !self.consumer_joined.swap(true, Ordering::SeqCst) {
+            *self.broker_problem.lock() = None;
+        }
     }
     pub fn broker_problem(&self) -> Option<String> {
         self.broker_problem.lock().clone()

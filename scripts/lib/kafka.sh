@@ -73,6 +73,16 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
+# Groups of the consumer protocol (KIP-848) have the session timeout and the heartbeat
+# interval the broker sets: a 6 s session here, as the tests give their classic groups,
+# so that a killed member's partitions move within seconds (Kafka's default is 45 s),
+# and heartbeats every 500 ms (Kafka's default is 5 s), since a partition moves from one
+# member to another only as fast as their heartbeats carry the change
+# (bench/run rebalance).
+group.consumer.min.session.timeout.ms=6000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=500
 PROPERTIES
         [[ ! -f "$dir/extra.properties" ]] || cat "$dir/extra.properties"
     } >"$dir/server.properties"

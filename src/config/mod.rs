@@ -53,7 +53,17 @@ pub struct Kafka {
     pub group_id: String,
     pub auto_offset_reset: OffsetReset,
     pub fetch_wait_max_ms: u32,
-    pub session_timeout_ms: u32,
+    /// How the group assigns partitions: librdkafka's `group.protocol`.
+    pub group_protocol: GroupProtocol,
+    /// librdkafka's `session.timeout.ms`, for the classic protocol alone (under
+    /// `consumer` the broker's `group.consumer.session.timeout.ms` rules). None: 45 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_timeout_ms: Option<u32>,
+    /// Static membership: librdkafka's `group.instance.id`, unique to each instance of
+    /// the group. An instance that restarts within the session timeout gets its
+    /// partitions back without a rebalance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     /// librdkafka properties passed to the consumer and the producer as they are
     /// (`security.protocol`, `sasl.mechanism`, `ssl.ca.location`, …).
     #[serde(deserialize_with = "sources::properties")]
@@ -61,6 +71,47 @@ pub struct Kafka {
     /// A file of `name=value` lines (a mounted secret) added to `properties`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub properties_file: Option<PathBuf>,
+}
+
+/// The consumer group protocol. `Classic`: the group's members agree on an assignment
+/// among themselves, and every rebalance revokes every partition (eager). `Consumer`
+/// (KIP-848, Kafka 4): the broker assigns, and a rebalance moves only the partitions
+/// that change hands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    Classic,
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+
+    /// librdkafka properties this protocol refuses, each with what to use instead.
+    fn refused_properties(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            GroupProtocol::Classic => &[(
+                "group.remote.assignor",
+                "the consumer protocol alone; with classic, the members assign (partition.assignment.strategy)",
+            )],
+            GroupProtocol::Consumer => &[
+                (
+                    "heartbeat.interval.ms",
+                    "the broker under the consumer protocol (group.consumer.heartbeat.interval.ms)",
+                ),
+                (
+                    "partition.assignment.strategy",
+                    "the broker under the consumer protocol (group.remote.assignor chooses its assignor)",
+                ),
+                ("group.protocol.type", "the classic protocol alone"),
+            ],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -128,7 +179,9 @@ impl Default for Kafka {
             group_id: "orders-svc".into(),
             auto_offset_reset: OffsetReset::Earliest,
             fetch_wait_max_ms: 100,
-            session_timeout_ms: 45_000,
+            group_protocol: GroupProtocol::Classic,
+            session_timeout_ms: None,
+            instance_id: None,
             properties: BTreeMap::new(),
             properties_file: None,
         }
@@ -404,6 +457,37 @@ impl Config {
         error.to_string().starts_with("environment variable ")
     }
 
+    /// What the group protocol takes: `session_timeout_ms` only with classic, and no
+    /// property the protocol refuses.
+    fn check_group_protocol(&self) -> anyhow::Result<()> {
+        let k = &self.kafka;
+        match (k.group_protocol, k.session_timeout_ms) {
+            (GroupProtocol::Classic, Some(0)) => {
+                bail!("{}: expected a number greater than 0, found 0", self.name("kafka.session_timeout_ms"))
+            }
+            (GroupProtocol::Consumer, Some(_)) => bail!(
+                "{}: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" the broker sets the \
+                 session timeout (group.consumer.session.timeout.ms)",
+                self.name("kafka.session_timeout_ms")
+            ),
+            _ => {}
+        }
+        if let Some((name, owner)) =
+            k.group_protocol.refused_properties().iter().find(|(name, _)| k.properties.contains_key(*name))
+        {
+            bail!(
+                "key `kafka.properties`: `{name}` is for {owner}, not for kafka.group_protocol = \"{}\"",
+                k.group_protocol.as_str()
+            );
+        }
+        if let Some(id) = &k.instance_id
+            && id.trim().is_empty()
+        {
+            bail!("{}: expected a non-empty string", self.name("kafka.instance_id"));
+        }
+        Ok(())
+    }
+
     /// Range checks serde cannot express.
     fn check(&self) -> anyhow::Result<()> {
         let positive = |key: &str, value: u64| -> anyhow::Result<()> {
@@ -435,7 +519,7 @@ impl Config {
         not_empty("kafka.brokers", &self.kafka.brokers)?;
         not_empty("kafka.topic", &self.kafka.topic)?;
         not_empty("kafka.group_id", &self.kafka.group_id)?;
-        positive("kafka.session_timeout_ms", self.kafka.session_timeout_ms.into())?;
+        self.check_group_protocol()?;
         positive("database.write_statement_timeout_ms", self.database.write_statement_timeout_ms)?;
         positive("database.idle_in_transaction_timeout_ms", self.database.idle_in_transaction_timeout_ms)?;
         positive("ingest.batch_max_messages", self.ingest.batch_max_messages as u64)?;
@@ -542,7 +626,42 @@ mod tests {
         assert_eq!(
             err("[kafka]\ntopik = \"x\"\n"),
             "key `kafka.topik`: unknown field `topik`, expected one of `brokers`, `topic`, `group_id`, \
-             `auto_offset_reset`, `fetch_wait_max_ms`, `session_timeout_ms`, `properties`, `properties_file` (line 2)"
+             `auto_offset_reset`, `fetch_wait_max_ms`, `group_protocol`, `session_timeout_ms`, `instance_id`, \
+             `properties`, `properties_file` (line 2)"
+        );
+    }
+
+    #[test]
+    fn each_group_protocol_refuses_what_the_other_alone_takes() {
+        assert_eq!(
+            err("[kafka]\ngroup_protocol = \"consumer\"\nsession_timeout_ms = 6000\n"),
+            "key `kafka.session_timeout_ms`: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" the \
+             broker sets the session timeout (group.consumer.session.timeout.ms)"
+        );
+        assert_eq!(
+            err(
+                "[kafka]\ngroup_protocol = \"consumer\"\n[kafka.properties]\n\"partition.assignment.strategy\" = \"range\"\n"
+            ),
+            "key `kafka.properties`: `partition.assignment.strategy` is for the broker under the consumer protocol \
+             (group.remote.assignor chooses its assignor), not for kafka.group_protocol = \"consumer\""
+        );
+        assert_eq!(
+            err("[kafka]\n[kafka.properties]\n\"group.remote.assignor\" = \"uniform\"\n"),
+            "key `kafka.properties`: `group.remote.assignor` is for the consumer protocol alone; with classic, the \
+             members assign (partition.assignment.strategy), not for kafka.group_protocol = \"classic\""
+        );
+        assert_eq!(
+            err("[kafka]\n[kafka.properties]\n\"group.instance.id\" = \"a\"\n"),
+            "key `kafka.properties`: `group.instance.id` is set by kafka.instance_id"
+        );
+        assert_eq!(
+            err("[kafka]\ngroup_protocol = \"eager\"\n"),
+            "key `kafka.group_protocol`: unknown variant `eager`, expected `classic` or `consumer` (line 2)"
+        );
+        let c = Config::parse("[kafka]\ngroup_protocol = \"consumer\"\ninstance_id = \"orders-1\"\n").unwrap();
+        assert_eq!(
+            (c.kafka.group_protocol, c.kafka.instance_id.as_deref()),
+            (GroupProtocol::Consumer, Some("orders-1"))
         );
     }
 

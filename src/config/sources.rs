@@ -16,12 +16,14 @@ const SECTIONS: [&str; 6] = ["database", "kafka", "ingest", "validation", "http"
 
 /// librdkafka properties the service sets itself, from its own keys or because its
 /// guarantees depend on them.
-const RESERVED: [(&str, &str); 8] = [
+const RESERVED: [(&str, &str); 10] = [
     ("bootstrap.servers", "kafka.brokers"),
     ("group.id", "kafka.group_id"),
     ("auto.offset.reset", "kafka.auto_offset_reset"),
     ("fetch.wait.max.ms", "kafka.fetch_wait_max_ms"),
     ("session.timeout.ms", "kafka.session_timeout_ms"),
+    ("group.protocol", "kafka.group_protocol"),
+    ("group.instance.id", "kafka.instance_id"),
     ("enable.auto.commit", "the service: offsets are committed only after the database commit"),
     ("enable.auto.offset.store", "the service: offsets are committed only after the database commit"),
     ("enable.idempotence", "the service: the producer is idempotent"),

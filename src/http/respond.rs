@@ -62,11 +62,14 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
     match route {
         Route::Healthz => Reply::json(200, json!({ "status": "alive" })),
         Route::Readyz => readiness(state),
-        Route::Metrics => Reply::new(
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics.render(&state.cache, state.connections()).into_bytes(),
-        ),
+        Route::Metrics => {
+            state.metrics.ready.set(i64::from(waiting_for(state).is_empty()));
+            Reply::new(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                state.metrics.render(&state.cache, state.connections()).into_bytes(),
+            )
+        }
         Route::Index => index(state),
         Route::Lookup(uid) => lookup_form(uid),
         Route::Order(uid) => order(state, request, uid, Representation::ByAccept),
@@ -236,6 +239,16 @@ fn prefers_html(accept: Option<&str>) -> bool {
 /// listener hears from the database at least every second or so (a notification, or its
 /// ping), so its silence or its lost connection is the database's state.
 fn readiness(state: &State) -> Reply {
+    let waiting = waiting_for(state);
+    if waiting.is_empty() {
+        Reply::json(200, json!({ "ready": true }))
+    } else {
+        Reply::json(503, json!({ "ready": false, "waiting_for": waiting }))
+    }
+}
+
+/// What the service waits for before it is ready, each as a sentence; none when ready.
+fn waiting_for(state: &State) -> Vec<String> {
     let mut waiting = Vec::new();
     if !state.health.cache_warm() {
         let why = state.health.startup_problem().unwrap_or_else(|| "loading orders from PostgreSQL".into());
@@ -249,7 +262,9 @@ fn readiness(state: &State) -> Reply {
             crate::cache::SILENCE_LIMIT.as_secs()
         ));
     }
-    if !state.health.consumer_joined() {
+    if let Some(why) = state.health.consumer_stopped() {
+        waiting.push(format!("consumer: {why}; restart this instance"));
+    } else if !state.health.consumer_joined() {
         waiting.push(match state.health.broker_problem() {
             Some(problem) => {
                 format!("consumer: has not joined its group yet; the last error from the brokers: {problem}")
@@ -257,11 +272,7 @@ fn readiness(state: &State) -> Reply {
             None => "consumer: has not joined its group yet".to_string(),
         });
     }
-    if waiting.is_empty() {
-        Reply::json(200, json!({ "ready": true }))
-    } else {
-        Reply::json(503, json!({ "ready": false, "waiting_for": waiting }))
-    }
+    waiting
 }
 
 #[cfg(test)]
@@ -472,6 +483,8 @@ pub(super) mod tests {
         let s = state();
         s.health.record_assignment(1);
         assert_eq!(body(&get(&s, "/readyz")), r#"{"ready":true}"#); // its database is unreachable
+        let ready = |s: &State| body(&get(s, "/metrics")).lines().any(|l| l == "orders_ready 1");
+        assert!(ready(&s));
         s.health.set_listener_problem(Some("the connection for change notifications was lost: gone".into()));
         let r = get(&s, "/readyz");
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
@@ -481,6 +494,7 @@ pub(super) mod tests {
             json!(["database: the connection for change notifications was lost: gone; cached orders are served only \
                  after reading them again"])
         );
+        assert!(!ready(&s));
     }
 
     #[test]

@@ -55,13 +55,13 @@ fn two_instances(setup: &Setup, configure: impl Fn(&mut orders_svc::config::Conf
     if held { (a, b) } else { (b, a) }
 }
 
+under_both_protocols! {
 /// X v1 is read through both instances (the one not consuming it reads it on a miss and
 /// keeps it), and Y is asked for before it exists (both remember "not found"). Then X v2
 /// and Y are stored: both instances serve X v2, under a new ETag, and Y.
 ///
 /// The bound here is one of liveness (today an instance can serve v1 for hours); the time
 /// it takes is measured by `bench/run coherence`.
-#[test]
 fn every_instance_serves_the_new_version() {
     let setup = Setup::new(1);
     let (consumer, other) = two_instances(&setup, |c| c.cache.negative_ttl_ms = 600_000);
@@ -86,13 +86,14 @@ fn every_instance_serves_the_new_version() {
     assert!(metric(other.addr(), "orders_cache_notifications_total").unwrap() >= 1.0);
     assert!(metric(other.addr(), "orders_cache_invalidations_total").unwrap() >= 1.0);
 }
+}
 
+under_both_protocols! {
 /// The instance that does not consume loses its listening connection (its backend
 /// terminated) and cannot open another (the database refuses new connections) while X v3
 /// and Z v2 are stored: meanwhile it answers X v3 or says its copy may be stale, and once
 /// it listens again it serves X v3 and Z v2, never an older version. Z is not asked for
 /// during the outage, so only the check after reconnecting can find it changed.
-#[test]
 fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_again() {
     let setup = Setup::new(1);
     let (consumer, other) = two_instances(&setup, |_| {});
@@ -149,11 +150,12 @@ fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_ag
     assert!(metric(other.addr(), "orders_cache_listener_reconnects_total").unwrap() >= 1.0);
     assert_eq!(get(other.addr(), "/readyz").body, r#"{"ready":true}"#);
 }
+}
 
+under_both_protocols! {
 /// One order replaced 300 times, each version with other items and totals, while two
 /// clients read it on misses (the cache keeps nothing): every response is a version that
 /// was written, passing every rule, goods_total equal to the sum of its items included.
-#[test]
 fn reads_never_mix_two_versions() {
     let db = TestDb::new();
     let mut config = Setup::config_for(&db, &brokers(), &unique("unused"), &unique("group"));
@@ -211,4 +213,5 @@ fn reads_never_mix_two_versions() {
     assert!(reads >= 300, "only {reads} reads in {:?}", started.elapsed());
     assert_eq!(bad.len(), 0, "{} of {reads} responses mixed two versions, the first: {}", bad.len(), bad[0]);
     assert_eq!(served_name(addr, &uid).0, versions[299].order.delivery.name);
+}
 }

@@ -32,12 +32,12 @@ fn served_version(addr: std::net::SocketAddr) -> String {
     r.json()["delivery"]["name"].as_str().unwrap().to_string()
 }
 
+under_both_protocols! {
 /// The zombie: instance A holds the partition and has version 1 of an order in a batch
 /// whose write hangs (its PostgreSQL connection stalls behind a proxy), and is frozen
 /// (SIGSTOP) long enough for the group to give the partition to B. B stores version 1,
 /// then version 2. A thaws and its connection comes back: its batch must not commit.
 /// The database and both instances end with version 2.
-#[test]
 fn a_fenced_out_instance_that_wakes_late_never_overwrites_a_newer_version() {
     let setup = Setup::new(1);
     let db = &setup.db;
@@ -89,12 +89,13 @@ fn a_fenced_out_instance_that_wakes_late_never_overwrites_a_newer_version() {
         .unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 2));
 }
+}
 
+under_both_protocols! {
 /// The process ends right after a batch's database commit, before its Kafka commit (a
 /// test-only fault, in debug builds). Started again, it reads none of that batch again:
 /// its consumed counter counts only the one order produced after the restart. Kafka's
 /// committed offset then catches up with the database's.
-#[test]
 fn a_crash_between_the_database_commit_and_the_kafka_commit_reads_nothing_again() {
     let setup = Setup::new(1);
     let db = &setup.db;
@@ -125,12 +126,13 @@ fn a_crash_between_the_database_commit_and_the_kafka_commit_reads_nothing_again(
     let row = db.client().query_one("SELECT next_offset, messages FROM consumer_offsets", &[]).unwrap();
     assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (101, 101));
 }
+}
 
+under_both_protocols! {
 /// Three versions of one order, stored by one group; then the partition replayed from
 /// its start, one message per batch, by a second group writing to the same database (as
 /// after a group's offsets are lost). Every read during the replay and the stored row
 /// keep version 3, and the replay counts every message as stale.
-#[test]
 fn a_replay_of_the_partition_never_walks_an_order_back() {
     let setup = Setup::new(1);
     let db = &setup.db;
@@ -158,18 +160,25 @@ fn a_replay_of_the_partition_never_walks_an_order_back() {
     assert_eq!(metric(addr, "orders_stored_total{outcome=\"replaced\"}"), Some(0.0));
     eprintln!("{reads} reads during the replay, all of version 3");
 }
+}
 
+under_both_protocols! {
 /// A backlog of 20,000 orders on 4 partitions, written in full batches of 200 (each held
 /// while the next is collected and decoded; each batch's write takes at least 100 ms, so
 /// that the backlog lasts), while instances join and leave the group:
 /// every message is written exactly once, and the stored offsets end at the partitions'
-/// ends. Run with both of librdkafka's rebalance protocols. With cooperative rebalancing
-/// a revocation takes only some of an instance's partitions, and a batch collected from
-/// the others is dropped: unless those are sought back, a later batch claims them from
-/// their stored offset past the dropped messages, and they are never written.
-#[test]
+/// ends. Under the classic protocol, run with both of librdkafka's assignment strategies:
+/// eager (`range`: every revocation takes every partition) and cooperative
+/// (`cooperative-sticky`); the consumer protocol is incremental as the latter. When a
+/// revocation takes only some of an instance's partitions, a batch keeps the messages
+/// of the others and drops those of the partitions that moved, which their new owner
+/// reads again from the stored offset.
 fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
-    for strategy in ["range", "cooperative-sticky"] {
+    let strategies: &[Option<&str>] = match group_protocol() {
+        orders_svc::config::GroupProtocol::Classic => &[Some("range"), Some("cooperative-sticky")],
+        orders_svc::config::GroupProtocol::Consumer => &[None],
+    };
+    for &strategy in strategies {
         let setup = Setup::new(4);
         let db = &setup.db;
         orders_svc::store::migrate(&mut db.client()).unwrap();
@@ -186,7 +195,9 @@ fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
         let config = || {
             let mut config = setup.config();
             config.ingest.batch_max_messages = 200;
-            config.kafka.properties.insert("partition.assignment.strategy".into(), strategy.into());
+            if let Some(strategy) = strategy {
+                config.kafka.properties.insert("partition.assignment.strategy".into(), strategy.into());
+            }
             config
         };
         let written = || db.count("SELECT coalesce(sum(messages), 0)::bigint FROM consumer_offsets");
@@ -201,15 +212,71 @@ fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
         wait_for("a rebalance to give the third instance partitions", Duration::from_secs(60), || {
             (third.health().assigned_partitions() > 0).then_some(())
         });
-        assert!(written() < 20_000, "{strategy}: the backlog was written before the instances joined");
+        assert!(written() < 20_000, "{strategy:?}: the backlog was written before the instances joined");
         second.stop();
         setup.wait_committed(&ends, Duration::from_secs(120));
         first.stop();
         third.stop();
 
-        assert_eq!(written(), 20_000, "{strategy}: messages written, each exactly once");
-        assert_eq!(db.count("SELECT count(*) FROM orders"), 20_000, "{strategy}");
+        assert_eq!(written(), 20_000, "{strategy:?}: messages written, each exactly once");
+        assert_eq!(db.count("SELECT count(*) FROM orders"), 20_000, "{strategy:?}");
         let stored = db.next_offsets();
-        assert_eq!(stored, ends, "{strategy}");
+        assert_eq!(stored, ends, "{strategy:?}");
     }
+}
+}
+
+under_both_protocols! {
+/// Static membership: a second process started with the `kafka.instance_id` of a
+/// running one. Under the classic protocol the newcomer takes the member's place and
+/// the first is fenced; under the consumer protocol the newcomer is refused while the
+/// first lives. Either way, one of them ends ready and consuming, the other is not ready
+/// (its `/readyz` says why) and writes nothing more, and every order is stored once.
+fn a_second_process_with_the_same_instance_id_never_writes_beside_the_first() {
+    let setup = Setup::new(1);
+    let dir = temp_dir("static-member");
+    let start = |name: &str| {
+        let addr = free_addr();
+        let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, addr, "")
+            .replace("[http]", "instance_id = \"orders-1\"\n[http]");
+        (Process::start(&dir, name, &toml, &[]), addr)
+    };
+    let consumed = |addr| metric(addr, "orders_messages_consumed_total").unwrap_or(0.0);
+    let ready = |addr| get_within(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200);
+    let mut generator = orders_svc::tools::generate::Generator::new(71, 1);
+    let mut produce = |n: usize| {
+        let payloads: Vec<Vec<u8>> = (0..n).map(|_| generator.order().to_json()).collect();
+        setup.produce(&payloads.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    };
+
+    let (first, a) = start("first");
+    wait_ready(a);
+    produce(5);
+    wait_for("5 orders stored", Duration::from_secs(30), || {
+        (setup.db.count("SELECT count(*) FROM orders") == 5).then_some(())
+    });
+    let (second, b) = start("second");
+    // One of the two ready, the other not, for 3 s in a row.
+    let (owner, other) = wait_for("one instance ready and the other not", Duration::from_secs(60), || {
+        let both = [(a, ready(a)), (b, ready(b))];
+        let settled = match both {
+            [(a, true), (b, false)] => Some((a, b)),
+            [(a, false), (b, true)] => Some((b, a)),
+            _ => None,
+        }?;
+        std::thread::sleep(Duration::from_secs(3));
+        (ready(settled.0) && !ready(settled.1)).then_some(settled)
+    });
+    let readyz = get(other, "/readyz").body;
+    assert!(readyz.contains("consumer"), "{readyz}");
+    let before = consumed(other);
+    produce(5);
+    wait_for("10 orders stored", Duration::from_secs(60), || {
+        (setup.db.count("SELECT count(*) FROM orders") == 10).then_some(())
+    });
+    assert_eq!(consumed(other), before, "the instance that is not ready consumed");
+    assert!(consumed(owner) >= 5.0);
+    assert_eq!(setup.db.count("SELECT next_offset FROM consumer_offsets"), 10);
+    drop((first, second));
+}
 }

@@ -1,7 +1,8 @@
-//! Integration tests against a real PostgreSQL and a real Kafka-compatible broker, as
+//! Integration tests against a real PostgreSQL and a real Apache Kafka broker, as
 //! brought up by `scripts/stack up`. One binary, one module per area.
 
 #[path = "../support/mod.rs"]
+#[macro_use]
 mod support;
 
 mod api;
@@ -13,6 +14,7 @@ mod exactly_once;
 mod ingest;
 mod operations;
 mod pipeline;
+mod prometheus;
 mod read_path;
 mod reliability;
 mod security;

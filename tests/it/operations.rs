@@ -76,10 +76,10 @@ fn metrics_count_what_happened() {
     });
 }
 
+under_both_protocols! {
 /// Two instances in one consumer group split a 4-partition topic: 2,000 orders are
 /// each stored once, both instances consume, and each serves every order, its own
 /// from its cache and the other's from PostgreSQL.
-#[test]
 fn two_instances_share_the_partitions_and_serve_every_order() {
     let setup = Setup::new(4);
     let db = &setup.db;
@@ -112,6 +112,7 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
         }
         assert!(service.cache().stats.db_reads.get() > 0, "every instance served some orders from PostgreSQL");
     }
+}
 }
 
 /// `produce --count N --invalid-rate R`: every valid order it reports is stored, and

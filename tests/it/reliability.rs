@@ -60,13 +60,13 @@ fn hostile_corpus_ends_where_each_message_belongs() {
     assert_eq!(db.count("SELECT count(*) FROM rejected_messages"), files.len() as i64 - 8);
 }
 
+under_both_protocols! {
 /// 50,000 generated messages (2 % bad) and the service binary killed with SIGKILL at
 /// five random moments while it ingests, started again each time: at the end every
 /// valid order is stored and equal to what was produced, every bad message is one dead
 /// letter, no message was written twice (the stored offsets count every message written,
 /// and they add up to exactly 50,000), and Kafka's committed offsets reach the end of
 /// each partition within seconds of the last write.
-#[test]
 fn sigkill_five_times_during_ingest_loses_nothing_and_writes_nothing_twice() {
     let setup = Setup::new(4);
     let (db, topic, group) = (&setup.db, &setup.topic, &setup.group);
@@ -124,6 +124,7 @@ fn sigkill_five_times_during_ingest_loses_nothing_and_writes_nothing_twice() {
             assert_eq!(stored, order);
         }
     }
+}
 }
 
 /// PostgreSQL gone for 15 s in the middle of ingest: cached orders are served all the

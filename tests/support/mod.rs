@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use orders_svc::config::Config;
+use orders_svc::config::{Config, GroupProtocol};
 use orders_svc::service::Service;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -40,6 +40,48 @@ pub fn admin_url() -> String {
 /// The stack's broker.
 pub fn brokers() -> String {
     std::env::var("STACK_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+thread_local! {
+    static PROTOCOL: std::cell::Cell<GroupProtocol> = const { std::cell::Cell::new(GroupProtocol::Classic) };
+}
+
+/// The group protocol the services a test configures join with: classic, unless the
+/// test runs `under` another.
+pub fn group_protocol() -> GroupProtocol {
+    PROTOCOL.with(std::cell::Cell::get)
+}
+
+/// Runs `test` with the services it configures on this thread (`Setup::config`,
+/// `config_toml`) joining their group with `protocol`.
+pub fn under(protocol: GroupProtocol, test: impl FnOnce()) {
+    PROTOCOL.with(|p| p.set(protocol));
+    test();
+}
+
+/// A test of the consumer group, run once under each protocol: `name::classic` and
+/// `name::consumer`.
+#[macro_export]
+macro_rules! under_both_protocols {
+    ($(#[doc = $doc:literal])* fn $name:ident() $body:block) => {
+        $(#[doc = $doc])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn body() $body
+
+            #[test]
+            fn classic() {
+                $crate::support::under(orders_svc::config::GroupProtocol::Classic, body);
+            }
+
+            #[test]
+            fn consumer() {
+                $crate::support::under(orders_svc::config::GroupProtocol::Consumer, body);
+            }
+        }
+    };
 }
 
 /// A name no other test, nor an earlier run, uses.
@@ -74,7 +116,10 @@ impl Setup {
         config.kafka.brokers = brokers.into();
         config.kafka.topic = topic.into();
         config.kafka.group_id = group.into();
-        config.kafka.session_timeout_ms = 6000;
+        config.kafka.group_protocol = group_protocol();
+        if group_protocol() == GroupProtocol::Classic {
+            config.kafka.session_timeout_ms = Some(6000);
+        }
         config.http.addr = "127.0.0.1:0".parse().unwrap();
         config.http.workers = 2;
         config

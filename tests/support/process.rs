@@ -6,15 +6,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use orders_svc::config::GroupProtocol;
+
 use super::http::get;
 use super::{brokers, wait_for};
 
 /// An `orders.toml` for a process on `db`, the stack's broker, `topic` and `group`,
 /// answering HTTP on `addr`; `extra` is appended (more sections or keys of `[ingest]`).
 pub fn config_toml(db_url: &str, topic: &str, group: &str, addr: SocketAddr, extra: &str) -> String {
+    // Under the consumer protocol the broker sets the session timeout (6 s on the
+    // stack's, as here).
+    let protocol = match super::group_protocol() {
+        GroupProtocol::Classic => "group_protocol = \"classic\"\nsession_timeout_ms = 6000\n",
+        GroupProtocol::Consumer => "group_protocol = \"consumer\"\n",
+    };
     format!(
         "[database]\nurl = \"{db_url}\"\nconnect_timeout_secs = 2\n\
-         [kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\nsession_timeout_ms = 6000\n\
+         [kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\n{protocol}\
          [http]\naddr = \"{addr}\"\nworkers = 2\n{extra}",
         brokers()
     )

@@ -1,0 +1,237 @@
+//! bench/rebalance: what a deploy costs ingest, under each consumer group protocol.
+//!
+//! A producer sends generated orders at REBALANCE_RATE a second (default 1,000) to an
+//! 8-partition topic, open loop, while orders-svc processes (the binary, each its own
+//! process) consume it as one group. Two instances run; then, REBALANCE_PHASE seconds
+//! apart (default 15), a third starts, one is stopped with SIGTERM, one is restarted
+//! (SIGTERM, then started again), and one is killed with SIGKILL. Each phase is measured
+//! from PostgreSQL afterwards: every order's `ingested_at` (its transaction's time)
+//! against when its send was due gives its freshness; per partition, the longest time
+//! between two commits (at 125 orders a second a partition, messages wait at every
+//! moment) gives its stall. A stall or an order belongs to the phase in which it ended:
+//! the commit after the gap, the order's own commit. Each event's figures are printed
+//! beside the steady state's, the phase before the first event:
+//!
+//! - the longest freshness of the orders committed in the phase;
+//! - each partition's longest stall, longest first, and how many stalled longer than any
+//!   partition did in the steady state (the partitions the event stopped).
+//!
+//! Both protocols run in turn (REBALANCE_PROTOCOLS=classic,consumer). Under `consumer`
+//! the broker's session timeout applies to the SIGKILLed member (`scripts/kafka-node`
+//! sets 6 s on the local broker); under `classic` the service's `session_timeout_ms`,
+//! set to the same 6 s here.
+//!
+//! Run with `bench/run rebalance`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context;
+use orders_svc::config::GroupProtocol;
+use orders_svc::tools::generate::Generator;
+use orders_svc::tools::produce::Producer;
+use time::OffsetDateTime;
+
+mod common;
+use common::support::{self, Process, config_toml, free_addr, temp_dir, under, unique, wait_ready};
+use common::{brokers, create_topic_on, env_number, migrated_db};
+
+const PARTITIONS: i32 = 8;
+
+fn main() -> anyhow::Result<()> {
+    let rate = env_number("REBALANCE_RATE", 1000);
+    let phase = Duration::from_secs(env_number("REBALANCE_PHASE", 15) as u64);
+    let protocols = std::env::var("REBALANCE_PROTOCOLS").unwrap_or_else(|_| "classic,consumer".into());
+    println!(
+        "bench/rebalance: {rate} orders/s to {PARTITIONS} partitions, phases of {} s: steady (2 instances), a third \
+         starts, one stopped (SIGTERM), one restarted, one killed (SIGKILL)",
+        phase.as_secs()
+    );
+    for protocol in protocols.split(',') {
+        let protocol = match protocol {
+            "classic" => GroupProtocol::Classic,
+            "consumer" => GroupProtocol::Consumer,
+            other => anyhow::bail!("REBALANCE_PROTOCOLS: unknown protocol {other:?}"),
+        };
+        let mut result = None;
+        under(protocol, || result = Some(run(protocol, rate, phase)));
+        result.expect("ran")?;
+    }
+    Ok(())
+}
+
+/// One instance of the group: its process and HTTP address.
+struct Instance {
+    process: Process,
+    addr: std::net::SocketAddr,
+}
+
+fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<()> {
+    let db = migrated_db()?;
+    let topic = unique("rebalance");
+    create_topic_on(&brokers(), &topic, PARTITIONS);
+    let group = unique("rebalance-group");
+    let dir = temp_dir("rebalance");
+    let start_instance = |name: &str| {
+        let addr = free_addr();
+        let toml = config_toml(&db.url, &topic, &group, addr, "");
+        Instance { process: Process::start(&dir, name, &toml, &[]), addr }
+    };
+    let mut instances = vec![start_instance("a"), start_instance("b")];
+    for i in &instances {
+        wait_ready(i.addr);
+    }
+
+    // The producer runs open loop on a thread of its own, recording when each send was
+    // due (wall clock, to compare with PostgreSQL's ingested_at).
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (topic, producing) = (topic.clone(), producing.clone());
+        std::thread::spawn(move || -> anyhow::Result<BTreeMap<String, SystemTime>> {
+            let producer = Producer::new(&brokers(), &topic)?;
+            producer.send(Some(b"warm-up"), &Generator::new(1, 1).order().to_json())?;
+            producer.flush()?;
+            let mut generator = Generator::new(848, 2);
+            let mut due = BTreeMap::new();
+            let (start, wall) = (Instant::now(), SystemTime::now());
+            let mut i = 0u64;
+            while producing.load(Ordering::Relaxed) {
+                let offset = Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = (start + offset).checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let order = generator.order();
+                producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+                due.insert(order.order_uid, wall + offset);
+                i += 1;
+            }
+            producer.flush()?;
+            Ok(due)
+        })
+    };
+
+    // The phases, each with the wall-clock time it began.
+    let mut phases: Vec<(&str, SystemTime)> = Vec::new();
+    let mut mark = |name: &'static str| phases.push((name, SystemTime::now()));
+    std::thread::sleep(phase);
+    mark("steady");
+    std::thread::sleep(phase);
+    mark("a third instance starts");
+    instances.push(start_instance("c"));
+    std::thread::sleep(phase);
+    mark("one stopped (SIGTERM)");
+    let stopped = instances.remove(0);
+    stopped.process.signal("TERM");
+    std::thread::sleep(phase);
+    mark("one restarted");
+    let mut restarted = instances.remove(0);
+    restarted.process.signal("TERM");
+    restarted.process.wait_exit(Duration::from_secs(30));
+    instances.push(start_instance("b2"));
+    std::thread::sleep(phase);
+    mark("one killed (SIGKILL)");
+    let killed = instances.remove(0);
+    killed.process.signal("KILL");
+    std::thread::sleep(phase);
+    mark("end");
+    producing.store(false, Ordering::Relaxed);
+    let due = producer.join().expect("producer thread")?;
+    let sent = due.len() as i64;
+    support::wait_for("every order stored", Duration::from_secs(120), || {
+        (db.count("SELECT count(*) FROM orders") >= sent).then_some(())
+    });
+    drop((instances, stopped, restarted, killed));
+
+    // Each stored order: its partition, offset and commit time.
+    let mut client = db.client();
+    let rows = client
+        .query("SELECT order_uid, source_partition, source_offset, ingested_at FROM orders", &[])
+        .context("read the stored orders")?;
+    let mut stored: Vec<Stored> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let uid: String = row.get(0);
+        let Some(&due) = due.get(&uid) else { continue }; // the warm-up order
+        let at: OffsetDateTime = row.get(3);
+        stored.push(Stored { partition: row.get(1), offset: row.get(2), due, at: SystemTime::from(at) });
+    }
+    report(protocol, &phases, &stored);
+    Ok(())
+}
+
+struct Stored {
+    partition: i32,
+    offset: i64,
+    due: SystemTime,
+    at: SystemTime,
+}
+
+/// Milliseconds from `a` to `b` (negative if `b` is earlier).
+fn ms(a: SystemTime, b: SystemTime) -> f64 {
+    match b.duration_since(a) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -e.duration().as_secs_f64() * 1000.0,
+    }
+}
+
+fn report(protocol: GroupProtocol, phases: &[(&str, SystemTime)], stored: &[Stored]) {
+    // Per partition, its commits in time order: the distinct commit times.
+    let mut by_partition: BTreeMap<i32, Vec<&Stored>> = BTreeMap::new();
+    for s in stored {
+        by_partition.entry(s.partition).or_default().push(s);
+    }
+    let commits: Vec<Vec<SystemTime>> = by_partition
+        .into_values()
+        .map(|mut orders| {
+            orders.sort_by_key(|s| s.offset);
+            let mut times: Vec<SystemTime> = orders.iter().map(|s| s.at).collect();
+            times.dedup();
+            times
+        })
+        .collect();
+    // Each partition's stall in a window, longest first: the longest gap between two of
+    // its commits that ends in the window.
+    let stalls = |from: SystemTime, to: SystemTime| -> Vec<f64> {
+        let mut stalls: Vec<f64> = commits
+            .iter()
+            .map(|times| {
+                times.windows(2).filter(|w| w[1] > from && w[1] <= to).map(|w| ms(w[0], w[1])).fold(0.0, f64::max)
+            })
+            .collect();
+        stalls.sort_by(|a, b| b.total_cmp(a));
+        stalls
+    };
+    // The p99 and the longest freshness of the orders committed in a window.
+    let freshness = |from: SystemTime, to: SystemTime| -> (f64, f64) {
+        let mut f: Vec<f64> = stored.iter().filter(|s| s.at > from && s.at <= to).map(|s| ms(s.due, s.at)).collect();
+        f.sort_by(f64::total_cmp);
+        let p99 = f.get(f.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0.0);
+        (p99, f.last().copied().unwrap_or(0.0))
+    };
+    let (steady_from, steady_to) = (phases[0].1, phases[1].1);
+    let steady_stall = stalls(steady_from, steady_to).first().copied().unwrap_or(0.0);
+    let (steady_p99, steady_max) = freshness(steady_from, steady_to);
+
+    println!("\nprotocol {}: {} orders stored", protocol.as_str(), stored.len());
+    println!(
+        "  steady state: freshness p99 {steady_p99:.0} ms, max {steady_max:.0} ms; longest stall of a partition \
+         {steady_stall:.0} ms"
+    );
+    println!(
+        "  {:<24} {:>13} {:>8} {:>18}  each partition's longest stall, ms",
+        "event", "freshness max", "/ steady", "stopped partitions"
+    );
+    for w in phases.windows(2).skip(1) {
+        let ((name, from), (_, to)) = (w[0], w[1]);
+        let (_, fresh_max) = freshness(from, to);
+        let stalls = stalls(from, to);
+        let stopped = stalls.iter().filter(|&&s| s > steady_stall).count();
+        let each: Vec<String> = stalls.iter().map(|s| format!("{s:.0}")).collect();
+        println!(
+            "  {name:<24} {fresh_max:>10.0} ms {:>8.1} {stopped:>13} of {PARTITIONS}  {}",
+            fresh_max / steady_max.max(1.0),
+            each.join(" ")
+        );
+    }
+}
