@@ -185,7 +185,9 @@ impl GroupContext {
         let assigned = partition_keys(tpl);
         // An incremental rebalance that only revoked ends with an empty assignment: no
         // offsets to read, and no connection to open while every partition waits.
+        let started = Instant::now();
         let stored = if assigned.is_empty() { Ok(HashMap::new()) } else { self.read_stored(&assigned) };
+        let read_ms = started.elapsed().as_millis();
         if let Ok(stored) = &stored {
             for ((topic, partition), offset) in stored {
                 tpl.set_partition_offset(topic, *partition, Offset::Offset(*offset))
@@ -203,10 +205,12 @@ impl GroupContext {
         match stored {
             Ok(stored) => {
                 info!(
-                    "event=partitions_assigned count={} partitions={} stored_offsets={}",
+                    "event=partitions_assigned count={} partitions={} stored_offsets={} read_ms={read_ms} \
+                     assign_ms={}",
                     tpl.count(),
                     partitions(tpl),
-                    describe_offsets(&stored.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                    describe_offsets(&stored.iter().map(|(k, v)| (k.clone(), *v)).collect()),
+                    started.elapsed().as_millis() - read_ms
                 );
                 let mut positions = self.positions.lock();
                 for key in assigned {
