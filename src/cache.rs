@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge};
 
-use crate::model::{Encoded, Order, version_of};
-use crate::store::{Change, StoredOrder};
+use crate::config::CacheConfig;
+use crate::model::{Change, Encoded, Order, StoredOrder, version_of};
 
 /// How long the listening connection may go without a sign of life (a notification, or
 /// the answer to the listener's ping) before entries are no longer served as fresh.
@@ -179,6 +179,20 @@ pub struct Limits {
     /// Past this age an entry is not served from memory but read again, as a miss.
     /// None: entries never expire.
     pub max_age: Option<Duration>,
+}
+
+impl Limits {
+    /// The bounds `config` sets, with `workers` HTTP workers.
+    pub fn new(config: &CacheConfig, workers: usize) -> Limits {
+        Limits {
+            max_orders: config.max_orders,
+            max_bytes: config.max_bytes,
+            negative_ttl: Duration::from_millis(config.negative_ttl_ms),
+            max_database_waits: config.max_database_waits.unwrap_or((workers / 2).max(1)),
+            database_wait: Duration::from_millis(config.database_wait_ms),
+            max_age: (config.max_age_secs > 0).then(|| Duration::from_secs(config.max_age_secs)),
+        }
+    }
 }
 
 /// The wall clock the age limit reads, in microseconds since 2000-01-01 UTC: the epoch
@@ -770,6 +784,14 @@ pub(crate) mod tests {
         o.order_uid = uid.to_string();
         o.payment.transaction = uid.to_string();
         o
+    }
+
+    #[test]
+    fn database_waits_leave_a_worker_free() {
+        let waits = |toml: &str, workers| Limits::new(&crate::config::Config::parse(toml).unwrap().cache, workers);
+        assert_eq!(waits("", 4).max_database_waits, 2);
+        assert_eq!(waits("[http]\nworkers = 1\n", 1).max_database_waits, 1);
+        assert_eq!(waits("[cache]\nmax_database_waits = 3\n", 4).max_database_waits, 3);
     }
 
     fn enc(uid: &str) -> Encoded {

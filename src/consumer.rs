@@ -26,7 +26,7 @@ use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::{self, Encoded, Message, Rules};
-use crate::service::{Backoff, Health, Shutdown};
+use crate::runtime::{Backoff, Health, Shutdown};
 use crate::store::{self, BatchResult, Claim, DeadLetter, Written};
 
 /// How long an idle poll waits before looking at the shutdown signal again.

@@ -18,9 +18,9 @@ use log::{info, warn};
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::cache::{Cache, CachedOrder};
+use crate::cache::{Cache, CachedOrder, Limits};
 use crate::config::Config;
-use crate::service::{Backoff, Health, Shutdown};
+use crate::runtime::{Backoff, Health, Shutdown};
 use crate::store;
 
 /// How long the listener waits for a notification before it looks at the shutdown
@@ -62,7 +62,7 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             // Orders stored before there were documents have their items read on a second
             // connection, beside the orders, opened only if there are any.
             let connect_items = || store::connect(&config.database);
-            let limits = config.cache.limits(config.http.workers);
+            let limits = Limits::new(&config.cache, config.http.workers);
             let stored =
                 store::stored_orders(&mut client, Some(&connect_items), limits.max_orders, limits.max_age, |s| {
                     (s.stored_at, Arc::new(CachedOrder::stored(s)))

@@ -9,7 +9,6 @@ use prometheus::{
 use tiny_http::ConnectionCounts;
 
 use crate::cache::Cache;
-use crate::http::RouteName;
 
 /// The statuses HTTP requests are counted by; any other is counted as "other".
 const COUNTED_STATUSES: [u16; 10] = [200, 303, 304, 400, 404, 405, 414, 431, 500, 503];
@@ -23,6 +22,52 @@ fn status_slot(status: u16) -> usize {
 /// The `status` label: the code, or "other" for a status not counted by itself.
 fn status_label(status: u16) -> String {
     if COUNTED_STATUSES.contains(&status) { status.to_string() } else { "other".to_string() }
+}
+
+/// An HTTP route without its data: the `route` label of `orders_http_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteName {
+    Order,
+    ApiOrder,
+    Index,
+    Lookup,
+    Asset,
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    Other,
+}
+
+impl RouteName {
+    /// Every name, each at the index of its discriminant (`name as usize`).
+    pub const ALL: [RouteName; 10] = [
+        RouteName::Order,
+        RouteName::ApiOrder,
+        RouteName::Index,
+        RouteName::Lookup,
+        RouteName::Asset,
+        RouteName::Healthz,
+        RouteName::Readyz,
+        RouteName::Metrics,
+        RouteName::OpenApi,
+        RouteName::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RouteName::Order => "order",
+            RouteName::ApiOrder => "api_order",
+            RouteName::Index => "index",
+            RouteName::Lookup => "lookup",
+            RouteName::Asset => "asset",
+            RouteName::Healthz => "healthz",
+            RouteName::Readyz => "readyz",
+            RouteName::Metrics => "metrics",
+            RouteName::OpenApi => "openapi",
+            RouteName::Other => "other",
+        }
+    }
 }
 
 pub struct Metrics {

@@ -225,20 +225,6 @@ impl Default for CacheConfig {
     }
 }
 
-impl CacheConfig {
-    /// The cache's bounds, with `workers` HTTP workers.
-    pub fn limits(&self, workers: usize) -> crate::cache::Limits {
-        crate::cache::Limits {
-            max_orders: self.max_orders,
-            max_bytes: self.max_bytes,
-            negative_ttl: Duration::from_millis(self.negative_ttl_ms),
-            max_database_waits: self.max_database_waits.unwrap_or((workers / 2).max(1)),
-            database_wait: Duration::from_millis(self.database_wait_ms),
-            max_age: (self.max_age_secs > 0).then(|| Duration::from_secs(self.max_age_secs)),
-        }
-    }
-}
-
 /// libpq's `sslmode`, from the URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SslMode {
@@ -588,10 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn database_waits_leave_a_worker_free() {
-        assert_eq!(Config::parse("").unwrap().cache.limits(4).max_database_waits, 2);
-        assert_eq!(Config::parse("[http]\nworkers = 1\n").unwrap().cache.limits(1).max_database_waits, 1);
-        assert_eq!(Config::parse("[cache]\nmax_database_waits = 3\n").unwrap().cache.limits(4).max_database_waits, 3);
+    fn database_waits_must_leave_a_worker_free() {
         assert_eq!(
             err("[cache]\nmax_database_waits = 4\n"),
             "key `cache.max_database_waits`: expected from 1 to 3 (fewer than http.workers, so that a worker is \

@@ -17,13 +17,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tiny_http::{ConnectionCounts, Limits, Method, Request};
 
 pub use respond::{MAX_BODY_BYTES, MAX_HEADER_BYTES, MAX_URL_BYTES, respond};
-pub use route::{Route, RouteName};
+pub use route::Route;
 pub use wire::{Reply, encode};
 
 use crate::cache::Cache;
 use crate::config;
 use crate::metrics::Metrics;
-use crate::service::{Health, Shutdown};
+use crate::runtime::{Health, Shutdown};
 use crate::store::Pool;
 
 /// What the read path needs; shared by every worker.
@@ -159,11 +159,11 @@ mod tests {
     use tiny_http::TestRequest;
 
     use super::*;
-    use crate::service::shutdown_channel;
+    use crate::runtime::shutdown_channel;
 
     /// A server on a loopback port with the given bounds, its database unreachable;
     /// stopped when dropped.
-    struct Running(Option<Server>, crate::service::ShutdownTrigger);
+    struct Running(Option<Server>, crate::runtime::ShutdownTrigger);
 
     impl Drop for Running {
         fn drop(&mut self) {

@@ -13,7 +13,7 @@ use super::route::Route;
 use super::wire::{JSON, Reply};
 use crate::cache::{CachedOrder, Unavailable};
 use crate::model::{self, Order};
-use crate::service::LogThrottle;
+use crate::runtime::LogThrottle;
 use crate::{pages, store};
 
 /// Longest request target accepted (414 past it).

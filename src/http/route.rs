@@ -1,6 +1,8 @@
 //! Where a request goes: its target parsed once into a `Route`, from which both the
 //! dispatch in `respond` and the label it is counted under in the metrics come.
 
+use crate::metrics::RouteName;
+
 /// A request target, parsed. Paths outside this set are `Other` (404), whatever the
 /// method.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,52 +70,6 @@ impl<'a> Route<'a> {
             Route::Metrics => RouteName::Metrics,
             Route::OpenApi => RouteName::OpenApi,
             Route::Other => RouteName::Other,
-        }
-    }
-}
-
-/// A route without its data: the `route` label of `orders_http_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteName {
-    Order,
-    ApiOrder,
-    Index,
-    Lookup,
-    Asset,
-    Healthz,
-    Readyz,
-    Metrics,
-    OpenApi,
-    Other,
-}
-
-impl RouteName {
-    /// Every name, each at the index of its discriminant (`name as usize`).
-    pub const ALL: [RouteName; 10] = [
-        RouteName::Order,
-        RouteName::ApiOrder,
-        RouteName::Index,
-        RouteName::Lookup,
-        RouteName::Asset,
-        RouteName::Healthz,
-        RouteName::Readyz,
-        RouteName::Metrics,
-        RouteName::OpenApi,
-        RouteName::Other,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            RouteName::Order => "order",
-            RouteName::ApiOrder => "api_order",
-            RouteName::Index => "index",
-            RouteName::Lookup => "lookup",
-            RouteName::Asset => "asset",
-            RouteName::Healthz => "healthz",
-            RouteName::Readyz => "readyz",
-            RouteName::Metrics => "metrics",
-            RouteName::OpenApi => "openapi",
-            RouteName::Other => "other",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod decode;
 mod rule;
+mod stored;
 #[cfg(test)]
 mod tests;
 
@@ -14,6 +15,7 @@ use time::OffsetDateTime;
 
 pub use decode::{MAX_TEXT_LEN, MAX_UID_LEN, Rules, check_uid, decode, validate};
 pub use rule::Rule;
+pub use stored::{Change, StoredOrder};
 
 /// One order, field for field as in the canonical message. Serializing it gives back the
 /// same JSON shape (and key order) the producer sent.

@@ -1,6 +1,6 @@
 //! Dead letters: the messages that could not become orders, kept in `rejected_messages`
-//! with the rule they broke. Written with their batch; read back to list, show and
-//! replay them.
+//! with the rule they broke. Written with their batch; read back to list and show them
+//! (`replay` stores them again).
 
 use anyhow::Context;
 use postgres::types::ToSql;
@@ -8,8 +8,7 @@ use postgres::{Client, Row, Transaction};
 use sha2::{Digest, Sha256};
 
 use super::tables::{DEAD_LETTER_INSERT, DEAD_LETTER_SELECT};
-use super::write::write_orders;
-use crate::model::{Message, Order, Rejection, Rule};
+use crate::model::{Message, Rejection, Rule};
 
 /// A message kept in `rejected_messages` with why it could not become an order.
 #[derive(Debug, Clone)]
@@ -81,7 +80,7 @@ pub struct StoredDeadLetter {
 
 /// A row of `rejected_messages`. A rule name this version does not know is an error:
 /// the row was written by a newer version, and guessing its meaning could mislead.
-fn dead_letter_from_row(row: &Row) -> anyhow::Result<StoredDeadLetter> {
+pub(super) fn dead_letter_from_row(row: &Row) -> anyhow::Result<StoredDeadLetter> {
     let id: i64 = row.get("id");
     let rule: &str = row.get("rule");
     let rule = Rule::from_name(rule).with_context(|| format!("dead letter {id} names an unknown rule {rule:?}"))?;
@@ -126,58 +125,6 @@ pub fn dead_letters_to_replay(client: &mut Client) -> anyhow::Result<Vec<i64>> {
         .query("SELECT id FROM rejected_messages WHERE replayed_at IS NULL ORDER BY id", &[])
         .context("read dead letters")?;
     Ok(rows.iter().map(|r| r.get("id")).collect())
-}
-
-/// What replaying one dead letter did.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Replay {
-    /// It passes now and is stored as this order; the dead letter is marked replayed.
-    Stored(String),
-    /// It passes now, but the stored order came from a later position of its partition:
-    /// the order is left as it is, and the dead letter is marked replayed.
-    Superseded(String),
-    /// It still breaks a rule; nothing changed.
-    StillRejected(Rejection),
-    /// Only the first part of it was kept (it was over the size limit): it cannot pass.
-    Truncated,
-    AlreadyReplayed,
-    NotFound,
-}
-
-/// Runs a dead letter's payload through `decode` again and, if it passes, stores the
-/// order and marks the dead letter replayed, in one transaction.
-pub fn replay(
-    client: &mut Client,
-    id: i64,
-    decode: impl FnOnce(&[u8]) -> Result<Order, Rejection>,
-) -> anyhow::Result<Replay> {
-    let mut tx = client.transaction().context("begin replay")?;
-    let row = tx
-        .query_opt(&format!("{} WHERE r.id = $1 FOR UPDATE", *DEAD_LETTER_SELECT), &[&id])
-        .with_context(|| format!("read dead letter {id}"))?;
-    let Some(stored) = row.as_ref().map(dead_letter_from_row).transpose()? else {
-        return Ok(Replay::NotFound);
-    };
-    if stored.replayed_at.is_some() {
-        return Ok(Replay::AlreadyReplayed);
-    }
-    let dead = &stored.letter;
-    if dead.payload.len() as i64 != dead.payload_size {
-        return Ok(Replay::Truncated);
-    }
-    let encoded = match decode(&dead.payload) {
-        Ok(order) => order.encode(),
-        Err(rejection) => return Ok(Replay::StillRejected(rejection)),
-    };
-    let uid = encoded.order.order_uid.clone();
-    // Its position is the dead letter's, so a newer version of the order stays.
-    let source =
-        Message { topic: dead.topic.clone(), partition: dead.partition, offset: dead.offset, key: None, payload: None };
-    let counts = write_orders(&mut tx, &[(&source, &encoded)])
-        .with_context(|| format!("store order {uid} of dead letter {id}"))?;
-    tx.execute("UPDATE rejected_messages SET replayed_at = now() WHERE id = $1", &[&id])?;
-    tx.commit().context("commit replay")?;
-    Ok(if counts.stale == 1 { Replay::Superseded(uid) } else { Replay::Stored(uid) })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod notify;
 mod offsets;
 mod pool;
 mod read;
+mod replay;
 mod tables;
 mod tls;
 mod warm;
@@ -20,14 +21,15 @@ use anyhow::Context;
 use postgres::{Client, NoTls};
 
 pub use dead_letters::{
-    DeadLetter, KEPT_OF_OVERSIZE, Replay, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay, replay,
+    DeadLetter, KEPT_OF_OVERSIZE, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay,
 };
 pub use migrate::{MIGRATIONS, migrate};
-pub use notify::{CHANNEL, Change, listen, parse_payload, stored_versions};
+pub use notify::{CHANNEL, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};
 pub use read::{order, recent_summaries};
-pub use warm::{StoredOrder, stored_orders};
+pub use replay::{Replay, replay};
+pub use warm::stored_orders;
 pub use write::{BatchResult, Written, write_batch};
 
 use crate::config;

@@ -10,7 +10,7 @@ use anyhow::Context;
 use postgres::{Client, GenericClient};
 
 use crate::config;
-use crate::model::version_of;
+use crate::model::{Change, version_of};
 
 /// The channel every instance of a database listens on.
 pub const CHANNEL: &str = "orders_changed";
@@ -21,13 +21,6 @@ const MAX_PAYLOAD: usize = 7900;
 
 /// Orders per statement when versions are checked against the tables.
 const CHECK_CHUNK: usize = 5000;
-
-/// One order named by a notification: its id and the version now stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub uid: String,
-    pub version: String,
-}
 
 /// Notifies, within `tx`, that these orders (id and SHA-256) now have these versions.
 pub(super) fn notify_changed<'a>(

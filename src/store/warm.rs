@@ -32,16 +32,7 @@ use postgres::{Client, IsolationLevel};
 use time::OffsetDateTime;
 
 use super::tables::{DELIVERIES, HEAD_JOIN, ORDER_ITEMS, ORDERS, PAYMENTS};
-
-/// An order as read: its id, its JSON (the bytes `Order::to_json` gives for it), the
-/// SHA-256 of that JSON as stored, and when it was stored, in microseconds since 2000
-/// (PostgreSQL's own count), which orders only.
-pub struct StoredOrder {
-    pub uid: String,
-    pub json: Arc<[u8]>,
-    pub sha256: Vec<u8>,
-    pub stored_at: i64,
-}
+use crate::model::StoredOrder;
 
 /// Reads the stored orders, the `limit` most recently stored if there are more (ties
 /// broken by id, as the index page does), and only those stored within `max_age` if it

@@ -254,7 +254,7 @@ fn committed_changes_are_notified_with_their_versions() {
     listener.batch_execute(&format!("LISTEN {}", store::CHANNEL)).unwrap();
     let mut generator = Generator::new(5, 2);
     let (a, b) = (generator.order(), generator.order());
-    let mut received = || -> Vec<store::Change> {
+    let mut received = || -> Vec<orders_svc::model::Change> {
         let mut notifications = listener.notifications();
         let mut it = notifications.timeout_iter(std::time::Duration::from_millis(500));
         let mut all = Vec::new();
@@ -271,13 +271,13 @@ fn committed_changes_are_notified_with_their_versions() {
     assert_eq!(
         got,
         [
-            store::Change { uid: a.order_uid.clone(), version: version(&a) },
-            store::Change { uid: b.order_uid.clone(), version: version(&b) }
+            orders_svc::model::Change { uid: a.order_uid.clone(), version: version(&a) },
+            orders_svc::model::Change { uid: b.order_uid.clone(), version: version(&b) }
         ]
     );
     let a2 = named(&a, "two");
     write(&db, &[(&at(0, 3), &a2), (&at(0, 4), &b), (&at(0, 0), &named(&b, "stale"))]);
-    assert_eq!(received(), [store::Change { uid: a.order_uid.clone(), version: version(&a2) }]);
+    assert_eq!(received(), [orders_svc::model::Change { uid: a.order_uid.clone(), version: version(&a2) }]);
     let m = at(0, 9);
     let fenced =
         store::write_batch(&mut db.client(), "g", &[claim(Some(7), 10)], &[(&m, named(&a, "x").encode())], &[]);

@@ -6,7 +6,7 @@ use super::*;
 use crate::cache::Cache;
 use crate::http::wire::HTML;
 use crate::metrics::Metrics;
-use crate::service::Health;
+use crate::runtime::Health;
 use crate::store::Pool;
 
 /// A state whose database is never reachable: these routes answer without it, or
