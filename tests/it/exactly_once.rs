@@ -23,7 +23,7 @@ fn stored_version(db: &TestDb) -> Option<String> {
         .client()
         .query_opt("SELECT d.name FROM deliveries d WHERE d.order_uid = $1", &[&UID])
         .expect("read the stored version");
-    row.map(|r| r.get(0))
+    row.map(|r| r.get("name"))
 }
 
 fn served_version(addr: std::net::SocketAddr) -> String {
@@ -87,7 +87,7 @@ fn a_fenced_out_instance_that_wakes_late_never_overwrites_a_newer_version() {
         .client()
         .query_one("SELECT next_offset, messages FROM consumer_offsets WHERE topic = $1", &[&setup.topic])
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (2, 2));
+    assert_eq!((row.get::<_, i64>("next_offset"), row.get::<_, i64>("messages")), (2, 2));
 }
 }
 
@@ -124,7 +124,7 @@ fn a_crash_between_the_database_commit_and_the_kafka_commit_reads_nothing_again(
     assert_eq!(metric(service.addr(), "orders_messages_consumed_total"), Some(1.0));
     setup.wait_committed(&[101], Duration::from_secs(10));
     let row = db.client().query_one("SELECT next_offset, messages FROM consumer_offsets", &[]).unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (101, 101));
+    assert_eq!((row.get::<_, i64>("next_offset"), row.get::<_, i64>("messages")), (101, 101));
 }
 }
 

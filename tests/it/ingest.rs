@@ -86,12 +86,12 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         let row = client
             .query_one("SELECT rule FROM rejected_messages WHERE message_key = $1", &[&key.as_bytes()])
             .unwrap_or_else(|e| panic!("dead letter {key}: {e}"));
-        assert_eq!(row.get::<_, String>(0), *rule, "dead letter {key}");
+        assert_eq!(row.get::<_, String>("rule"), *rule, "dead letter {key}");
     }
     let row = client
-        .query_one("SELECT length(payload), payload_size FROM rejected_messages WHERE message_key = 'oversize'", &[])
+        .query_one("SELECT length(payload) AS kept, payload_size FROM rejected_messages WHERE message_key = 'oversize'", &[])
         .unwrap();
-    assert_eq!((row.get::<_, i32>(0), row.get::<_, i64>(1)), (65_536, 100_000));
+    assert_eq!((row.get::<_, i32>("kept"), row.get::<_, i64>("payload_size")), (65_536, 100_000));
 
     let addr = service.addr();
     let r = get(addr, &format!("/order/{}", valid[5].order_uid));
@@ -135,10 +135,10 @@ fn order_refused_by_the_database_is_a_dead_letter_and_its_batch_is_stored() {
     setup.wait_committed(&[10], Duration::from_secs(30));
     assert_eq!(db.count("SELECT count(*) FROM orders"), 9);
     let row = db.client().query_one("SELECT \"offset\", rule, detail FROM rejected_messages", &[]).unwrap();
-    assert_eq!(row.get::<_, i64>(0), 4);
-    assert_eq!(row.get::<_, String>(1), "database");
+    assert_eq!(row.get::<_, i64>("offset"), 4);
+    assert_eq!(row.get::<_, String>("rule"), "database");
     assert_eq!(
-        row.get::<_, String>(2),
+        row.get::<_, String>("detail"),
         "new row for relation \"payments\" violates check constraint \"refuse_bank\" (23514)"
     );
 }

@@ -97,7 +97,7 @@ fn two_instances_share_the_partitions_and_serve_every_order() {
     setup.wait_committed(&ends, Duration::from_secs(60));
 
     let stored: HashSet<String> =
-        db.client().query("SELECT order_uid FROM orders", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        db.client().query("SELECT order_uid FROM orders", &[]).unwrap().iter().map(|r| r.get("order_uid")).collect();
     assert_eq!(stored.len(), 2000);
     assert!(orders.iter().all(|o| stored.contains(&o.order_uid)));
     let consumed = |s: &Running| s.metrics().messages_consumed.get();
@@ -143,8 +143,8 @@ fn generated_stream_with_bad_messages_ends_where_each_belongs() {
     let rows = client.query("SELECT message_key, rule FROM rejected_messages", &[]).unwrap();
     assert_eq!(rows.len(), 96);
     for row in rows {
-        let key = String::from_utf8(row.get::<_, Vec<u8>>(0)).unwrap();
-        let rule: String = row.get(1);
+        let key = String::from_utf8(row.get::<_, Vec<u8>>("message_key")).unwrap();
+        let rule: String = row.get("rule");
         assert_eq!(key, format!("invalid-{rule}"));
     }
 }

@@ -68,13 +68,13 @@ fn non_json_message_becomes_a_dead_letter_and_the_next_order_is_stored() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     let row = &rows[0];
-    assert_eq!(row.get::<_, String>(0), setup.topic);
-    assert_eq!(row.get::<_, i32>(1), 0);
-    assert_eq!(row.get::<_, i64>(2), 0);
-    assert_eq!(row.get::<_, Vec<u8>>(3), b"this is not an order");
-    assert_eq!(row.get::<_, i64>(4), 20);
-    assert_eq!(row.get::<_, String>(5), "json");
-    assert_eq!(row.get::<_, String>(6), "expected ident at line 1 column 2");
+    assert_eq!(row.get::<_, String>("topic"), setup.topic);
+    assert_eq!(row.get::<_, i32>("partition"), 0);
+    assert_eq!(row.get::<_, i64>("offset"), 0);
+    assert_eq!(row.get::<_, Vec<u8>>("payload"), b"this is not an order");
+    assert_eq!(row.get::<_, i64>("payload_size"), 20);
+    assert_eq!(row.get::<_, String>("rule"), "json");
+    assert_eq!(row.get::<_, String>("detail"), "expected ident at line 1 column 2");
     assert_eq!(setup.db.count("SELECT count(*) FROM orders"), 1);
 }
 

@@ -31,7 +31,7 @@ impl TestDb {
     /// The group's stored offsets (`consumer_offsets.next_offset`), by partition.
     pub fn next_offsets(&self) -> Vec<i64> {
         let rows = self.client().query("SELECT next_offset FROM consumer_offsets ORDER BY partition", &[]);
-        rows.expect("read the stored offsets").iter().map(|r| r.get(0)).collect()
+        rows.expect("read the stored offsets").iter().map(|r| r.get("next_offset")).collect()
     }
 
     /// Runs a query that returns one bigint, such as a count.
