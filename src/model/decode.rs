@@ -52,7 +52,7 @@ pub(super) fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<OffsetDa
 }
 
 /// Turns a message payload into an order, or says which rule it breaks. The rules are
-/// checked in the order the README lists them; the first broken one is reported.
+/// checked in the order docs/exactly-once.md lists them; the first broken one is reported.
 pub fn decode(payload: Option<&[u8]>, rules: &Rules) -> Result<Order, Rejection> {
     let bytes = payload.unwrap_or_default();
     if bytes.len() > rules.max_message_bytes {

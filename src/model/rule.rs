@@ -126,11 +126,11 @@ mod tests {
         assert_eq!(format!("[{:<8}]", Rule::Sale), "[sale    ]");
     }
 
-    /// The README's table of rules lists them in the order they are checked.
+    /// The table of rules in docs/exactly-once.md lists them in the order they are checked.
     #[test]
-    fn readme_lists_the_rules_in_check_order() {
-        let readme = include_str!("../../README.md");
-        let section = readme.split("## Validation and dead letters").nth(1).unwrap();
+    fn the_docs_list_the_rules_in_check_order() {
+        let page = include_str!("../../docs/exactly-once.md");
+        let section = page.split("## Validation and dead letters").nth(1).unwrap();
         let listed: Vec<&str> = section
             .lines()
             .take_while(|l| !l.starts_with("## "))
