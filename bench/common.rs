@@ -5,9 +5,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::process::Command;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use orders_svc::model::Order;
+use orders_svc::tools::generate::Generator;
+use postgres::Client;
 use time::format_description::well_known::Rfc3339;
 
 #[path = "../tests/support/mod.rs"]
@@ -73,13 +76,74 @@ pub fn migrated_db() -> anyhow::Result<TestDb> {
 /// The service's configuration on `db`, the stack's broker and `topic` (the group named
 /// after it), answering HTTP on any free port.
 pub fn service_config(db: &TestDb, topic: &str) -> orders_svc::config::Config {
+    service_config_on(&db.url, topic)
+}
+
+/// As `service_config`, on the database at `url`.
+pub fn service_config_on(url: &str, topic: &str) -> orders_svc::config::Config {
     let mut config = orders_svc::config::Config::default();
-    config.database.url = db.url.clone();
+    config.database.url = url.into();
     config.kafka.brokers = brokers();
     config.kafka.topic = topic.into();
     config.kafka.group_id = topic.into();
     config.http.addr = "127.0.0.1:0".parse().expect("a socket address");
     config
+}
+
+/// The database `name`, created with the service's tables if missing; kept after the
+/// run, so that the next one need not load it again.
+pub fn kept_database(name: &str) -> anyhow::Result<String> {
+    let admin = support::admin_url();
+    let (base, _) = admin.rsplit_once('/').context("a database URL ends with /name")?;
+    let mut client = Client::connect(&admin, postgres::NoTls)?;
+    if client.query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])?.is_empty() {
+        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    }
+    let url = format!("{base}/{name}");
+    orders_svc::store::migrate(&mut Client::connect(&url, postgres::NoTls)?)?;
+    Ok(url)
+}
+
+/// How many rows `table` has.
+pub fn count_rows(client: &mut Client, table: &str) -> anyhow::Result<i64> {
+    Ok(client.query_one(&format!("SELECT count(*) AS n FROM {table}"), &[])?.get("n"))
+}
+
+/// Makes the database at `url` hold the `n` orders `Generator::new(seed, 3)` makes (1-3
+/// items each), dated as `write_csv` dates them, unless it already holds `n` orders:
+/// then it is left as it is, so that a kept database is loaded once. The rows go in by
+/// `copy_in` through CSV files in `dir`, and are vacuumed and analyzed after.
+pub fn load_generated(url: &str, n: usize, seed: u64, dir: &Path) -> anyhow::Result<()> {
+    let mut client = Client::connect(url, postgres::NoTls)?;
+    if count_rows(&mut client, "orders")? != n as i64 {
+        client.batch_execute("TRUNCATE orders CASCADE")?;
+        let started = std::time::Instant::now();
+        let mut generator = Generator::new(seed, 3);
+        let orders: Vec<_> = (0..n).map(|_| generator.order()).collect();
+        write_csv(dir, &orders)?;
+        drop(orders);
+        copy_in(dir, url)?;
+        // Sets the rows' hint bits and statistics now, so that no round pays for them.
+        client.batch_execute("VACUUM ANALYZE")?;
+        println!("  loaded in {:.1} s", started.elapsed().as_secs_f64());
+    }
+    println!("  {} orders with {} items", count_rows(&mut client, "orders")?, count_rows(&mut client, "order_items")?);
+    Ok(())
+}
+
+/// Runs `psql` on the `copy.sql` that `write_csv` wrote in `dir`, in one transaction, into
+/// the database at `url`.
+pub fn copy_in(dir: &Path, url: &str) -> anyhow::Result<()> {
+    let status = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", url, "-f"])
+        .arg(dir.join("copy.sql"))
+        .current_dir(dir)
+        .status()
+        .context("run psql (is PostgreSQL's client installed?)")?;
+    if !status.success() {
+        bail!("psql \\copy failed: {status}");
+    }
+    Ok(())
 }
 
 /// The rows as four CSV files (each order with its document) and a psql script that

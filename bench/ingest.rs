@@ -18,7 +18,6 @@
 //! config's defaults).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -31,7 +30,7 @@ use postgres::Client;
 
 #[path = "common.rs"]
 mod common;
-use common::{bench_broker, cpu_secs, create_topic_on, env_number, migrated_db, write_csv};
+use common::{bench_broker, copy_in, cpu_secs, create_topic_on, env_number, migrated_db, write_csv};
 
 const SEED: u64 = 20_211_126;
 const PARTITIONS: i32 = 4;
@@ -60,16 +59,8 @@ fn main() -> anyhow::Result<()> {
     write_csv(&dir, &orders)?;
     checkpoint(&copy_db)?;
     let started = Instant::now();
-    let status = Command::new("psql")
-        .args(["-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &copy_db.url, "-f"])
-        .arg(dir.join("copy.sql"))
-        .current_dir(&dir)
-        .status()
-        .context("run psql (is PostgreSQL's client installed?)")?;
+    copy_in(&dir, &copy_db.url)?;
     let copy_secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("psql \\copy failed: {status}");
-    }
     check_count(&copy_db, n)?;
     // Gone before the service's phase, so that autovacuum does not work through the
     // reference's rows during it.

@@ -19,17 +19,15 @@
 
 use std::io::Read as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use orders_svc::tools::generate::Generator;
 use postgres::Client;
 
 #[path = "common.rs"]
 mod common;
 use common::support::process::{Process, config_toml, free_addr};
-use common::{brokers, create_topic_on, env_number, migrated_db, write_csv};
+use common::{brokers, create_topic_on, env_number, kept_database, load_generated, migrated_db};
 
 const SEED: u64 = 20_211_126;
 
@@ -67,33 +65,10 @@ fn main() -> anyhow::Result<()> {
             (db.url.clone(), Some(db))
         }
     };
-    let mut client = Client::connect(&url, postgres::NoTls)?;
-    let count = |client: &mut Client, table: &str| -> anyhow::Result<i64> {
-        Ok(client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0))
-    };
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-warm");
     std::fs::create_dir_all(&dir)?;
-    if count(&mut client, "orders")? != n as i64 {
-        client.batch_execute("TRUNCATE orders CASCADE")?;
-        let started = Instant::now();
-        let mut generator = Generator::new(SEED, 3);
-        let orders: Vec<_> = (0..n).map(|_| generator.order()).collect();
-        write_csv(&dir, &orders)?;
-        drop(orders);
-        let status = Command::new("psql")
-            .args(["-q", "-v", "ON_ERROR_STOP=1", "-1", "-d", &url, "-f"])
-            .arg(dir.join("copy.sql"))
-            .current_dir(&dir)
-            .status()
-            .context("run psql (is PostgreSQL's client installed?)")?;
-        if !status.success() {
-            bail!("psql \\copy failed: {status}");
-        }
-        // Sets the rows' hint bits and statistics now, so that no round pays for them.
-        client.batch_execute("VACUUM ANALYZE")?;
-        println!("  loaded in {:.1} s", started.elapsed().as_secs_f64());
-    }
-    println!("  {} orders with {} items", count(&mut client, "orders")?, count(&mut client, "order_items")?);
+    load_generated(&url, n, SEED, &dir)?;
+    let mut client = Client::connect(&url, postgres::NoTls)?;
 
     let topic = format!("bench_warm_{}", std::process::id());
     create_topic_on(&brokers(), &topic, 1);
@@ -142,19 +117,6 @@ fn main() -> anyhow::Result<()> {
         spread(&|r| r.peak_resident_bytes as f64 / r.cache_bytes as f64)
     );
     Ok(())
-}
-
-/// The database `name`, created with the service's tables if missing; kept.
-fn kept_database(name: &str) -> anyhow::Result<String> {
-    let admin = common::support::admin_url();
-    let (base, _) = admin.rsplit_once('/').context("a database URL ends with /name")?;
-    let mut client = Client::connect(&admin, postgres::NoTls)?;
-    if client.query("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])?.is_empty() {
-        client.batch_execute(&format!("CREATE DATABASE {name}"))?;
-    }
-    let url = format!("{base}/{name}");
-    orders_svc::store::migrate(&mut Client::connect(&url, postgres::NoTls)?)?;
-    Ok(url)
 }
 
 /// Streams the rows of `statements` to nowhere; returns the seconds it took.
