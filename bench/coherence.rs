@@ -166,10 +166,10 @@ fn main() -> anyhow::Result<()> {
         .query_one(
             "WITH listener AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
              WHERE datname = current_database() AND application_name = $1) \
-             SELECT count(*) FROM listener WHERE pg_terminate_backend(pid)",
+             SELECT count(*) AS terminated FROM listener WHERE pg_terminate_backend(pid)",
             &[&name],
         )?
-        .get(0);
+        .get("terminated");
     anyhow::ensure!(terminated == 1, "no listening backend named {name:?}");
     while first.cache().stats.listener_reconnects.get() == reconnects {
         anyhow::ensure!(cut.elapsed() < Duration::from_secs(60), "the listener was not back within 60 s");

@@ -128,10 +128,10 @@ fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) 
     // cores from the service being measured.
     let count = |client: &mut Client| -> anyhow::Result<usize> {
         let row = client.query_one(
-            "SELECT coalesce(sum(messages), 0)::int8 FROM consumer_offsets WHERE group_id = $1",
+            "SELECT coalesce(sum(messages), 0)::int8 AS messages FROM consumer_offsets WHERE group_id = $1",
             &[&group],
         )?;
-        Ok(row.get::<_, i64>(0) as usize)
+        Ok(row.get::<_, i64>("messages") as usize)
     };
     let (first_at, first_count) = loop {
         let c = count(&mut client)?;
@@ -157,7 +157,7 @@ fn time_ingest(db: &common::TestDb, config: Config, target: usize, label: &str) 
     let secs = first_at.elapsed().as_secs_f64();
     service.shutdown();
     // Every message is a distinct valid order: each one counted is an order stored.
-    let stored: i64 = client.query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    let stored = common::count_rows(&mut client, "orders")?;
     if (stored as usize) < target {
         bail!("the group committed {target} messages but only {stored} orders are stored");
     }
@@ -186,7 +186,7 @@ fn checkpoint(db: &common::TestDb) -> anyhow::Result<()> {
 }
 
 fn check_count(db: &common::TestDb, n: usize) -> anyhow::Result<()> {
-    let got: i64 = db.client().query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    let got = common::count_rows(&mut db.client(), "orders")?;
     if got as usize != n {
         bail!("expected {n} orders, found {got}");
     }

@@ -151,10 +151,15 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
         .context("read the stored orders")?;
     let mut stored: Vec<Stored> = Vec::with_capacity(rows.len());
     for row in rows {
-        let uid: String = row.get(0);
+        let uid: String = row.get("order_uid");
         let Some(&due) = due.get(&uid) else { continue }; // the warm-up order
-        let at: OffsetDateTime = row.get(3);
-        stored.push(Stored { partition: row.get(1), offset: row.get(2), due, at: SystemTime::from(at) });
+        let at: OffsetDateTime = row.get("ingested_at");
+        stored.push(Stored {
+            partition: row.get("source_partition"),
+            offset: row.get("source_offset"),
+            due,
+            at: SystemTime::from(at),
+        });
     }
     report(protocol, &phases, &stored);
     Ok(())

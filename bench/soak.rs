@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
     };
     Command::new("kill").arg(service.id().to_string()).status()?;
     let exit = service.wait()?;
-    let stored: i64 = db.client().query_one("SELECT count(*) FROM orders", &[])?.get(0);
+    let stored = common::count_rows(&mut db.client(), "orders")?;
 
     let pct = |p: f64| {
         latencies
