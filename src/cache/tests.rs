@@ -1,8 +1,13 @@
-//! Unit tests of the cache: bounds and eviction, the miss path, notifications and the
-//! listener's protocol.
+//! Unit tests of the cache: bounds and eviction, the miss path and its single flight, the
+//! age limit; `listener` those of how it follows other writers.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use super::*;
-use std::sync::atomic::AtomicUsize;
+use crate::model::StoredOrder;
+
+mod listener;
 
 fn order(uid: &str) -> Order {
     let mut o = crate::model::decode(Some(include_bytes!("../../demo/model.json")), &Default::default()).unwrap();
@@ -48,6 +53,11 @@ fn hit(cache: &Cache, uid: &str) -> Option<Arc<CachedOrder>> {
         assert!(!found.stale);
         found.order
     })
+}
+
+/// The entry for `uid`, marked used, as a lookup finds it; counts nothing.
+fn held(cache: &Cache, uid: &str) -> Option<Arc<CachedOrder>> {
+    cache.held(&cache.state.read(), uid).map(|(order, _)| order)
 }
 
 fn change(uid: &str, encoded: &Encoded) -> Change {
@@ -141,8 +151,8 @@ fn warm_keeps_the_newest_when_they_do_not_all_fit() {
     c.publish(&[enc("new")]);
     assert!(c.contains("newest") && c.contains("a") && !c.contains("b"));
     let e = enc("a");
-    assert_eq!(&*c.get("a").unwrap().0.json, &*e.json);
-    assert_eq!(c.get("a").unwrap().0.etag, CachedOrder::new(&e).etag);
+    assert_eq!(&*held(&c, "a").unwrap().json, &*e.json);
+    assert_eq!(held(&c, "a").unwrap().etag, CachedOrder::new(&e).etag);
 }
 
 /// At the start, into an empty cache: an id given twice is held once, counted once,
@@ -159,7 +169,7 @@ fn warm_holds_an_id_given_twice_once() {
     c.warm(vec![(1, first), (2, later.clone()), (1, other.clone())]);
     assert_eq!(c.len(), 2);
     assert_eq!(c.bytes(), later.size() + other.size());
-    assert_eq!(&*c.get("a").unwrap().0.json, b"{\"v\":22}");
+    assert_eq!(&*held(&c, "a").unwrap().json, b"{\"v\":22}");
     // The age index holds each entry once: both are evicted in turn, "b" first ("a"
     // was read since).
     c.publish(&(0..9).map(|i| enc(&format!("n{i}"))).collect::<Vec<_>>());
@@ -256,51 +266,6 @@ fn a_read_overtaken_by_the_consumer_is_not_kept() {
     assert!(std::str::from_utf8(&hit(&c, "a").unwrap().json).unwrap().contains("Newer"));
 }
 
-#[test]
-fn a_notification_drops_other_versions_and_the_memory_of_absence() {
-    let c = cache(10);
-    c.publish(&[enc("a"), enc("b")]);
-    assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
-    let newer = moved("a", "Haifa").encode();
-    let dropped = c.changed(&[change("a", &newer), change("b", &enc("b")), change("x", &enc("x"))]);
-    assert_eq!((dropped, c.stats.invalidations.get()), (1, 1));
-    assert!(!c.contains("a") && c.contains("b"));
-    let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
-    assert_eq!(city(&got), "Haifa");
-    assert_eq!(c.lookup("x", || Ok(Some(order("x")))).unwrap().unwrap().uid, "x");
-}
-
-#[test]
-fn a_read_overtaken_by_a_notification_is_not_kept() {
-    let c = cache(10);
-    let got = c
-        .lookup("a", || {
-            c.changed(&[change("a", &moved("a", "Newer").encode())]);
-            Ok(Some(order("a")))
-        })
-        .unwrap()
-        .unwrap();
-    assert_eq!(city(&got), "Kiryat Mozkin");
-    assert!(!c.contains("a"));
-}
-
-#[test]
-fn while_not_listening_entries_are_read_again_and_served_stale_only_if_that_fails() {
-    let c = cache(10);
-    c.publish(&[enc("a")]);
-    c.listener_lost();
-    assert!(!c.fresh());
-    let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
-    assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
-    // Read during the outage: kept, to be checked when listening again.
-    assert!(c.contains("a"));
-    let got = c.lookup("a", || Err(anyhow::anyhow!("down"))).unwrap().unwrap();
-    assert_eq!((city(&got), got.stale), ("Haifa".to_string(), true));
-    assert_eq!(c.stats.stale_served.get(), 1);
-    assert_eq!(c.lookup("b", || Err(anyhow::anyhow!("down"))).unwrap_err(), Unavailable::Failed("down".into()));
-    assert_eq!(c.stats.hits.get(), 0);
-}
-
 /// A clock the test moves: `Clock::micros` starts at 1,000 s past the epoch.
 #[derive(Clone, Default)]
 struct TestClock(Arc<std::sync::atomic::AtomicI64>);
@@ -370,65 +335,6 @@ fn without_an_age_limit_entries_never_expire() {
     clock.advance(Duration::from_secs(10 * 365 * 24 * 3600));
     assert!(hit(&c, "a").is_some());
     assert_eq!(c.stats.expirations.get(), 0);
-}
-
-#[test]
-fn a_read_begun_before_the_listener_was_established_is_not_kept() {
-    let c = cache(10);
-    c.listener_lost();
-    let got = c
-        .lookup("a", || {
-            c.listener_established();
-            Ok(Some(order("a")))
-        })
-        .unwrap();
-    assert_eq!(got.unwrap().uid, "a");
-    assert!(!c.contains("a"));
-}
-
-#[test]
-fn the_check_after_reconnecting_keeps_only_the_stored_versions() {
-    let c = cache(10);
-    c.publish(&[enc("a"), enc("b"), enc("c")]);
-    c.listener_lost();
-    c.listener_established();
-    let held = c.versions();
-    assert_eq!(held.len(), 3);
-    let stored: HashMap<String, String> =
-        [("a".to_string(), enc("a").version()), ("b".to_string(), moved("b", "Haifa").encode().version())].into();
-    assert_eq!(c.keep_only(&stored), 2);
-    c.listening();
-    assert!(c.fresh());
-    assert!(c.contains("a") && !c.contains("b") && !c.contains("c"));
-    assert_eq!(c.stats.listener_up.get(), 1);
-}
-
-#[test]
-fn a_silent_listener_stops_entries_being_served_as_fresh() {
-    let mut c = cache(10);
-    assert!(c.fresh()); // nobody listens: a cache of its own
-    c.started = Instant::now() - SILENCE_LIMIT * 2;
-    c.heard_at_ms.store(0, Ordering::Relaxed);
-    c.watched.store(true, Ordering::Relaxed);
-    assert!(!c.fresh());
-    c.heard();
-    assert!(c.fresh());
-}
-
-#[test]
-fn an_order_another_writer_committed_meanwhile_is_not_published() {
-    let c = cache(10);
-    let (mine, theirs) = (moved("a", "Mine").encode(), moved("a", "Theirs").encode());
-    c.writing(["a", "b"]);
-    c.changed(&[change("a", &mine), change("a", &theirs)]);
-    c.publish(&[mine.clone(), enc("b")]);
-    assert!(!c.contains("a") && c.contains("b"));
-
-    // Notified in commit order: another version before this one is no reason.
-    c.writing(["a"]);
-    c.changed(&[change("a", &theirs), change("a", &mine)]);
-    c.publish(std::slice::from_ref(&mine));
-    assert_eq!(city(&hit(&c, "a").unwrap()), "Mine");
 }
 
 /// A leader holding the database for 300 ms, and `then` run while it does.
