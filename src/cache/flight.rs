@@ -142,6 +142,13 @@ impl Flights {
             begun.current = false;
         }
     }
+
+    /// How many requests wait on the flight for `uid`, besides its leader.
+    #[cfg(test)]
+    pub(super) fn waiting(&self, uid: &str) -> usize {
+        // The map and the leader hold one reference each; every other is a waiter's.
+        self.0.get(uid).map_or(0, |begun| Arc::strong_count(&begun.flight) - 2)
+    }
 }
 
 /// Runs `load` for `uid`. A read that panics is answered as failed, and its waiters

@@ -378,22 +378,33 @@ fn a_request_waits_for_another_ones_read_only_until_its_deadline() {
     assert_eq!(waited.unwrap_err(), Unavailable::Timeout);
 }
 
+/// A request that joined a read which then panicked gets that read's failure: it does
+/// not read for itself (its own read would find the order), nor wait until its deadline.
 #[test]
 fn a_read_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
     let c = Arc::new(cache(10));
+    let own_reads = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(std::sync::Barrier::new(2));
-    let (c2, start2) = (c.clone(), start.clone());
+    let (c2, own_reads2, start2) = (c.clone(), own_reads.clone(), start.clone());
     let waiter = std::thread::spawn(move || {
         start2.wait();
-        std::thread::sleep(Duration::from_millis(50));
-        c2.lookup("p", never)
+        c2.lookup("p", || {
+            own_reads2.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(order("p")))
+        })
     });
     let leader = c.lookup("p", || {
         start.wait();
-        std::thread::sleep(Duration::from_millis(200));
+        // Fails only once the other request waits on this read (or after 5 s, when the
+        // assertions below fail).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while c.state.read().flights.waiting("p") == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         panic!("a bug in the read")
     });
     assert_eq!(leader.unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
     assert_eq!(waiter.join().unwrap().unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
+    assert_eq!((own_reads.load(Ordering::SeqCst), c.stats.db_reads.get()), (0, 1));
     assert_eq!(c.lookup("p", || Ok(Some(order("p")))).unwrap().unwrap().uid, "p");
 }
