@@ -1,0 +1,167 @@
+//! Single flight and the database permit: a miss reads PostgreSQL once however many
+//! requests ask for that order at the same time, and at most
+//! `Limits::max_database_waits` requests read PostgreSQL at once.
+//!
+//! The first request for an order (the leader) takes a permit and begins a flight; the
+//! others join it and wait for its result, up to `Limits::database_wait`. The flights
+//! are kept in the cache's state, under its lock: a newer version committed, or the
+//! listener coming or going, marks a flight there as no longer current, and the leader
+//! keeps its result and ends the flight in one hold of that lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use super::entry::CachedOrder;
+use crate::model::Order;
+
+/// Why an order could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// `max_database_waits` requests already read PostgreSQL.
+    Busy,
+    /// Another request's read of this order did not end within `database_wait`.
+    Timeout,
+    /// The read failed; the error, for the log.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unavailable::Busy => write!(f, "too many requests are waiting for the database"),
+            Unavailable::Timeout => write!(f, "the database did not answer in time"),
+            Unavailable::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// What a read of one order gives: the order, None if PostgreSQL does not have it, or
+/// why it could not be read.
+pub(super) type Outcome = Result<Option<Arc<CachedOrder>>, Unavailable>;
+
+/// The permits to read PostgreSQL from the HTTP side.
+pub(super) struct Permits {
+    taken: AtomicUsize,
+    max: usize,
+}
+
+impl Permits {
+    pub(super) fn new(max: usize) -> Permits {
+        Permits { taken: AtomicUsize::new(0), max }
+    }
+
+    /// A permit, if one is free.
+    pub(super) fn take(&self) -> Option<DatabaseWait<'_>> {
+        self.taken
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| DatabaseWait(&self.taken))
+    }
+}
+
+/// A place among the requests reading PostgreSQL, given back when dropped.
+pub struct DatabaseWait<'a>(&'a AtomicUsize);
+
+impl Drop for DatabaseWait<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A database read in progress for one uid: where the requests that joined it wait for
+/// its outcome.
+#[derive(Default)]
+pub(super) struct Flight {
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+}
+
+impl Flight {
+    /// The flight's outcome, once the leader has it; `Timeout` past `deadline`.
+    pub(super) fn wait(&self, deadline: Instant) -> Outcome {
+        let mut outcome = self.outcome.lock();
+        while outcome.is_none() {
+            if self.done.wait_until(&mut outcome, deadline).timed_out() && outcome.is_none() {
+                return Err(Unavailable::Timeout);
+            }
+        }
+        outcome.clone().expect("set before notify")
+    }
+
+    /// Gives the outcome to every request waiting, and to any that joined and has yet to
+    /// wait.
+    pub(super) fn finish(&self, outcome: Outcome) {
+        *self.outcome.lock() = Some(outcome);
+        self.done.notify_all();
+    }
+}
+
+/// A flight begun, and whether its outcome may still be kept: not if a newer version of
+/// the order was committed, or the listener came or went, while it read.
+struct Begun {
+    flight: Arc<Flight>,
+    current: bool,
+}
+
+/// The flights in progress, by uid.
+#[derive(Default)]
+pub(super) struct Flights(HashMap<String, Begun>);
+
+impl Flights {
+    /// The flight in progress for `uid`, to wait on.
+    pub(super) fn join(&self, uid: &str) -> Option<Arc<Flight>> {
+        self.0.get(uid).map(|begun| begun.flight.clone())
+    }
+
+    /// Begins the flight for `uid`; there is none.
+    pub(super) fn begin(&mut self, uid: &str) -> Arc<Flight> {
+        let flight = Arc::new(Flight::default());
+        self.0.insert(uid.to_string(), Begun { flight: flight.clone(), current: true });
+        flight
+    }
+
+    /// Ends the flight for `uid`. Returns whether its outcome may be kept.
+    pub(super) fn end(&mut self, uid: &str) -> bool {
+        self.0.remove(uid).is_some_and(|begun| begun.current)
+    }
+
+    /// A newer version of `uid` is committed: what its flight reads may be older.
+    pub(super) fn supersede(&mut self, uid: &str) {
+        if let Some(begun) = self.0.get_mut(uid) {
+            begun.current = false;
+        }
+    }
+
+    /// The listener came or went: what any flight reads may have changed unnoticed.
+    pub(super) fn supersede_all(&mut self) {
+        for begun in self.0.values_mut() {
+            begun.current = false;
+        }
+    }
+
+    /// How many requests wait on the flight for `uid`, besides its leader.
+    #[cfg(test)]
+    pub(super) fn waiting(&self, uid: &str) -> usize {
+        // The map and the leader hold one reference each; every other is a waiter's.
+        self.0.get(uid).map_or(0, |begun| Arc::strong_count(&begun.flight) - 2)
+    }
+}
+
+/// Runs `load` for `uid`. A read that panics is answered as failed, and its waiters
+/// with it.
+pub(super) fn read(uid: &str, load: impl FnOnce() -> anyhow::Result<Option<Order>>) -> Outcome {
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
+        let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
+        log::error!("event=order_read_panicked order_uid={uid} panic={:?}", what.unwrap_or("(not a string)"));
+        Err(anyhow::anyhow!("the read of order {uid} panicked"))
+    });
+    match loaded {
+        Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(Unavailable::Failed(format!("{e:#}"))),
+    }
+}
