@@ -89,7 +89,10 @@ fn mixed_stream_stores_valid_orders_once_and_dead_letters_with_their_rule() {
         assert_eq!(row.get::<_, String>("rule"), *rule, "dead letter {key}");
     }
     let row = client
-        .query_one("SELECT length(payload) AS kept, payload_size FROM rejected_messages WHERE message_key = 'oversize'", &[])
+        .query_one(
+            "SELECT length(payload) AS kept, payload_size FROM rejected_messages WHERE message_key = 'oversize'",
+            &[],
+        )
         .unwrap();
     assert_eq!((row.get::<_, i32>("kept"), row.get::<_, i64>("payload_size")), (65_536, 100_000));
 
