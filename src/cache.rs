@@ -22,7 +22,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use prometheus::{IntCounter, IntGauge};
 
 use crate::config::CacheConfig;
-use crate::model::{Change, Encoded, Order, StoredOrder, version_of};
+use crate::model::{Change, Encoded, StoredOrder, version_of};
 
 /// How long the listening connection may go without a sign of life (a notification, or
 /// the answer to the listener's ping) before entries are no longer served as fresh.
@@ -43,8 +43,8 @@ impl CachedOrder {
         CachedOrder { uid: encoded.order.order_uid.clone(), json: encoded.json.clone(), etag }
     }
 
-    /// An order as the warm-up read it: its version named by the digest stored with it
-    /// (which is its JSON's).
+    /// An order as read from PostgreSQL (at start, or on a miss): its version named by the
+    /// digest stored with it (which is its JSON's).
     pub fn stored(stored: StoredOrder) -> CachedOrder {
         let etag = format!("\"{}\"", version_of(&stored.sha256));
         CachedOrder { uid: stored.uid, json: stored.json, etag }
@@ -604,7 +604,7 @@ impl Cache {
     pub fn lookup(
         &self,
         uid: &str,
-        load: impl FnOnce() -> anyhow::Result<Option<Order>>,
+        load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>,
     ) -> Result<Option<Found>, Unavailable> {
         let fresh = self.fresh();
         let held = match self.get(uid) {
@@ -641,7 +641,7 @@ impl Cache {
         &self,
         uid: &str,
         fresh: bool,
-        load: impl FnOnce() -> anyhow::Result<Option<Order>>,
+        load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>,
     ) -> Result<Option<Arc<CachedOrder>>, Unavailable> {
         // The leader holds a place among the requests waiting on PostgreSQL for as long
         // as it reads; a request for the same order waits for it, up to `database_wait`.
@@ -691,7 +691,7 @@ impl Cache {
             Err(anyhow::anyhow!("the read of order {uid} panicked"))
         });
         let result = match loaded {
-            Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
+            Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::stored(order)))),
             Ok(None) => Ok(None),
             Err(e) => Err(Unavailable::Failed(format!("{e:#}"))),
         };
@@ -777,6 +777,7 @@ impl Cache {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::model::Order;
     use std::sync::atomic::AtomicUsize;
 
     fn order(uid: &str) -> Order {
@@ -814,7 +815,13 @@ pub(crate) mod tests {
         }
     }
 
-    fn never() -> anyhow::Result<Option<Order>> {
+    /// `o` as PostgreSQL gives it back: its document, with the digest stored with it.
+    fn from_db(o: Order) -> StoredOrder {
+        let e = o.encode();
+        StoredOrder { uid: e.order.order_uid, json: e.json, sha256: e.sha256.to_vec(), stored_at: 0 }
+    }
+
+    fn never() -> anyhow::Result<Option<StoredOrder>> {
         panic!("the database must not be read")
     }
 
@@ -950,7 +957,7 @@ pub(crate) mod tests {
     #[test]
     fn miss_reads_once_then_serves_from_memory() {
         let c = cache(10);
-        let got = c.lookup("a", || Ok(Some(order("a")))).unwrap().unwrap();
+        let got = c.lookup("a", || Ok(Some(from_db(order("a"))))).unwrap().unwrap();
         assert_eq!(got.uid, "a");
         assert_eq!(hit(&c, "a").unwrap().uid, "a");
         assert_eq!(c.stats.db_reads.get(), 1);
@@ -983,8 +990,8 @@ pub(crate) mod tests {
         let c = cache(10);
         c.listening();
         assert!(c.lookup("gone", || Ok(None)).unwrap().is_none());
-        assert!(c.lookup("here", || Ok(Some(order("here")))).unwrap().is_some());
-        let again = || -> anyhow::Result<Option<Order>> { panic!("read again") };
+        assert!(c.lookup("here", || Ok(Some(from_db(order("here"))))).unwrap().is_some());
+        let again = || -> anyhow::Result<Option<StoredOrder>> { panic!("read again") };
         assert!(c.load_once("gone", true, again).unwrap().is_none());
         assert_eq!(c.load_once("here", true, again).unwrap().unwrap().uid, "here");
         assert_eq!(c.stats.db_reads.get(), 2);
@@ -1003,7 +1010,7 @@ pub(crate) mod tests {
                     c.lookup("slow", || {
                         loads.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(200));
-                        Ok(Some(order("slow")))
+                        Ok(Some(from_db(order("slow"))))
                     })
                     .unwrap()
                     .unwrap()
@@ -1027,7 +1034,7 @@ pub(crate) mod tests {
             .lookup("a", || {
                 // The consumer commits and publishes a newer version while we read.
                 c.publish(&[newer.clone().encode()]);
-                Ok(Some(order("a")))
+                Ok(Some(from_db(order("a"))))
             })
             .unwrap()
             .unwrap();
@@ -1044,9 +1051,9 @@ pub(crate) mod tests {
         let dropped = c.changed(&[change("a", &newer), change("b", &enc("b")), change("x", &enc("x"))]);
         assert_eq!((dropped, c.stats.invalidations.get()), (1, 1));
         assert!(!c.contains("a") && c.contains("b"));
-        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
         assert_eq!(city(&got), "Haifa");
-        assert_eq!(c.lookup("x", || Ok(Some(order("x")))).unwrap().unwrap().uid, "x");
+        assert_eq!(c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
     }
 
     #[test]
@@ -1055,7 +1062,7 @@ pub(crate) mod tests {
         let got = c
             .lookup("a", || {
                 c.changed(&[change("a", &moved("a", "Newer").encode())]);
-                Ok(Some(order("a")))
+                Ok(Some(from_db(order("a"))))
             })
             .unwrap()
             .unwrap();
@@ -1069,7 +1076,7 @@ pub(crate) mod tests {
         c.publish(&[enc("a")]);
         c.listener_lost();
         assert!(!c.fresh());
-        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
         assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
         // Read during the outage: kept, to be checked when listening again.
         assert!(c.contains("a"));
@@ -1109,7 +1116,7 @@ pub(crate) mod tests {
         clock.advance(Duration::from_secs(60));
         assert_eq!(city(&hit(&c, "a").unwrap()), "Kiryat Mozkin");
         clock.advance(Duration::from_secs(1));
-        let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+        let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
         assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
         assert_eq!((c.stats.expirations.get(), c.stats.db_reads.get(), c.stats.hits.get()), (1, 1, 1));
         // Kept afresh: its age counts from the read.
@@ -1136,7 +1143,7 @@ pub(crate) mod tests {
         c.warm(vec![(now - 25_000_000, stored("older")), (now - 5_000_000, stored("newer"))]);
         clock.advance(Duration::from_secs(10));
         assert!(hit(&c, "newer").is_some());
-        let got = c.lookup("older", || Ok(Some(moved("older", "Haifa")))).unwrap().unwrap();
+        let got = c.lookup("older", || Ok(Some(from_db(moved("older", "Haifa"))))).unwrap().unwrap();
         assert_eq!(city(&got), "Haifa");
         assert_eq!(c.stats.expirations.get(), 1);
     }
@@ -1158,7 +1165,7 @@ pub(crate) mod tests {
         let got = c
             .lookup("a", || {
                 c.listener_established();
-                Ok(Some(order("a")))
+                Ok(Some(from_db(order("a"))))
             })
             .unwrap();
         assert_eq!(got.unwrap().uid, "a");
@@ -1219,7 +1226,7 @@ pub(crate) mod tests {
             c2.lookup(&uid2, || {
                 started2.wait();
                 std::thread::sleep(Duration::from_millis(300));
-                Ok(Some(order(&uid2)))
+                Ok(Some(from_db(order(&uid2))))
             })
             .unwrap()
         });
@@ -1241,7 +1248,7 @@ pub(crate) mod tests {
         assert!(copy.stale);
         assert_eq!(c.stats.database_busy.get(), 2);
         // The place is free again.
-        assert_eq!(c.lookup("other", || Ok(Some(order("other")))).unwrap().unwrap().uid, "other");
+        assert_eq!(c.lookup("other", || Ok(Some(from_db(order("other"))))).unwrap().unwrap().uid, "other");
     }
 
     #[test]
@@ -1268,6 +1275,6 @@ pub(crate) mod tests {
         });
         assert_eq!(leader.unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
         assert_eq!(waiter.join().unwrap().unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
-        assert_eq!(c.lookup("p", || Ok(Some(order("p")))).unwrap().unwrap().uid, "p");
+        assert_eq!(c.lookup("p", || Ok(Some(from_db(order("p"))))).unwrap().unwrap().uid, "p");
     }
 }

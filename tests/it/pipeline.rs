@@ -176,10 +176,10 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
 fn migrations_apply_once() {
     let db = TestDb::new();
     let mut client = db.client();
-    assert_eq!(store::migrate(&mut client).unwrap(), 3);
+    assert_eq!(store::migrate(&mut client).unwrap(), 4);
     assert_eq!(store::migrate(&mut client).unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM schema_version"), 3);
-    assert_eq!(db.count("SELECT max(version)::bigint FROM schema_version"), 3);
+    assert_eq!(db.count("SELECT count(*) FROM schema_version"), 4);
+    assert_eq!(db.count("SELECT max(version)::bigint FROM schema_version"), 4);
 }
 
 /// Health and readiness answer with small JSON bodies; once the consumer has joined its
