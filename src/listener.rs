@@ -59,14 +59,10 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             store::migrate(&mut client)?;
             let listener = store::listen(&config.database, name)?;
             cache.listener_established();
-            // Orders stored before there were documents have their items read on a second
-            // connection, beside the orders, opened only if there are any.
-            let connect_items = || store::connect(&config.database);
             let limits = Limits::new(&config.cache, config.http.workers);
-            let stored =
-                store::stored_orders(&mut client, Some(&connect_items), limits.max_orders, limits.max_age, |s| {
-                    (s.stored_at, Arc::new(CachedOrder::stored(s)))
-                })?;
+            let stored = store::stored_orders(&mut client, limits.max_orders, limits.max_age, |s| {
+                (s.stored_at, Arc::new(CachedOrder::stored(s)))
+            })?;
             Ok((listener, stored))
         });
         match ready {
@@ -99,8 +95,8 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
     }
 }
 
-/// Gives the pages of freed memory back to the system: the warm-up's buffers (the item
-/// rows, the order rows waiting for them) are gone, and the allocator would otherwise
+/// Gives the pages of freed memory back to the system: the warm-up's buffers (the list of
+/// orders read, before the cache took them) are gone, and the allocator would otherwise
 /// keep much of their memory resident.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

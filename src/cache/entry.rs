@@ -19,8 +19,8 @@ impl CachedOrder {
         CachedOrder { uid: encoded.order.order_uid.clone(), json: encoded.json.clone(), etag }
     }
 
-    /// An order as the warm-up read it: its version named by the digest stored with it
-    /// (which is its JSON's).
+    /// An order as read from PostgreSQL (at start, or on a miss): its version named by the
+    /// digest stored with it (which is its JSON's).
     pub fn stored(stored: StoredOrder) -> CachedOrder {
         let etag = format!("\"{}\"", version_of(&stored.sha256));
         CachedOrder { uid: stored.uid, json: stored.json, etag }

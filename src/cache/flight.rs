@@ -16,7 +16,7 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use super::entry::CachedOrder;
-use crate::model::Order;
+use crate::model::StoredOrder;
 
 /// Why an order could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,14 +153,14 @@ impl Flights {
 
 /// Runs `load` for `uid`. A read that panics is answered as failed, and its waiters
 /// with it.
-pub(super) fn read(uid: &str, load: impl FnOnce() -> anyhow::Result<Option<Order>>) -> Outcome {
+pub(super) fn read(uid: &str, load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>) -> Outcome {
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
         let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
         log::error!("event=order_read_panicked order_uid={uid} panic={:?}", what.unwrap_or("(not a string)"));
         Err(anyhow::anyhow!("the read of order {uid} panicked"))
     });
     match loaded {
-        Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::new(&order.encode())))),
+        Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::stored(order)))),
         Ok(None) => Ok(None),
         Err(e) => Err(Unavailable::Failed(format!("{e:#}"))),
     }

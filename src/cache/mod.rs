@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use parking_lot::RwLock;
 
-use crate::model::{Change, Encoded, Order};
+use crate::model::{Change, Encoded, StoredOrder};
 
 pub use entry::{CachedOrder, Found};
 pub use flight::{DatabaseWait, Unavailable};
@@ -248,7 +248,7 @@ impl Cache {
     pub fn lookup(
         &self,
         uid: &str,
-        load: impl FnOnce() -> anyhow::Result<Option<Order>>,
+        load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>,
     ) -> Result<Option<Found>, Unavailable> {
         let now = Instant::now();
         let (fresh, held, missing) = {
@@ -295,7 +295,7 @@ impl Cache {
 
     /// Runs `load` for `uid` once however many ask at the same time, and remembers what
     /// it found unless the order changed, or the listener came or went, meanwhile.
-    fn load_once(&self, uid: &str, fresh: bool, load: impl FnOnce() -> anyhow::Result<Option<Order>>) -> Outcome {
+    fn load_once(&self, uid: &str, fresh: bool, load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>) -> Outcome {
         // The leader holds a permit for as long as it reads; a request for the same order
         // waits for it, up to `database_wait`.
         let (flight, permit) = {

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::*;
-use crate::model::StoredOrder;
+use crate::model::{Order, StoredOrder};
 
 mod listener;
 
@@ -44,7 +44,13 @@ pub(crate) fn limits() -> Limits {
     }
 }
 
-fn never() -> anyhow::Result<Option<Order>> {
+/// `o` as PostgreSQL gives it back: its document, with the digest stored with it.
+fn from_db(o: Order) -> StoredOrder {
+    let e = o.encode();
+    StoredOrder { uid: e.order.order_uid, json: e.json, sha256: e.sha256.to_vec(), stored_at: 0 }
+}
+
+fn never() -> anyhow::Result<Option<StoredOrder>> {
     panic!("the database must not be read")
 }
 
@@ -181,7 +187,7 @@ fn warm_holds_an_id_given_twice_once() {
 #[test]
 fn miss_reads_once_then_serves_from_memory() {
     let c = cache(10);
-    let got = c.lookup("a", || Ok(Some(order("a")))).unwrap().unwrap();
+    let got = c.lookup("a", || Ok(Some(from_db(order("a"))))).unwrap().unwrap();
     assert_eq!(got.uid, "a");
     assert_eq!(hit(&c, "a").unwrap().uid, "a");
     assert_eq!(c.stats.db_reads.get(), 1);
@@ -214,8 +220,8 @@ fn a_request_late_for_a_read_takes_what_it_found() {
     let c = cache(10);
     c.listening();
     assert!(c.lookup("gone", || Ok(None)).unwrap().is_none());
-    assert!(c.lookup("here", || Ok(Some(order("here")))).unwrap().is_some());
-    let again = || -> anyhow::Result<Option<Order>> { panic!("read again") };
+    assert!(c.lookup("here", || Ok(Some(from_db(order("here"))))).unwrap().is_some());
+    let again = || -> anyhow::Result<Option<StoredOrder>> { panic!("read again") };
     assert!(c.load_once("gone", true, again).unwrap().is_none());
     assert_eq!(c.load_once("here", true, again).unwrap().unwrap().uid, "here");
     assert_eq!(c.stats.db_reads.get(), 2);
@@ -234,7 +240,7 @@ fn concurrent_misses_for_one_uid_read_the_database_once() {
                 c.lookup("slow", || {
                     loads.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(200));
-                    Ok(Some(order("slow")))
+                    Ok(Some(from_db(order("slow"))))
                 })
                 .unwrap()
                 .unwrap()
@@ -258,7 +264,7 @@ fn a_read_overtaken_by_the_consumer_is_not_kept() {
         .lookup("a", || {
             // The consumer commits and publishes a newer version while we read.
             c.publish(&[newer.clone().encode()]);
-            Ok(Some(order("a")))
+            Ok(Some(from_db(order("a"))))
         })
         .unwrap()
         .unwrap();
@@ -295,7 +301,7 @@ fn an_entry_past_the_age_limit_is_read_again_and_kept_afresh() {
     clock.advance(Duration::from_secs(60));
     assert_eq!(city(&hit(&c, "a").unwrap()), "Kiryat Mozkin");
     clock.advance(Duration::from_secs(1));
-    let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+    let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
     assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
     assert_eq!((c.stats.expirations.get(), c.stats.db_reads.get(), c.stats.hits.get()), (1, 1, 1));
     // Kept afresh: its age counts from the read.
@@ -322,7 +328,7 @@ fn warmed_orders_are_aged_from_when_they_were_stored() {
     c.warm(vec![(now - 25_000_000, stored("older")), (now - 5_000_000, stored("newer"))]);
     clock.advance(Duration::from_secs(10));
     assert!(hit(&c, "newer").is_some());
-    let got = c.lookup("older", || Ok(Some(moved("older", "Haifa")))).unwrap().unwrap();
+    let got = c.lookup("older", || Ok(Some(from_db(moved("older", "Haifa"))))).unwrap().unwrap();
     assert_eq!(city(&got), "Haifa");
     assert_eq!(c.stats.expirations.get(), 1);
 }
@@ -346,7 +352,7 @@ fn while_reading<T>(c: &Arc<Cache>, uid: &str, then: impl FnOnce() -> T) -> T {
         c2.lookup(&uid2, || {
             started2.wait();
             std::thread::sleep(Duration::from_millis(300));
-            Ok(Some(order(&uid2)))
+            Ok(Some(from_db(order(&uid2))))
         })
         .unwrap()
     });
@@ -368,7 +374,7 @@ fn past_the_budget_a_miss_is_refused_at_once_and_a_held_copy_served() {
     assert!(copy.stale);
     assert_eq!(c.stats.database_busy.get(), 2);
     // The place is free again.
-    assert_eq!(c.lookup("other", || Ok(Some(order("other")))).unwrap().unwrap().uid, "other");
+    assert_eq!(c.lookup("other", || Ok(Some(from_db(order("other"))))).unwrap().unwrap().uid, "other");
 }
 
 #[test]
@@ -390,7 +396,7 @@ fn a_read_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
         start2.wait();
         c2.lookup("p", || {
             own_reads2.fetch_add(1, Ordering::SeqCst);
-            Ok(Some(order("p")))
+            Ok(Some(from_db(order("p"))))
         })
     });
     let leader = c.lookup("p", || {
@@ -406,5 +412,5 @@ fn a_read_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
     assert_eq!(leader.unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
     assert_eq!(waiter.join().unwrap().unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
     assert_eq!((own_reads.load(Ordering::SeqCst), c.stats.db_reads.get()), (0, 1));
-    assert_eq!(c.lookup("p", || Ok(Some(order("p")))).unwrap().unwrap().uid, "p");
+    assert_eq!(c.lookup("p", || Ok(Some(from_db(order("p"))))).unwrap().unwrap().uid, "p");
 }

@@ -3,6 +3,7 @@
 //! module contains SQL; `tables` names every column it writes, once.
 
 mod copy_in;
+mod copy_out;
 mod dead_letters;
 mod migrate;
 mod notify;
@@ -23,7 +24,7 @@ use postgres::{Client, NoTls};
 pub use dead_letters::{
     DeadLetter, KEPT_OF_OVERSIZE, StoredDeadLetter, dead_letter, dead_letters, dead_letters_to_replay,
 };
-pub use migrate::{MIGRATIONS, migrate};
+pub use migrate::{MIGRATIONS, Migration, migrate, migrate_to};
 pub use notify::{CHANNEL, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};

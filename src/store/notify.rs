@@ -82,8 +82,8 @@ pub fn stored_versions(client: &mut Client, uids: &[&str]) -> anyhow::Result<Has
             .query("SELECT order_uid, content_sha256 FROM orders WHERE order_uid = ANY($1)", &[&chunk])
             .context("read stored versions")?;
         for row in rows {
-            let sha: &[u8] = row.get(1);
-            versions.insert(row.get(0), version_of(sha));
+            let sha: &[u8] = row.get("content_sha256");
+            versions.insert(row.get("order_uid"), version_of(sha));
         }
     }
     Ok(versions)

@@ -1,13 +1,16 @@
-//! The reads behind the cache's misses and the index page: one order by id, and the
-//! summaries of the most recent orders. Each read is one statement, so an order is never
-//! put together from two versions of it. Rows are read by column name.
+//! The reads behind the cache's misses and the index page: one order's document by id,
+//! and the summaries of the most recent orders. Each read is one statement. Rows are read
+//! by column name.
+
+use std::sync::{Arc, LazyLock};
 
 use anyhow::Context;
-use postgres::{Client, Row};
+use postgres::Client;
+use time::OffsetDateTime;
 
 use super::pool::Conn;
-use super::tables::ORDER_WITH_ITEMS_SELECT;
-use crate::model::{Delivery, Item, Order, OrderSummary, Payment};
+use super::tables::DOCUMENT_COLUMNS;
+use crate::model::{OrderSummary, StoredOrder};
 
 /// The `limit` most recently ingested orders, in brief, newest first.
 pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<OrderSummary>> {
@@ -33,93 +36,49 @@ pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<O
         .collect())
 }
 
-/// One order by id, or None, in one statement (prepared once per connection).
-pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<Order>> {
-    let statement = conn.prepared(ORDER_WITH_ITEMS_SELECT.as_str()).context("prepare the read of an order")?;
-    let rows = match conn.query(&statement, &[&uid]) {
-        Ok(rows) => rows,
+/// One order by id, or None: its document as stored, with its digest and when it was
+/// stored, in one statement (prepared once per connection).
+pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<StoredOrder>> {
+    let statement = conn.prepared(ORDER_SELECT.as_str()).context("prepare the read of an order")?;
+    let row = match conn.query_opt(&statement, &[&uid]) {
+        Ok(row) => row,
         Err(e) => {
             conn.forget_prepared();
             return Err(e).with_context(|| format!("read order {uid}"));
         }
     };
-    let Some(head) = rows.first() else { return Ok(None) };
-    let mut order = order_from_row(head);
-    for row in &rows {
-        if row.get::<_, Option<i32>>("item_position").is_some() {
-            order.items.push(item_from_row(row, &ITEM_COLUMNS_PREFIXED));
+    Ok(row.map(|row| {
+        let document: &str = row.get("document");
+        StoredOrder {
+            uid: row.get("order_uid"),
+            json: Arc::from(document.as_bytes()),
+            sha256: row.get("content_sha256"),
+            stored_at: micros_since_2000(row.get("ingested_at")),
         }
-    }
-    Ok(Some(order))
+    }))
 }
 
-/// The same columns as `ORDER_WITH_ITEMS_SELECT` names them.
-const ITEM_COLUMNS_PREFIXED: [&str; 11] = [
-    "item_chrt_id",
-    "item_track_number",
-    "item_price",
-    "item_rid",
-    "item_name",
-    "item_sale",
-    "item_size",
-    "item_total_price",
-    "item_nm_id",
-    "item_brand",
-    "item_status",
-];
+/// The statement of `order`.
+static ORDER_SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {DOCUMENT_COLUMNS} FROM orders WHERE order_uid = $1"));
 
-/// An item from a row whose columns are named `names` (in the order of `Item`'s fields).
-fn item_from_row(row: &Row, names: &[&str; 11]) -> Item {
-    Item {
-        chrt_id: row.get(names[0]),
-        track_number: row.get(names[1]),
-        price: row.get(names[2]),
-        rid: row.get(names[3]),
-        name: row.get(names[4]),
-        sale: row.get(names[5]),
-        size: row.get(names[6]),
-        total_price: row.get(names[7]),
-        nm_id: row.get(names[8]),
-        brand: row.get(names[9]),
-        status: row.get(names[10]),
-    }
+/// `at` as PostgreSQL counts it: in microseconds since 2000-01-01 UTC, as the warm-up
+/// reads it.
+fn micros_since_2000(at: OffsetDateTime) -> i64 {
+    let since = at - time::macros::datetime!(2000-01-01 0:00 UTC);
+    i64::try_from(since.whole_microseconds()).expect("a timestamptz is within ±2^63 microseconds of 2000")
 }
 
-/// An order from a row of `ORDER_WITH_ITEMS_SELECT`, its items not yet read.
-fn order_from_row(row: &Row) -> Order {
-    Order {
-        order_uid: row.get("order_uid"),
-        track_number: row.get("track_number"),
-        entry: row.get("entry"),
-        locale: row.get("locale"),
-        internal_signature: row.get("internal_signature"),
-        customer_id: row.get("customer_id"),
-        delivery_service: row.get("delivery_service"),
-        shardkey: row.get("shardkey"),
-        sm_id: row.get("sm_id"),
-        date_created: row.get("date_created"),
-        oof_shard: row.get("oof_shard"),
-        delivery: Delivery {
-            name: row.get("delivery_name"),
-            phone: row.get("delivery_phone"),
-            zip: row.get("delivery_zip"),
-            city: row.get("delivery_city"),
-            address: row.get("delivery_address"),
-            region: row.get("delivery_region"),
-            email: row.get("delivery_email"),
-        },
-        payment: Payment {
-            transaction: row.get("payment_transaction"),
-            request_id: row.get("payment_request_id"),
-            currency: row.get("payment_currency"),
-            provider: row.get("payment_provider"),
-            amount: row.get("payment_amount"),
-            payment_dt: row.get("payment_payment_dt"),
-            bank: row.get("payment_bank"),
-            delivery_cost: row.get("payment_delivery_cost"),
-            goods_total: row.get("payment_goods_total"),
-            custom_fee: row.get("payment_custom_fee"),
-        },
-        items: Vec::new(),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_counted_from_2000_in_microseconds() {
+        let at = |text: &str| OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+        assert_eq!(micros_since_2000(at("2000-01-01T00:00:00Z")), 0);
+        assert_eq!(micros_since_2000(at("2000-01-01T00:00:01.000002Z")), 1_000_002);
+        assert_eq!(micros_since_2000(at("2021-11-26T06:22:19+03:00")), 691_212_139_000_000);
+        assert_eq!(micros_since_2000(at("1999-12-31T23:59:59Z")), -1_000_000);
     }
 }

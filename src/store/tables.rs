@@ -1,10 +1,13 @@
 //! The columns the service writes, one list per table, with their types for the binary
-//! COPY. The COPY statements, the inserts and the selects are all built from these lists,
+//! COPY and, for the tables of an order, the value each takes from the order. The COPY
+//! statements, their rows, the inserts and the selects are all built from these lists,
 //! so each column is named here once; rows are read back by these names.
 
 use std::sync::LazyLock;
 
-use postgres::types::Type;
+use postgres::types::{ToSql, Type};
+
+use crate::model::{Item, Message, Order};
 
 /// A table and the columns the service writes to it, in the order of its COPY rows.
 pub(super) struct Table {
@@ -12,77 +15,111 @@ pub(super) struct Table {
     pub columns: &'static [(&'static str, Type)],
 }
 
-pub(super) const ORDERS: Table = Table {
-    name: "orders",
-    columns: &[
-        ("order_uid", Type::TEXT),
-        ("track_number", Type::TEXT),
-        ("entry", Type::TEXT),
-        ("locale", Type::TEXT),
-        ("internal_signature", Type::TEXT),
-        ("customer_id", Type::TEXT),
-        ("delivery_service", Type::TEXT),
-        ("shardkey", Type::TEXT),
-        ("sm_id", Type::INT8),
-        ("date_created", Type::TIMESTAMPTZ),
-        ("oof_shard", Type::TEXT),
-        ("content_sha256", Type::BYTEA),
-        ("source_topic", Type::TEXT),
-        ("source_partition", Type::INT4),
-        ("source_offset", Type::INT8),
-        ("document", Type::TEXT),
-    ],
-};
+/// Declares a table the batch write fills by binary COPY, each column with its type and
+/// the value a row of it takes from `$row`: a column's name, type and value are given
+/// once, together, so that the statement and the rows it is sent cannot disagree. Makes
+/// the `Table`, and `$values`, which gives a row's values in its columns' order.
+macro_rules! copied_table {
+    ($(#[$doc:meta])* $table:ident = $name:literal, $values:ident($row:ident: &$record:ty) {
+        $($column:ident: $ty:ident = $value:expr),+ $(,)?
+    }) => {
+        $(#[$doc])*
+        pub(super) const $table: Table = Table { name: $name, columns: &[$((stringify!($column), Type::$ty)),+] };
 
-pub(super) const DELIVERIES: Table = Table {
-    name: "deliveries",
-    columns: &[
-        ("order_uid", Type::TEXT),
-        ("name", Type::TEXT),
-        ("phone", Type::TEXT),
-        ("zip", Type::TEXT),
-        ("city", Type::TEXT),
-        ("address", Type::TEXT),
-        ("region", Type::TEXT),
-        ("email", Type::TEXT),
-    ],
-};
+        #[doc = concat!("A row of `", $name, "`: its values, in its columns' order.")]
+        pub(super) fn $values<'r>($row: &'r $record) -> [&'r (dyn ToSql + Sync); $table.columns.len()] {
+            [$(&$value),+]
+        }
+    };
+}
 
-pub(super) const PAYMENTS: Table = Table {
-    name: "payments",
-    columns: &[
-        ("order_uid", Type::TEXT),
-        ("transaction", Type::TEXT),
-        ("request_id", Type::TEXT),
-        ("currency", Type::TEXT),
-        ("provider", Type::TEXT),
-        ("amount", Type::INT8),
-        ("payment_dt", Type::INT8),
-        ("bank", Type::TEXT),
-        ("delivery_cost", Type::INT8),
-        ("goods_total", Type::INT8),
-        ("custom_fee", Type::INT8),
-    ],
-};
+/// An order's row: the order, the digest of its JSON, where the message came from, and
+/// the JSON itself, the document served and read back at start.
+pub(super) struct OrderRow<'a> {
+    pub order: &'a Order,
+    pub sha256: &'a [u8],
+    pub source: &'a Message,
+    pub document: &'a str,
+}
 
-pub(super) const ORDER_ITEMS: Table = Table {
-    name: "order_items",
-    columns: &[
-        ("order_uid", Type::TEXT),
-        ("position", Type::INT4),
-        ("chrt_id", Type::INT8),
-        ("track_number", Type::TEXT),
-        ("price", Type::INT8),
-        ("rid", Type::TEXT),
-        ("name", Type::TEXT),
-        ("sale", Type::INT4),
-        ("size", Type::TEXT),
-        ("total_price", Type::INT8),
-        ("nm_id", Type::INT8),
-        ("brand", Type::TEXT),
-        ("status", Type::INT4),
-    ],
-};
+/// An item's row: its order, its place in the order's list, and the item.
+pub(super) struct ItemRow<'a> {
+    pub order_uid: &'a str,
+    pub position: i32,
+    pub item: &'a Item,
+}
+
+copied_table! {
+    ORDERS = "orders", order_values(r: &OrderRow<'_>) {
+        order_uid: TEXT = r.order.order_uid,
+        track_number: TEXT = r.order.track_number,
+        entry: TEXT = r.order.entry,
+        locale: TEXT = r.order.locale,
+        internal_signature: TEXT = r.order.internal_signature,
+        customer_id: TEXT = r.order.customer_id,
+        delivery_service: TEXT = r.order.delivery_service,
+        shardkey: TEXT = r.order.shardkey,
+        sm_id: INT8 = r.order.sm_id,
+        date_created: TIMESTAMPTZ = r.order.date_created,
+        oof_shard: TEXT = r.order.oof_shard,
+        content_sha256: BYTEA = r.sha256,
+        source_topic: TEXT = r.source.topic,
+        source_partition: INT4 = r.source.partition,
+        source_offset: INT8 = r.source.offset,
+        document: TEXT = r.document,
+    }
+}
+
+copied_table! {
+    DELIVERIES = "deliveries", delivery_values(o: &Order) {
+        order_uid: TEXT = o.order_uid,
+        name: TEXT = o.delivery.name,
+        phone: TEXT = o.delivery.phone,
+        zip: TEXT = o.delivery.zip,
+        city: TEXT = o.delivery.city,
+        address: TEXT = o.delivery.address,
+        region: TEXT = o.delivery.region,
+        email: TEXT = o.delivery.email,
+    }
+}
+
+copied_table! {
+    PAYMENTS = "payments", payment_values(o: &Order) {
+        order_uid: TEXT = o.order_uid,
+        transaction: TEXT = o.payment.transaction,
+        request_id: TEXT = o.payment.request_id,
+        currency: TEXT = o.payment.currency,
+        provider: TEXT = o.payment.provider,
+        amount: INT8 = o.payment.amount,
+        payment_dt: INT8 = o.payment.payment_dt,
+        bank: TEXT = o.payment.bank,
+        delivery_cost: INT8 = o.payment.delivery_cost,
+        goods_total: INT8 = o.payment.goods_total,
+        custom_fee: INT8 = o.payment.custom_fee,
+    }
+}
+
+copied_table! {
+    ORDER_ITEMS = "order_items", item_values(r: &ItemRow<'_>) {
+        order_uid: TEXT = r.order_uid,
+        position: INT4 = r.position,
+        chrt_id: INT8 = r.item.chrt_id,
+        track_number: TEXT = r.item.track_number,
+        price: INT8 = r.item.price,
+        rid: TEXT = r.item.rid,
+        name: TEXT = r.item.name,
+        sale: INT4 = r.item.sale,
+        size: TEXT = r.item.size,
+        total_price: INT8 = r.item.total_price,
+        nm_id: INT8 = r.item.nm_id,
+        brand: TEXT = r.item.brand,
+        status: INT4 = r.item.status,
+    }
+}
+
+/// What the warm-up and a cache miss read of an order: its id, its document, the digest
+/// of that document (its version) and when it was stored.
+pub(super) const DOCUMENT_COLUMNS: &str = "order_uid, document, content_sha256, ingested_at";
 
 /// The columns of a dead letter; `id`, `rejected_at` and `replayed_at` are the
 /// database's. `offset` is a keyword, hence the quotes; it is read back as `offset`.
@@ -109,55 +146,22 @@ impl Table {
 
     /// `COPY <table> (<columns>) FROM STDIN BINARY`.
     pub fn copy_in(&self) -> String {
-        format!("COPY {} ({}) FROM STDIN BINARY", self.name, self.names(&[]).join(", "))
+        format!("COPY {} ({}) FROM STDIN BINARY", self.name, self.names().join(", "))
     }
 
-    /// The columns but those in `except`, for a select list: `<alias>.<column>`, and
-    /// `AS <prefix><column>` when a prefix is given so that joined names stay unique.
-    pub fn select(&self, alias: &str, prefix: &str, except: &[&str]) -> String {
-        let columns = self
-            .names(except)
-            .into_iter()
-            .map(|c| if prefix.is_empty() { format!("{alias}.{c}") } else { format!("{alias}.{c} AS {prefix}{c}") });
-        columns.collect::<Vec<_>>().join(", ")
+    /// The columns, for a select list: `<alias>.<column>`.
+    pub fn select(&self, alias: &str) -> String {
+        self.names().iter().map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
     }
 
-    fn names(&self, except: &[&str]) -> Vec<&'static str> {
-        self.columns.iter().map(|(c, _)| *c).filter(|c| !except.contains(c)).collect()
+    fn names(&self) -> Vec<&'static str> {
+        self.columns.iter().map(|(c, _)| *c).collect()
     }
-}
-
-/// One order with its items, in one statement and so from one snapshot: a row per item,
-/// in their order, each with the head row's columns and the item's as `item_<column>`
-/// (null on the one row of an order without items). `$1` is the order's id.
-pub(super) static ORDER_WITH_ITEMS_SELECT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT {}, {} FROM {HEAD_JOIN} LEFT JOIN order_items i ON i.order_uid = o.order_uid \
-         WHERE o.order_uid = $1 ORDER BY i.position",
-        head_columns(),
-        ORDER_ITEMS.select("i", "item_", &["order_uid"]),
-    )
-});
-
-/// An order's head row: the order, its delivery and its payment, joined.
-pub(super) const HEAD_JOIN: &str =
-    "orders o JOIN deliveries d ON d.order_uid = o.order_uid JOIN payments p ON p.order_uid = o.order_uid";
-
-fn head_columns() -> String {
-    format!(
-        "{}, {}, {}",
-        ORDERS.select("o", "", &["content_sha256", "source_topic", "source_partition", "source_offset", "document"]),
-        DELIVERIES.select("d", "delivery_", &["order_uid"]),
-        PAYMENTS.select("p", "payment_", &["order_uid"]),
-    )
 }
 
 /// Every column of a dead letter's row; a `WHERE` or `ORDER BY` follows.
 pub(super) static DEAD_LETTER_SELECT: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT r.id, {}, r.rejected_at, r.replayed_at FROM rejected_messages r",
-        REJECTED_MESSAGES.select("r", "", &[])
-    )
+    format!("SELECT r.id, {}, r.rejected_at, r.replayed_at FROM rejected_messages r", REJECTED_MESSAGES.select("r"))
 });
 
 /// Inserts dead letters given as one array per column; a redelivered one (the same
@@ -169,7 +173,7 @@ pub(super) static DEAD_LETTER_INSERT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (topic, partition, \"offset\", payload_sha256) DO NOTHING",
         t.name,
-        t.names(&[]).join(", "),
+        t.names().join(", "),
         arrays.join(", ")
     )
 });
@@ -192,32 +196,6 @@ mod tests {
              nm_id, brand, status) FROM STDIN BINARY"
         );
         assert_eq!(PAYMENTS.types().len(), 11);
-    }
-
-    #[test]
-    fn joined_columns_have_unique_names() {
-        let select = ORDER_WITH_ITEMS_SELECT.as_str();
-        assert!(select.starts_with("SELECT o.order_uid, o.track_number, "), "{select}");
-        assert!(select.contains(", o.oof_shard, d.name AS delivery_name, "), "{select}");
-        assert!(
-            !select.contains("content_sha256") && !select.contains("source_") && !select.contains("document"),
-            "{select}"
-        );
-        let head = select.split(" FROM ").next().unwrap().trim_start_matches("SELECT ");
-        let names: Vec<&str> = head.split(", ").map(|c| c.rsplit([' ', '.']).next().unwrap()).collect();
-        let unique: std::collections::HashSet<&str> = names.iter().copied().collect();
-        assert_eq!((names.len(), unique.len()), (40, 40));
-        let with_items = select;
-        assert!(
-            with_items.contains(", p.custom_fee AS payment_custom_fee, i.position AS item_position, "),
-            "{with_items}"
-        );
-        assert!(
-            with_items.ends_with(
-                "LEFT JOIN order_items i ON i.order_uid = o.order_uid WHERE o.order_uid = $1 ORDER BY i.position"
-            ),
-            "{with_items}"
-        );
     }
 
     #[test]

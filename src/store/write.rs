@@ -17,7 +17,10 @@ use super::copy_in::CopyIn;
 use super::dead_letters::{DeadLetter, insert_dead_letters};
 use super::notify::notify_changed;
 use super::offsets::{self, Claim};
-use super::tables::{DELIVERIES, ORDER_ITEMS, ORDERS, PAYMENTS};
+use super::tables::{
+    DELIVERIES, ItemRow, ORDER_ITEMS, ORDERS, OrderRow, PAYMENTS, delivery_values, item_values, order_values,
+    payment_values,
+};
 use crate::model::{Encoded, Message, Order, Rejection, Rule};
 
 /// What a committed batch did.
@@ -305,80 +308,33 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
 }
 
 /// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a
-/// bulk load. Each row's values are in the order of its table's columns in `tables`;
-/// the order's row carries its JSON, the document the cache is filled from at start.
+/// bulk load. Each row's values come from its table's list in `tables`; the order's row
+/// carries its JSON, the document the cache is filled from at start.
 fn copy_orders(tx: &mut Transaction<'_>, encoded: &[(&Encoded, &Message)]) -> anyhow::Result<()> {
-    let orders: Vec<&Order> = encoded.iter().map(|(e, _)| &e.order).collect();
     let mut w = CopyIn::start(tx, &ORDERS)?;
-    for (e, source) in encoded {
-        let (o, fingerprint) = (&e.order, &e.sha256[..]);
+    for &(e, source) in encoded {
         let document = std::str::from_utf8(&e.json).context("an order's JSON is not UTF-8")?;
-        w.write(&[
-            &o.order_uid,
-            &o.track_number,
-            &o.entry,
-            &o.locale,
-            &o.internal_signature,
-            &o.customer_id,
-            &o.delivery_service,
-            &o.shardkey,
-            &o.sm_id,
-            &o.date_created,
-            &o.oof_shard,
-            &fingerprint,
-            &source.topic,
-            &source.partition,
-            &source.offset,
-            &document,
-        ])?;
+        w.write(&order_values(&OrderRow { order: &e.order, sha256: &e.sha256, source, document }))?;
     }
     w.finish()?;
 
+    let orders: Vec<&Order> = encoded.iter().map(|(e, _)| &e.order).collect();
     let mut w = CopyIn::start(tx, &DELIVERIES)?;
     for o in &orders {
-        let d = &o.delivery;
-        w.write(&[&o.order_uid, &d.name, &d.phone, &d.zip, &d.city, &d.address, &d.region, &d.email])?;
+        w.write(&delivery_values(o))?;
     }
     w.finish()?;
 
     let mut w = CopyIn::start(tx, &PAYMENTS)?;
     for o in &orders {
-        let p = &o.payment;
-        w.write(&[
-            &o.order_uid,
-            &p.transaction,
-            &p.request_id,
-            &p.currency,
-            &p.provider,
-            &p.amount,
-            &p.payment_dt,
-            &p.bank,
-            &p.delivery_cost,
-            &p.goods_total,
-            &p.custom_fee,
-        ])?;
+        w.write(&payment_values(o))?;
     }
     w.finish()?;
 
     let mut w = CopyIn::start(tx, &ORDER_ITEMS)?;
     for o in &orders {
-        for (position, i) in o.items.iter().enumerate() {
-            let position = position as i32;
-            w.write(&[
-                &o.order_uid,
-                &position,
-                &i.chrt_id,
-                &i.track_number,
-                &i.price,
-                &i.rid,
-                &i.name,
-                &i.sale,
-                &i.size,
-                &i.total_price,
-                &i.nm_id,
-                &i.brand,
-                &i.status,
-            ])?;
+        for (position, item) in o.items.iter().enumerate() {
+            w.write(&item_values(&ItemRow { order_uid: &o.order_uid, position: position as i32, item }))?;
         }
     }
     w.finish()?;

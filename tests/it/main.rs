@@ -12,6 +12,7 @@ mod coherence;
 mod connections;
 mod exactly_once;
 mod ingest;
+mod migration;
 mod operations;
 mod pipeline;
 mod prometheus;

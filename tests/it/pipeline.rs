@@ -171,17 +171,6 @@ fn cache_miss_reads_postgres_and_unknown_ids_are_404() {
     assert_eq!(r.body, r#"{"error":"order_uid has '%'; only A-Z, a-z, 0-9, '_' and '-' are allowed"}"#);
 }
 
-/// Migrations are recorded once: a second start applies nothing.
-#[test]
-fn migrations_apply_once() {
-    let db = TestDb::new();
-    let mut client = db.client();
-    assert_eq!(store::migrate(&mut client).unwrap(), 3);
-    assert_eq!(store::migrate(&mut client).unwrap(), 0);
-    assert_eq!(db.count("SELECT count(*) FROM schema_version"), 3);
-    assert_eq!(db.count("SELECT max(version)::bigint FROM schema_version"), 3);
-}
-
 /// Health and readiness answer with small JSON bodies; once the consumer has joined its
 /// group, the service is ready.
 #[test]

@@ -12,9 +12,9 @@ fn a_notification_drops_other_versions_and_the_memory_of_absence() {
     let dropped = c.changed(&[change("a", &newer), change("b", &enc("b")), change("x", &enc("x"))]);
     assert_eq!((dropped, c.stats.invalidations.get()), (1, 1));
     assert!(!c.contains("a") && c.contains("b"));
-    let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+    let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
     assert_eq!(city(&got), "Haifa");
-    assert_eq!(c.lookup("x", || Ok(Some(order("x")))).unwrap().unwrap().uid, "x");
+    assert_eq!(c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
 }
 
 #[test]
@@ -23,7 +23,7 @@ fn a_read_overtaken_by_a_notification_is_not_kept() {
     let got = c
         .lookup("a", || {
             c.changed(&[change("a", &moved("a", "Newer").encode())]);
-            Ok(Some(order("a")))
+            Ok(Some(from_db(order("a"))))
         })
         .unwrap()
         .unwrap();
@@ -37,7 +37,7 @@ fn while_not_listening_entries_are_read_again_and_served_stale_only_if_that_fail
     c.publish(&[enc("a")]);
     c.listener_lost();
     assert!(!c.fresh());
-    let got = c.lookup("a", || Ok(Some(moved("a", "Haifa")))).unwrap().unwrap();
+    let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
     assert_eq!((city(&got), got.stale), ("Haifa".to_string(), false));
     // Read during the outage: kept, to be checked when listening again.
     assert!(c.contains("a"));
@@ -55,7 +55,7 @@ fn a_read_begun_before_the_listener_was_established_is_not_kept() {
     let got = c
         .lookup("a", || {
             c.listener_established();
-            Ok(Some(order("a")))
+            Ok(Some(from_db(order("a"))))
         })
         .unwrap();
     assert_eq!(got.unwrap().uid, "a");
@@ -120,7 +120,7 @@ fn a_read_in_flight_across_a_lost_listener_is_not_kept() {
     c.listening();
     let got = c.lookup("a", || {
         c.listener_lost();
-        Ok(Some(order("a")))
+        Ok(Some(from_db(order("a"))))
     });
     assert_eq!(got.unwrap().unwrap().uid, "a");
     assert!(!c.contains("a"));
@@ -135,7 +135,7 @@ fn a_read_in_flight_across_a_lost_listener_is_not_kept() {
         .is_none()
     );
     c.listening();
-    assert_eq!(c.lookup("x", || Ok(Some(order("x")))).unwrap().unwrap().uid, "x");
+    assert_eq!(c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
     assert_eq!(c.stats.negative_hits.get(), 0);
 }
 
