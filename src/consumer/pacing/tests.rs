@@ -12,24 +12,19 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A pacing started at `t0`, retrying failed commits after 100 ms, doubling up to 400 ms.
-fn pacing(t0: Instant) -> CommitPacing {
-    CommitPacing::new(t0, ms(100), ms(400))
-}
-
-/// Partitions 0, 1 and 2 assigned, none revoked yet.
-fn table() -> Partitions {
+/// A pacing started at `t0` (returned too), retrying failed commits after 100 ms,
+/// doubling up to 400 ms; and a table of partitions 0, 1 and 2, none revoked yet.
+fn start() -> (Instant, CommitPacing, Partitions) {
+    let t0 = Instant::now();
     let mut table = Partitions::default();
     table.assign(vec![key(0), key(1), key(2)], &HashMap::new());
-    table
+    (t0, CommitPacing::new(t0, ms(100), ms(400)), table)
 }
 
 /// Nothing written, nothing to commit: not even at shutdown.
 #[test]
 fn nothing_pending_is_never_due() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let table = table();
+    let (t0, mut pacing, table) = start();
     assert!(!pacing.due(t0 + ms(5000), false, &table));
     assert!(!pacing.due(t0, true, &table));
 }
@@ -38,9 +33,7 @@ fn nothing_pending_is_never_due() {
 /// at once. Each partition keeps its highest offset.
 #[test]
 fn written_offsets_are_committed_a_second_after_the_last_commit() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let table = table();
+    let (t0, mut pacing, table) = start();
     pacing.add([(key(0), 11), (key(1), 4)], false, &table);
     pacing.add([(key(0), 8), (key(1), 6)], false, &table);
     assert_eq!(pacing.pending(), &BTreeMap::from([(key(0), 11), (key(1), 6)]));
@@ -59,9 +52,7 @@ fn written_offsets_are_committed_a_second_after_the_last_commit() {
 /// a success ends the backoff.
 #[test]
 fn a_failed_commit_is_retried_after_a_growing_backoff() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let table = table();
+    let (t0, mut pacing, table) = start();
     pacing.add([(key(0), 11)], false, &table);
     let t1 = t0 + ms(1000);
     assert!(pacing.due(t1, false, &table));
@@ -87,9 +78,7 @@ fn a_failed_commit_is_retried_after_a_growing_backoff() {
 /// are due a second after the last commit. A batch's offsets keep the backoff.
 #[test]
 fn offsets_read_at_assignment_forget_the_backoff() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let table = table();
+    let (t0, mut pacing, table) = start();
     pacing.add([(key(0), 11)], false, &table);
     assert_eq!(pacing.failed(t0 + ms(1000)), (1, ms(100)));
     assert_eq!(pacing.failed(t0 + ms(1100)), (2, ms(200)));
@@ -103,9 +92,7 @@ fn offsets_read_at_assignment_forget_the_backoff() {
 /// With nothing left to commit, a failed commit's backoff ends.
 #[test]
 fn the_backoff_ends_when_nothing_is_left() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let mut table = table();
+    let (t0, mut pacing, mut table) = start();
     pacing.add([(key(0), 11)], false, &table);
     assert_eq!(pacing.failed(t0 + ms(1000)), (1, ms(100)));
     table.revoke(vec![key(0)], false);
@@ -120,9 +107,7 @@ fn the_backoff_ends_when_nothing_is_left() {
 /// partitions' new owner commits them. Those of partitions still held are.
 #[test]
 fn revoked_partitions_leave_the_pending_offsets() {
-    let t0 = Instant::now();
-    let mut pacing = pacing(t0);
-    let mut table = table();
+    let (t0, mut pacing, mut table) = start();
     pacing.add([(key(0), 11), (key(1), 4), (key(2), 9)], false, &table);
     table.revoke(vec![key(1)], false);
     assert!(!pacing.due(t0 + ms(500), false, &table));
