@@ -174,6 +174,47 @@ fn postgres_gone_for_15_seconds_mid_ingest() {
     assert_eq!(db.count("SELECT count(*) FROM order_items"), items as i64);
 }
 
+under_both_protocols! {
+    /// The topic grows from one partition to two while PostgreSQL is unreachable: the
+    /// partitions assigned then (the new one, or under the classic protocol both) wait,
+    /// paused, for their stored offsets. Once PostgreSQL answers they are read from
+    /// there, and every order produced after is stored.
+    fn partitions_assigned_while_postgres_is_down_are_read_once_it_answers() {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let setup = Setup::new(1);
+        let proxy = DbProxy::start();
+        let mut cfg = setup.config();
+        cfg.database.url = proxy.url(&setup.db);
+        cfg.database.connect_timeout_secs = 1;
+        cfg.ingest.retry_max_ms = 300;
+        let service = Running::start(cfg);
+        let addr = service.addr();
+        let mut generator = Generator::new(23, 2);
+        let first = generator.order();
+        setup.produce(&[&first.to_json()]);
+        // Its offset committed to Kafka: the consumer is done with it, and idle.
+        setup.wait_committed(&[1], Duration::from_secs(30));
+
+        proxy.cut();
+        add_partitions(&setup.topic, 2);
+        wait_for("both partitions assigned", Duration::from_secs(60), || {
+            (metric(addr, "orders_assigned_partitions") == Some(2.0)).then_some(())
+        });
+        proxy.restore();
+
+        let orders: Vec<Order> = (0..20).map(|_| generator.order()).collect();
+        let payloads: Vec<Vec<u8>> = orders.iter().map(Order::to_json).collect();
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let ends = setup.produce(&payloads);
+        assert_eq!(ends.keys().copied().collect::<Vec<i32>>(), [0, 1], "orders on both partitions");
+        wait_for("all 21 orders stored", Duration::from_secs(30), || {
+            (setup.db.count("SELECT count(*) FROM orders") == 21).then_some(())
+        });
+        let r = get(addr, &format!("/order/{}", orders[19].order_uid));
+        assert_eq!(r.json()["order_uid"], orders[19].order_uid.as_str());
+    }
+}
+
 /// PostgreSQL hangs (a proxy holds every byte, so no connection fails) while 16 misses
 /// for unknown ids arrive at once: a cached order, `/healthz`, `/readyz` and `/metrics`
 /// each answer within 1 s, then and after the listener has gone quiet. The misses past

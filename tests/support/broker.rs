@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, AlterConfig, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::admin::{
+    AdminClient, AdminOptions, AlterConfig, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 
@@ -46,6 +48,17 @@ pub fn delete_topic_on(brokers: &str, name: &str) {
         .unwrap_or_else(|e| panic!("delete topic {name} on {brokers}: {e}"));
     for result in results {
         result.unwrap_or_else(|(topic, e)| panic!("delete topic {topic} on {brokers}: {e}"));
+    }
+}
+
+/// Gives topic `name` of the stack's broker `partitions` partitions in all.
+pub fn add_partitions(name: &str, partitions: usize) {
+    let brokers = brokers();
+    let more = NewPartitions::new(name, partitions);
+    let results = futures_executor::block_on(admin(&brokers).create_partitions([&more], &admin_options()))
+        .unwrap_or_else(|e| panic!("add partitions to {name} on {brokers}: {e}"));
+    for result in results {
+        result.unwrap_or_else(|(topic, e)| panic!("add partitions to {topic} on {brokers}: {e}"));
     }
 }
 

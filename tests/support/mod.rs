@@ -22,7 +22,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-pub use broker::{Broker, alter_topic_on, create_topic, create_topic_on, delete_topic_on, temp_dir, watermarks};
+pub use broker::{
+    Broker, add_partitions, alter_topic_on, create_topic, create_topic_on, delete_topic_on, temp_dir, watermarks,
+};
 pub use db::{DbProxy, TestDb};
 pub use http::{HttpResponse, get, get_within, http, http_with, raw_status, request};
 pub use process::{Process, config_toml, free_addr, wait_ready};

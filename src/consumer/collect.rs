@@ -1,0 +1,279 @@
+//! Collecting a batch from `poll`: each message that follows its partition's position
+//! joins it, until it is full or its wait is over; then the partitions whose messages
+//! came from before or after their position are looked at.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, warn};
+use rdkafka::Message as _;
+use rdkafka::consumer::Consumer as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::BorrowedMessage;
+
+use super::batch::Collected;
+use super::partitions::{Partition, holds};
+use super::{BROKER_CALL, Consumer, IDLE_POLL};
+use crate::config;
+use crate::model::Message;
+
+/// What one poll gave the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Polled {
+    /// A message, now in the batch.
+    Taken,
+    /// A message left out: before its position, or of a partition not taken (revoked,
+    /// or waiting for its stored offset).
+    Skipped,
+    /// An error, logged.
+    Error,
+    /// Nothing within the poll's wait.
+    Nothing,
+    /// A fatal error: nothing more will come.
+    Fatal,
+}
+
+/// A batch being collected.
+struct Collecting {
+    messages: Vec<Message>,
+    bytes: usize,
+    /// Partitions that delivered a message before their position, with that position.
+    behind: BTreeMap<Partition, i64>,
+    /// Partitions whose first message came after their position: the position, and
+    /// that message's offset.
+    ahead: BTreeMap<Partition, (i64, i64)>,
+    /// `batch_max_wait` after the first message.
+    deadline: Option<Instant>,
+    /// `Partitions::generation` as of the messages held.
+    generation: u64,
+    max_messages: usize,
+    max_bytes: usize,
+    max_wait: Duration,
+}
+
+impl Collecting {
+    fn new(ingest: &config::Ingest, generation: u64) -> Collecting {
+        Collecting {
+            messages: Vec::new(),
+            bytes: 0,
+            behind: BTreeMap::new(),
+            ahead: BTreeMap::new(),
+            deadline: None,
+            generation,
+            max_messages: ingest.batch_max_messages,
+            max_bytes: ingest.batch_max_bytes,
+            max_wait: ingest.batch_max_wait(),
+        }
+    }
+
+    /// How long the next poll may wait: until the deadline once the batch has begun.
+    fn poll_timeout(&self) -> Duration {
+        self.deadline.map_or(IDLE_POLL, |d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Adds `m` of partition `key`, expected at `position` (None: anywhere, the group has
+    /// no stored offset), unless it comes before it.
+    fn offer(&mut self, key: Partition, m: &BorrowedMessage<'_>, position: Option<i64>) -> Polled {
+        match position {
+            Some(position) if m.offset() < position => {
+                self.behind.insert(key, position);
+                return Polled::Skipped;
+            }
+            Some(position) if m.offset() > position => {
+                self.ahead.entry(key.clone()).or_insert((position, m.offset()));
+            }
+            _ => {}
+        }
+        self.bytes += m.payload_len();
+        self.messages.push(Message {
+            topic: key.0,
+            partition: key.1,
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+        });
+        self.deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
+        Polled::Taken
+    }
+
+    /// Takes out the messages of `revoked`, and forgets what was seen of them, as of
+    /// `generation`. Returns the messages taken out.
+    fn take_revoked(&mut self, revoked: &BTreeSet<Partition>, generation: u64) -> Vec<Message> {
+        let (dropped, kept): (Vec<Message>, Vec<Message>) =
+            std::mem::take(&mut self.messages).into_iter().partition(|m| holds(revoked, &m.topic, m.partition));
+        self.messages = kept;
+        self.bytes = self.messages.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum();
+        if self.messages.is_empty() {
+            self.deadline = None;
+        }
+        self.generation = generation;
+        self.ahead.retain(|key, _| !revoked.contains(key));
+        self.behind.retain(|key, _| !revoked.contains(key));
+        dropped
+    }
+
+    fn full(&self) -> bool {
+        self.messages.len() >= self.max_messages || self.bytes >= self.max_bytes
+    }
+
+    /// Full, or past its wait with no more messages here. Past the wait, the messages
+    /// already here still join the batch: it ends when a poll finds no more, so the wait
+    /// can be short without batches of one.
+    fn ended(&self, polled: Polled) -> bool {
+        self.full() || (polled == Polled::Nothing && self.deadline.is_some_and(|d| Instant::now() >= d))
+    }
+}
+
+impl Consumer {
+    /// Takes messages until the batch holds `batch_max_messages` or `batch_max_bytes`, or
+    /// `batch_max_wait` has passed since its first message and no more are already here;
+    /// returns an empty batch when a poll finds nothing to start one. If partitions are
+    /// revoked meanwhile, their messages are dropped: their new owner reads them again
+    /// from the stored offset. A message before this consumer's position, or before `after`
+    /// (where a batch collected but not yet written ends), is skipped: the broker reset the
+    /// position backwards. Its partition is sought back to where it should be. A
+    /// partition whose first message comes after the position may have lost messages to
+    /// retention: `report_loss` looks.
+    pub(super) fn collect_batch(&mut self, after: &HashMap<Partition, i64>) -> Collected {
+        let mut batch = Collecting::new(&self.ingest, self.generation());
+        loop {
+            let polled = self.poll_into(&mut batch, after);
+            match polled {
+                Polled::Fatal => break,
+                Polled::Skipped => continue,
+                Polled::Nothing if batch.messages.is_empty() => break,
+                Polled::Taken | Polled::Error | Polled::Nothing => {}
+            }
+            self.drop_revoked_from(&mut batch);
+            if batch.ended(polled) || (batch.messages.is_empty() && self.shutdown.is_signalled()) {
+                break;
+            }
+        }
+        for (key, position) in std::mem::take(&mut batch.behind) {
+            self.seek_back(key, position);
+        }
+        for (key, (position, first)) in std::mem::take(&mut batch.ahead) {
+            self.report_loss(key, position, first);
+        }
+        let full = batch.full();
+        Collected { messages: batch.messages, generation: batch.generation, full }
+    }
+
+    /// Polls once, and offers the batch the message polled, if its partition is taken.
+    fn poll_into(&mut self, batch: &mut Collecting, after: &HashMap<Partition, i64>) -> Polled {
+        let m = match self.consumer.poll(batch.poll_timeout()) {
+            Some(Ok(m)) => m,
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                self.stop_on_fatal(code);
+                return Polled::Fatal;
+            }
+            Some(Err(e)) => {
+                warn!("event=kafka_error error={e}");
+                return Polled::Error;
+            }
+            None => return Polled::Nothing,
+        };
+        let key = (m.topic().to_string(), m.partition());
+        let (taking, expected) = {
+            let partitions = self.partitions();
+            (partitions.taking(&key), partitions.expected(&key))
+        };
+        if !taking {
+            return Polled::Skipped;
+        }
+        let position = after.get(&key).copied().or(expected);
+        batch.offer(key, &m, position)
+    }
+
+    /// Drops from the batch the messages of partitions revoked since its generation.
+    fn drop_revoked_from(&mut self, batch: &mut Collecting) {
+        let generation = self.generation();
+        if generation == batch.generation {
+            return;
+        }
+        let revoked = self.revoked_since(batch.generation);
+        let dropped = batch.take_revoked(&revoked, generation);
+        self.discard(&dropped, "partitions_revoked");
+    }
+
+    /// A partition delivered messages before this consumer's position: the broker moved
+    /// it back (an out-of-range reset, as after the topic was recreated). If the position
+    /// is past the partition's end, the partition is paused and the operator told what to
+    /// do; otherwise it is sought back to the position.
+    fn seek_back(&mut self, key: Partition, position: i64) {
+        let end = self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL).map(|(_, high)| high);
+        match end {
+            Ok(end) if position > end => {
+                error!(
+                    "event=partition_position_beyond_end topic={} partition={} position={position} end={end} \
+                     action=paused hint=\"the database's offset for this group is past the partition's end: the \
+                     topic was deleted and created again, or the broker lost its data. Run orders-svc reset-offsets \
+                     --config <file> to set the group's stored offsets to the partitions' starts\"",
+                    key.0, key.1
+                );
+                self.metrics.position_beyond_end.with_label_values(&[key.0.as_str(), &key.1.to_string()]).set(1);
+                self.pause(std::slice::from_ref(&key));
+                self.partitions().beyond_end(&key, position);
+            }
+            _ => self.seek(&key, position),
+        }
+    }
+
+    /// A fatal error: the consumer will deliver nothing more. The likeliest cause is
+    /// another process with this instance's `kafka.instance_id`: under the classic
+    /// protocol it took this member's place (FENCED_INSTANCE_ID), under the consumer
+    /// protocol this one was refused because the other holds the id
+    /// (UNRELEASED_INSTANCE_ID). The loop ends, so nothing more is written; the HTTP side
+    /// goes on serving, and `/readyz` says why the instance is not ready.
+    fn stop_on_fatal(&mut self, code: RDKafkaErrorCode) {
+        let reason = match code {
+            RDKafkaErrorCode::FencedInstanceId => {
+                "another process joined the group with this kafka.instance_id and took this one's place".to_string()
+            }
+            RDKafkaErrorCode::UnreleasedInstanceId => {
+                "another process of the group holds this kafka.instance_id; this one was refused".to_string()
+            }
+            other => format!("librdkafka reported a fatal error ({other})"),
+        };
+        error!(
+            "event=consumer_fatal_error code={code:?} reason=\"{reason}\" action=stopped_consuming hint=\"give each \
+             instance its own kafka.instance_id, then restart this one\""
+        );
+        self.consumer.context().health.set_consumer_stopped(format!("stopped consuming: {reason}"));
+        self.stopped = true;
+    }
+
+    /// A partition's first message came after this consumer's position. Offsets may be
+    /// missing for good reasons (a transaction's commit marker, compaction), but if the
+    /// partition now starts past the position, the broker deleted messages this group
+    /// never read (retention, or records deleted by an operator): Kafka answered the fetch
+    /// out of range and the consumer went on from the partition's start. Those messages
+    /// are lost to this service; it says so once, in the log and as a metric.
+    fn report_loss(&mut self, key: Partition, position: i64, first: i64) {
+        if self.losses_reported.get(&key) == Some(&position) {
+            return;
+        }
+        let start = match self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL) {
+            Ok((low, _)) => low,
+            Err(e) => {
+                warn!("event=watermarks_unavailable partition={}/{} error={e}", key.0, key.1);
+                return;
+            }
+        };
+        if start <= position {
+            debug!("event=offsets_skipped partition={}/{} from={position} to={}", key.0, key.1, first - 1);
+            return;
+        }
+        let to = start.min(first) - 1;
+        let lost = to - position + 1;
+        error!(
+            "event=messages_lost topic={} partition={} from={position} to={to} lost={lost} hint=\"the broker deleted \
+             these messages (retention.ms or retention.bytes, or records deleted by an operator) before this group \
+             read them: they were never stored. Produce them again to recover them; raise the topic's retention \
+             above the longest time the service may be down or behind\"",
+            key.0, key.1
+        );
+        self.metrics.messages_lost.with_label_values(&[key.0.as_str(), &key.1.to_string()]).inc_by(lost as u64);
+        self.losses_reported.insert(key, position);
+    }
+}
