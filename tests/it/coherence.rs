@@ -118,11 +118,11 @@ fn an_instance_that_missed_notifications_serves_nothing_older_once_it_listens_ag
         .query_one(
             "WITH listener AS MATERIALIZED (SELECT pid FROM pg_stat_activity \
              WHERE datname = $1 AND application_name = $2) \
-             SELECT count(*) FROM listener WHERE pg_terminate_backend(pid)",
+             SELECT count(*) AS terminated FROM listener WHERE pg_terminate_backend(pid)",
             &[&setup.db.name, &listener],
         )
         .unwrap()
-        .get(0);
+        .get("terminated");
     assert_eq!(terminated, 1, "one backend named {listener:?}");
     wait_for("the listener to be reported down", Duration::from_secs(10), || {
         (metric(other.addr(), "orders_cache_listener_up") == Some(0.0)).then_some(())

@@ -52,7 +52,7 @@ fn hostile_corpus_ends_where_each_message_belongs() {
             stored += 1;
         } else {
             assert_eq!(rows.len(), 1, "{name} is not one dead letter");
-            assert_eq!(rows[0].get::<_, String>(0), expected, "{name}");
+            assert_eq!(rows[0].get::<_, String>("rule"), expected, "{name}");
         }
     }
     assert_eq!(stored, 8);

@@ -27,7 +27,7 @@ fn write(db: &TestDb, orders: &[(&Message, &Order)]) -> BatchResult {
 }
 
 fn stored_name(db: &TestDb, uid: &str) -> String {
-    db.client().query_one("SELECT name FROM deliveries WHERE order_uid = $1", &[&uid]).unwrap().get(0)
+    db.client().query_one("SELECT name FROM deliveries WHERE order_uid = $1", &[&uid]).unwrap().get("name")
 }
 
 fn named(order: &Order, name: &str) -> Order {
@@ -115,7 +115,7 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
     assert_eq!(db.count("SELECT count(*) FROM orders"), 1);
     assert!(matches!(write_claimed(&[claim(Some(5), 9)], &b), Written::Committed(_)));
     let row = db.client().query_one("SELECT next_offset, messages FROM consumer_offsets", &[]).unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (9, 9));
+    assert_eq!((row.get::<_, i64>("next_offset"), row.get::<_, i64>("messages")), (9, 9));
     let stored = store::stored_offsets(&mut db.client(), "g", &[("orders".into(), 0), ("orders".into(), 1)]).unwrap();
     assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 9)]);
 }
@@ -140,7 +140,8 @@ fn poison_orders_are_isolated_by_splitting_the_batch() {
     assert_eq!((result.inserted, result.stored.len(), result.dead_letters.len()), (8, 8, 2));
     assert_eq!(db.count("SELECT count(*) FROM orders"), 8);
     let rows = db.client().query("SELECT \"offset\", rule, detail FROM rejected_messages ORDER BY 1", &[]).unwrap();
-    let got: Vec<(i64, String, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(i64, String, String)> =
+        rows.iter().map(|r| (r.get("offset"), r.get("rule"), r.get("detail"))).collect();
     assert_eq!(
         got,
         [
@@ -207,9 +208,13 @@ fn a_dead_letter_the_database_refuses_is_kept_without_its_payload() {
     assert_eq!(result.dead_letters.len(), 3);
     let rows = db
         .client()
-        .query("SELECT \"offset\", length(payload), payload_size, detail FROM rejected_messages ORDER BY 1", &[])
+        .query(
+            "SELECT \"offset\", length(payload) AS kept, payload_size, detail FROM rejected_messages ORDER BY 1",
+            &[],
+        )
         .unwrap();
-    let got: Vec<(i64, i32, i64, String)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let got: Vec<(i64, i32, i64, String)> =
+        rows.iter().map(|r| (r.get("offset"), r.get("kept"), r.get("payload_size"), r.get("detail"))).collect();
     assert_eq!(
         got,
         [
@@ -239,7 +244,7 @@ fn dead_letters_at_a_reused_position_are_kept() {
         store::write_batch(&mut db.client(), "g", &[], &batch, &[letter(payload)]).unwrap();
     }
     let rows = db.client().query("SELECT payload FROM rejected_messages ORDER BY id", &[]).unwrap();
-    let payloads: Vec<Vec<u8>> = rows.iter().map(|r| r.get(0)).collect();
+    let payloads: Vec<Vec<u8>> = rows.iter().map(|r| r.get("payload")).collect();
     assert_eq!(payloads, [b"first".to_vec(), b"second".to_vec()]);
 }
 

@@ -34,9 +34,12 @@ impl TestDb {
         rows.expect("read the stored offsets").iter().map(|r| r.get("next_offset")).collect()
     }
 
-    /// Runs a query that returns one bigint, such as a count.
+    /// Runs a query that returns one row of one bigint, such as a count: its one column,
+    /// whatever its name.
     pub fn count(&self, sql: &str) -> i64 {
-        self.client().query_one(sql, &[]).expect(sql).get(0)
+        let row = self.client().query_one(sql, &[]).expect(sql);
+        assert_eq!(row.len(), 1, "{sql} must return one column");
+        row.get(row.columns()[0].name())
     }
 }
 
