@@ -17,9 +17,7 @@ fn starts_before_postgres_and_waits_for_it() {
     let setup = Setup::new(1);
     let proxy = DbProxy::start();
     proxy.cut();
-    let mut cfg = setup.config();
-    cfg.database.url = proxy.url(&setup.db);
-    cfg.database.connect_timeout_secs = 1;
+    let mut cfg = setup.config_through(&proxy);
     cfg.ingest.retry_max_ms = 300;
     let service = Running::spawn(cfg);
     let addr = service.addr();

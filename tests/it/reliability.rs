@@ -135,9 +135,7 @@ fn postgres_gone_for_15_seconds_mid_ingest() {
     let setup = Setup::new(2);
     let db = &setup.db;
     let proxy = DbProxy::start();
-    let mut cfg = setup.config();
-    cfg.database.url = proxy.url(db);
-    cfg.database.connect_timeout_secs = 1;
+    let mut cfg = setup.config_through(&proxy);
     cfg.ingest.retry_max_ms = 1000;
     let service = Running::start(cfg);
     let addr = service.addr();
@@ -183,9 +181,7 @@ under_both_protocols! {
         let _ = env_logger::builder().is_test(true).try_init();
         let setup = Setup::new(1);
         let proxy = DbProxy::start();
-        let mut cfg = setup.config();
-        cfg.database.url = proxy.url(&setup.db);
-        cfg.database.connect_timeout_secs = 1;
+        let mut cfg = setup.config_through(&proxy);
         cfg.ingest.retry_max_ms = 300;
         let service = Running::start(cfg);
         let addr = service.addr();

@@ -111,6 +111,15 @@ impl Setup {
         Setup::config_for(&self.db, &brokers(), &self.topic, &self.group)
     }
 
+    /// The configuration of a service that reaches its database through `proxy`, and
+    /// gives up on a connection after 1 s, as a test that cuts the proxy wants.
+    pub fn config_through(&self, proxy: &DbProxy) -> Config {
+        let mut config = self.config();
+        config.database.url = proxy.url(&self.db);
+        config.database.connect_timeout_secs = 1;
+        config
+    }
+
     /// The configuration of a service under test on any database, broker and topic.
     pub fn config_for(db: &TestDb, brokers: &str, topic: &str, group: &str) -> Config {
         let mut config = Config::default();
