@@ -1,12 +1,13 @@
 //! bench/warm: how long orders-svc takes, from its start, to fill its cache from
 //! PostgreSQL, and how much memory it then holds, against references in the same run:
 //!
-//! - the time: PostgreSQL streaming the same rows to a client that throws them away,
-//!   `COPY (orders joined with deliveries and payments) TO STDOUT` and then
-//!   `COPY order_items TO STDOUT`: what reading the rows costs before anyone decodes them.
-//!   Also printed, not a target: PostgreSQL streaming what the warm-up reads, each order's
-//!   id, document, digest and age (`COPY (SELECT …) TO STDOUT BINARY`), and the service's
-//!   time against that;
+//! - the time: PostgreSQL streaming what the warm-up reads to a client that throws it
+//!   away, each order's id, document, digest and age (`COPY (SELECT …) TO STDOUT
+//!   BINARY`): the stream the warm-up cannot be faster than. Also printed, not a target:
+//!   the service's time against streaming the order's rows joined
+//!   (`COPY (orders joined with deliveries and payments) TO STDOUT`, then
+//!   `COPY order_items TO STDOUT`), which is what the warm-up read before every order had
+//!   its document;
 //! - the memory: the bytes the cache counts (`orders_cache_bytes`: each order's JSON, its
 //!   id twice, its ETag and 160 bytes of bookkeeping).
 //!
@@ -31,18 +32,18 @@ use common::{brokers, create_topic_on, env_number, kept_database, load_generated
 
 const SEED: u64 = 20_211_126;
 
-/// The reference: the rows the cache is made of, as PostgreSQL streams them.
-const REFERENCE: [&str; 2] = [
+/// The rows the orders are kept in, as PostgreSQL streams them.
+const ROWS: [&str; 2] = [
     "COPY (SELECT * FROM orders JOIN deliveries USING (order_uid) JOIN payments USING (order_uid)) TO STDOUT",
     "COPY order_items TO STDOUT",
 ];
 
-/// What the warm-up itself reads of each order.
+/// The reference: what the warm-up itself reads of each order.
 const DOCUMENTS: [&str; 1] =
     ["COPY (SELECT order_uid, document, content_sha256, ingested_at FROM orders) TO STDOUT BINARY"];
 
 struct Round {
-    reference_secs: f64,
+    rows_secs: f64,
     documents_secs: f64,
     service_secs: f64,
     cache_bytes: u64,
@@ -75,18 +76,18 @@ fn main() -> anyhow::Result<()> {
     let extra = format!("[cache]\nmax_orders = {}\nmax_bytes = {}\n", n + 1, 64u64 << 30);
     let mut results = Vec::new();
     for round in 1..=rounds {
-        let reference_secs = stream(&mut client, &REFERENCE)?;
+        let rows_secs = stream(&mut client, &ROWS)?;
         let documents_secs = stream(&mut client, &DOCUMENTS)?;
         let toml = config_toml(&url, &topic, &topic, free_addr(), &extra);
-        let r = start_service(&dir, &toml, reference_secs, documents_secs)?;
+        let r = start_service(&dir, &toml, rows_secs, documents_secs)?;
         println!(
             "  round {round}: PostgreSQL streams the rows in {:.2} s, the documents in {:.2} s; orders-svc warm \
              in {:.2} s = {:.2}x the rows, {:.2}x the documents; resident {} MiB after, {} MiB at peak, \
              for {} MiB in the cache = {:.2}x after, {:.2}x at peak",
-            r.reference_secs,
+            r.rows_secs,
             r.documents_secs,
             r.service_secs,
-            r.service_secs / r.reference_secs,
+            r.service_secs / r.rows_secs,
             r.service_secs / r.documents_secs,
             r.resident_bytes >> 20,
             r.peak_resident_bytes >> 20,
@@ -104,12 +105,12 @@ fn main() -> anyhow::Result<()> {
         format!("{:.2} (min {:.2}, max {:.2})", v[v.len() / 2], v[0], v[v.len() - 1])
     };
     println!(
-        "  warm time / PostgreSQL streaming     = {}  (target: at most 1.2)",
-        spread(&|r| r.service_secs / r.reference_secs)
+        "  warm time / streaming the documents  = {}  (target: at most 1.1)",
+        spread(&|r| r.service_secs / r.documents_secs)
     );
-    println!("  warm time / streaming the documents  = {}", spread(&|r| r.service_secs / r.documents_secs));
+    println!("  warm time / streaming the rows       = {}", spread(&|r| r.service_secs / r.rows_secs));
     println!(
-        "  resident after warm / cache bytes    = {}  (target: at most 1.5)",
+        "  resident after warm / cache bytes    = {}  (target: at most 1.2)",
         spread(&|r| r.resident_bytes as f64 / r.cache_bytes as f64)
     );
     println!(
@@ -131,7 +132,7 @@ fn stream(client: &mut Client, statements: &[&str]) -> anyhow::Result<f64> {
 }
 
 /// Starts orders-svc, waits for its cache to be warm, reads its memory, and stops it.
-fn start_service(dir: &Path, toml: &str, reference_secs: f64, documents_secs: f64) -> anyhow::Result<Round> {
+fn start_service(dir: &Path, toml: &str, rows_secs: f64, documents_secs: f64) -> anyhow::Result<Round> {
     let started = Instant::now();
     let process = Process::start(dir, "orders-svc", toml, &[]);
     let line = loop {
@@ -159,7 +160,7 @@ fn start_service(dir: &Path, toml: &str, reference_secs: f64, documents_secs: f6
             .with_context(|| format!("{key} in /proc/PID/status"))
     };
     let round = Round {
-        reference_secs,
+        rows_secs,
         documents_secs,
         service_secs,
         cache_bytes,

@@ -55,6 +55,7 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
     let mut backoff = Backoff::new(config.ingest.retry_initial(), config.ingest.retry_max());
     loop {
         let started = Instant::now();
+        let heap = WarmUpHeap::begin();
         let ready = store::connect(&config.database).and_then(|mut client| {
             store::migrate(&mut client)?;
             let listener = store::listen(&config.database, name)?;
@@ -69,7 +70,7 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
             Ok((listener, stored)) => {
                 let read = stored.len();
                 cache.warm(stored);
-                release_free_memory();
+                drop(heap);
                 cache.listening();
                 health.set_cache_warm();
                 info!(
@@ -95,14 +96,39 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
     }
 }
 
-/// Gives the pages of freed memory back to the system: the warm-up's buffers (the list of
-/// orders read, before the cache took them) are gone, and the allocator would otherwise
-/// keep much of their memory resident.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own free lists; it takes no pointer of ours.
-    unsafe {
-        libc::malloc_trim(0);
+/// glibc's allocator as the warm-up wants it. While the stream is read, the connection's
+/// read buffers are freed as fast as the documents are allocated; by default the
+/// allocator gives the freed top of its heap back to the system at once (past 128 KiB)
+/// and faults it in again, zeroed, a moment later: in a profile of a warm-up of 1,000,000
+/// orders, zeroing pages was 43 % of the samples. Kept (up to 1 GiB, grown 64 MiB at a
+/// time) the memory is reused; the read took 1.95 s instead of 2.16–2.25 s. When the
+/// warm-up ends, the defaults come back and the pages freed are given back to the system:
+/// the warm-up's buffers (the list of orders read, before the cache took them) are gone,
+/// and the allocator would otherwise keep much of their memory resident.
+struct WarmUpHeap;
+
+impl WarmUpHeap {
+    fn begin() -> WarmUpHeap {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt sets two of glibc's allocator parameters; it takes no pointer.
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+            libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+        }
+        WarmUpHeap
+    }
+}
+
+impl Drop for WarmUpHeap {
+    fn drop(&mut self) {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: as above; malloc_trim only walks glibc's own free lists.
+        unsafe {
+            // glibc's defaults (mallopt(3)).
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+            libc::mallopt(libc::M_TOP_PAD, 128 * 1024);
+            libc::malloc_trim(0);
+        }
     }
 }
 
