@@ -27,7 +27,7 @@ macro_rules! copied_table {
         pub(super) const $table: Table = Table { name: $name, columns: &[$((stringify!($column), Type::$ty)),+] };
 
         #[doc = concat!("A row of `", $name, "`: its values, in its columns' order.")]
-        pub(super) fn $values<'r>($row: &'r $record) -> [&'r (dyn ToSql + Sync); $table.columns.len()] {
+        pub(super) fn $values($row: &$record) -> [&(dyn ToSql + Sync); $table.columns.len()] {
             [$(&$value),+]
         }
     };
