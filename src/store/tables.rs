@@ -27,7 +27,9 @@ macro_rules! copied_table {
         pub(super) const $table: Table = Table { name: $name, columns: &[$((stringify!($column), Type::$ty)),+] };
 
         #[doc = concat!("A row of `", $name, "`: its values, in its columns' order.")]
-        pub(super) fn $values($row: &$record) -> [&(dyn ToSql + Sync); $table.columns.len()] {
+        // Named: a record with a lifetime of its own (a row borrowing the order) needs it.
+        #[allow(clippy::needless_lifetimes)]
+        pub(super) fn $values<'r>($row: &'r $record) -> [&'r (dyn ToSql + Sync); $table.columns.len()] {
             [$(&$value),+]
         }
     };
