@@ -161,6 +161,25 @@ fn warm_keeps_the_newest_when_they_do_not_all_fit() {
     assert_eq!(held(&c, "a").unwrap().etag, CachedOrder::new(&e).etag);
 }
 
+/// Into a cache that already holds orders (published before the warm-up ended), the
+/// warm-up's orders are put in oldest first, after those held: an order held is replaced
+/// by the warm-up's copy, and the oldest of the warm-up's are evicted first.
+#[test]
+fn warm_into_a_cache_that_holds_orders_puts_them_in_oldest_first() {
+    let c = cache(3);
+    c.publish(&[enc("held"), enc("a")]);
+    let stored = |uid: &str| Arc::new(CachedOrder::new(&moved(uid, "Haifa").encode()));
+    c.warm(vec![(5, stored("b")), (1, stored("a")), (3, stored("c"))]);
+    // "held" was the least recently used: evicted for "c", then "b".
+    assert_eq!(c.len(), 3);
+    assert!(!c.contains("held") && c.contains("a") && c.contains("b") && c.contains("c"));
+    assert_eq!(city(&held(&c, "a").unwrap()), "Haifa");
+    assert_eq!(c.stats.evictions.get(), 1);
+    // Of the warm-up's, "a" went in first and "c" next: "a" was read since, so "c" goes.
+    c.publish(&[enc("d")]);
+    assert!(!c.contains("c") && c.contains("a") && c.contains("b") && c.contains("d"));
+}
+
 /// At the start, into an empty cache: an id given twice is held once, counted once,
 /// and the later of the two is kept.
 #[test]
