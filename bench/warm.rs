@@ -9,7 +9,7 @@
 //!   `COPY order_items TO STDOUT`), which is what the warm-up read before every order had
 //!   its document;
 //! - the memory: the bytes the cache counts (`orders_cache_bytes`: each order's JSON, its
-//!   id twice, its ETag and 160 bytes of bookkeeping).
+//!   id, its ETag and 160 bytes of bookkeeping).
 //!
 //! The orders are generated (1-3 items each) and copied in once by `psql \copy`; then
 //! each round times the reference and a start of the `orders-svc` binary, which is

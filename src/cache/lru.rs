@@ -71,7 +71,7 @@ impl Lru {
     /// `kept_at`. Returns how many entries were evicted to stay within the bounds.
     pub(super) fn put(&mut self, value: Arc<CachedOrder>, kept_at: i64) -> usize {
         let tick = self.tick();
-        let key: Arc<str> = value.uid.as_str().into();
+        let key = value.uid.clone();
         self.remove(&key);
         self.bytes += value.size();
         self.by_age.insert(tick, key.clone());
@@ -91,7 +91,7 @@ impl Lru {
         }
         for (kept_at, value) in orders {
             let tick = self.tick();
-            let key: Arc<str> = value.uid.as_str().into();
+            let key = value.uid.clone();
             self.bytes += value.size();
             let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick, kept_at };
             if let Some(old) = self.map.insert(key, entry) {

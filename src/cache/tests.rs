@@ -207,8 +207,8 @@ fn warm_holds_an_id_given_twice_once() {
 fn miss_reads_once_then_serves_from_memory() {
     let c = cache(10);
     let got = c.lookup("a", || Ok(Some(from_db(order("a"))))).unwrap().unwrap();
-    assert_eq!(got.uid, "a");
-    assert_eq!(hit(&c, "a").unwrap().uid, "a");
+    assert_eq!(&*got.uid, "a");
+    assert_eq!(&*hit(&c, "a").unwrap().uid, "a");
     assert_eq!(c.stats.db_reads.get(), 1);
 }
 
@@ -219,7 +219,7 @@ fn unknown_id_is_remembered_until_the_consumer_stores_it() {
     assert!(c.lookup("x", never).unwrap().is_none());
     assert_eq!(c.stats.negative_hits.get(), 1);
     c.publish(&[enc("x")]);
-    assert_eq!(hit(&c, "x").unwrap().uid, "x");
+    assert_eq!(&*hit(&c, "x").unwrap().uid, "x");
 }
 
 #[test]
@@ -242,7 +242,7 @@ fn a_request_late_for_a_read_takes_what_it_found() {
     assert!(c.lookup("here", || Ok(Some(from_db(order("here"))))).unwrap().is_some());
     let again = || -> anyhow::Result<Option<StoredOrder>> { panic!("read again") };
     assert!(c.load_once("gone", true, again).unwrap().is_none());
-    assert_eq!(c.load_once("here", true, again).unwrap().unwrap().uid, "here");
+    assert_eq!(&*c.load_once("here", true, again).unwrap().unwrap().uid, "here");
     assert_eq!(c.stats.db_reads.get(), 2);
 }
 
@@ -269,7 +269,7 @@ fn concurrent_misses_for_one_uid_read_the_database_once() {
         })
         .collect();
     for t in threads {
-        assert_eq!(t.join().unwrap(), "slow");
+        assert_eq!(&*t.join().unwrap(), "slow");
     }
     assert_eq!(loads.load(Ordering::SeqCst), 1);
 }
@@ -377,7 +377,7 @@ fn while_reading<T>(c: &Arc<Cache>, uid: &str, then: impl FnOnce() -> T) -> T {
     });
     started.wait();
     let result = then();
-    assert_eq!(leader.join().unwrap().unwrap().uid, uid);
+    assert_eq!(&*leader.join().unwrap().unwrap().uid, uid);
     result
 }
 
@@ -393,7 +393,7 @@ fn past_the_budget_a_miss_is_refused_at_once_and_a_held_copy_served() {
     assert!(copy.stale);
     assert_eq!(c.stats.database_busy.get(), 2);
     // The place is free again.
-    assert_eq!(c.lookup("other", || Ok(Some(from_db(order("other"))))).unwrap().unwrap().uid, "other");
+    assert_eq!(&*c.lookup("other", || Ok(Some(from_db(order("other"))))).unwrap().unwrap().uid, "other");
 }
 
 #[test]
@@ -431,5 +431,5 @@ fn a_read_that_panics_fails_its_waiters_instead_of_leaving_them_waiting() {
     assert_eq!(leader.unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
     assert_eq!(waiter.join().unwrap().unwrap_err(), Unavailable::Failed("the read of order p panicked".into()));
     assert_eq!((own_reads.load(Ordering::SeqCst), c.stats.db_reads.get()), (0, 1));
-    assert_eq!(c.lookup("p", || Ok(Some(from_db(order("p"))))).unwrap().unwrap().uid, "p");
+    assert_eq!(&*c.lookup("p", || Ok(Some(from_db(order("p"))))).unwrap().unwrap().uid, "p");
 }

@@ -135,13 +135,18 @@ pub const VERSION_BYTES: usize = 12;
 
 /// An order's version as text: the first `VERSION_BYTES` of its JSON's SHA-256, in hex.
 pub fn version_of(sha256: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(2 * VERSION_BYTES);
-    for b in &sha256[..VERSION_BYTES.min(sha256.len())] {
-        hex.push(DIGITS[usize::from(b >> 4)].into());
-        hex.push(DIGITS[usize::from(b & 15)].into());
-    }
+    push_version(&mut hex, sha256);
     hex
+}
+
+/// Appends `version_of(sha256)` to `out`.
+pub fn push_version(out: &mut String, sha256: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in &sha256[..VERSION_BYTES.min(sha256.len())] {
+        out.push(DIGITS[usize::from(b >> 4)].into());
+        out.push(DIGITS[usize::from(b & 15)].into());
+    }
 }
 
 impl Encoded {

@@ -14,7 +14,7 @@ fn a_notification_drops_other_versions_and_the_memory_of_absence() {
     assert!(!c.contains("a") && c.contains("b"));
     let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
     assert_eq!(city(&got), "Haifa");
-    assert_eq!(c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
+    assert_eq!(&*c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn a_read_begun_before_the_listener_was_established_is_not_kept() {
             Ok(Some(from_db(order("a"))))
         })
         .unwrap();
-    assert_eq!(got.unwrap().uid, "a");
+    assert_eq!(&*got.unwrap().uid, "a");
     assert!(!c.contains("a"));
 }
 
@@ -122,7 +122,7 @@ fn a_read_in_flight_across_a_lost_listener_is_not_kept() {
         c.listener_lost();
         Ok(Some(from_db(order("a"))))
     });
-    assert_eq!(got.unwrap().unwrap().uid, "a");
+    assert_eq!(&*got.unwrap().unwrap().uid, "a");
     assert!(!c.contains("a"));
     c.listener_established();
     c.listening();
@@ -135,7 +135,7 @@ fn a_read_in_flight_across_a_lost_listener_is_not_kept() {
         .is_none()
     );
     c.listening();
-    assert_eq!(c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
+    assert_eq!(&*c.lookup("x", || Ok(Some(from_db(order("x"))))).unwrap().unwrap().uid, "x");
     assert_eq!(c.stats.negative_hits.get(), 0);
 }
 
