@@ -21,6 +21,10 @@
 //! sets 6 s on the local broker); under `classic` the service's `session_timeout_ms`,
 //! set to the same 6 s here.
 //!
+//! With REBALANCE_STATIC=1 every instance has a `kafka.instance_id` (static
+//! membership): the restarted one comes back under its old id, so that its restart moves
+//! nothing if it is back within the session timeout.
+//!
 //! Run with `bench/run rebalance`.
 
 use std::collections::BTreeMap;
@@ -74,12 +78,18 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     create_topic_on(&brokers(), &topic, PARTITIONS);
     let group = unique("rebalance-group");
     let dir = temp_dir("rebalance");
-    let start_instance = |name: &str| {
+    let static_ids = std::env::var_os("REBALANCE_STATIC").is_some_and(|v| v == "1");
+    // `id` names the instance for good under static membership.
+    let start_instance = |name: &str, id: &str| {
         let addr = free_addr();
         let toml = config_toml(&db.url, &topic, &group, addr, "");
-        Instance { process: Process::start(&dir, name, &toml, &[]), addr }
+        let env: &[(&str, &str)] = if static_ids { &[("ORDERS_KAFKA_INSTANCE_ID", id)] } else { &[] };
+        Instance { process: Process::start(&dir, name, &toml, env), addr }
     };
-    let mut instances = vec![start_instance("a"), start_instance("b")];
+    if static_ids {
+        println!("  static membership: each instance has a kafka.instance_id; the restarted one keeps its own");
+    }
+    let mut instances = vec![start_instance("a", "a"), start_instance("b", "b")];
     for i in &instances {
         wait_ready(i.addr);
     }
@@ -119,7 +129,7 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     mark("steady");
     std::thread::sleep(phase);
     mark("a third instance starts");
-    instances.push(start_instance("c"));
+    instances.push(start_instance("c", "c"));
     std::thread::sleep(phase);
     mark("one stopped (SIGTERM)");
     let stopped = instances.remove(0);
@@ -129,7 +139,7 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     let mut restarted = instances.remove(0);
     restarted.process.signal("TERM");
     restarted.process.wait_exit(Duration::from_secs(30));
-    instances.push(start_instance("b2"));
+    instances.push(start_instance("b2", "b"));
     std::thread::sleep(phase);
     mark("one killed (SIGKILL)");
     let killed = instances.remove(0);
