@@ -4,7 +4,10 @@
 //! 8-partition topic, open loop, while orders-svc processes (the binary, each its own
 //! process) consume it as one group. Two instances run; then, REBALANCE_PHASE seconds
 //! apart (default 15), a third starts, one is stopped with SIGTERM, one is restarted
-//! (SIGTERM, then started again), and one is killed with SIGKILL. Each phase is measured
+//! (SIGTERM, then started again), and one is killed with SIGKILL. Before them, as a
+//! control, an instance of another group starts, on a topic of its own: the same start
+//! on the same machine (reading the same orders into its cache) without a rebalance of
+//! the group measured. Each phase is measured
 //! from PostgreSQL afterwards: every order's `ingested_at` (its transaction's time)
 //! against when its send was due gives its freshness; per partition, the longest time
 //! between two commits (at 125 orders a second a partition, messages wait at every
@@ -49,8 +52,8 @@ fn main() -> anyhow::Result<()> {
     let phase = Duration::from_secs(env_number("REBALANCE_PHASE", 15) as u64);
     let protocols = std::env::var("REBALANCE_PROTOCOLS").unwrap_or_else(|_| "classic,consumer".into());
     println!(
-        "bench/rebalance: {rate} orders/s to {PARTITIONS} partitions, phases of {} s: steady (2 instances), a third \
-         starts, one stopped (SIGTERM), one restarted, one killed (SIGKILL)",
+        "bench/rebalance: {rate} orders/s to {PARTITIONS} partitions, phases of {} s: steady (2 instances), another \
+         group's instance starts (the control), a third starts, one stopped (SIGTERM), one restarted, one killed (SIGKILL)",
         phase.as_secs()
     );
     for protocol in protocols.split(',') {
@@ -80,12 +83,13 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     let dir = temp_dir("rebalance");
     let static_ids = std::env::var_os("REBALANCE_STATIC").is_some_and(|v| v == "1");
     // `id` names the instance for good under static membership.
-    let start_instance = |name: &str, id: &str| {
+    let start_in = |topic: &str, group: &str, name: &str, id: &str| {
         let addr = free_addr();
-        let toml = config_toml(&db.url, &topic, &group, addr, "");
+        let toml = config_toml(&db.url, topic, group, addr, "");
         let env: &[(&str, &str)] = if static_ids { &[("ORDERS_KAFKA_INSTANCE_ID", id)] } else { &[] };
         Instance { process: Process::start(&dir, name, &toml, env), addr }
     };
+    let start_instance = |name: &str, id: &str| start_in(&topic, &group, name, id);
     if static_ids {
         println!("  static membership: each instance has a kafka.instance_id; the restarted one keeps its own");
     }
@@ -128,6 +132,15 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     std::thread::sleep(phase);
     mark("steady");
     std::thread::sleep(phase);
+    // The control: the same start (its warm-up from the same database, its client)
+    // without a rebalance of this group, to tell the cost of a start on a shared machine
+    // from the protocol's. It consumes a topic of its own, which stays empty: it writes
+    // nothing beside the group measured.
+    mark("another group's instance starts");
+    let quiet = unique("rebalance-quiet");
+    create_topic_on(&brokers(), &quiet, 1);
+    let elsewhere = start_in(&quiet, &unique("rebalance-other"), "x", "x");
+    std::thread::sleep(phase);
     mark("a third instance starts");
     instances.push(start_instance("c", "c"));
     std::thread::sleep(phase);
@@ -152,7 +165,7 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     support::wait_for("every order stored", Duration::from_secs(120), || {
         (db.count("SELECT count(*) FROM orders") >= sent).then_some(())
     });
-    drop((instances, stopped, restarted, killed));
+    drop((instances, stopped, restarted, killed, elsewhere));
 
     // Each stored order: its partition, offset and commit time.
     let mut client = db.client();
