@@ -16,8 +16,14 @@
 //! beside the steady state's, the phase before the first event:
 //!
 //! - the longest freshness of the orders committed in the phase;
-//! - each partition's longest stall, longest first, and how many stalled longer than any
-//!   partition did in the steady state (the partitions the event stopped).
+//! - the partitions the event moved (taken from one instance or given to another, as the
+//!   instances' own logs say: `event=partitions_revoked` and `event=partitions_assigned`,
+//!   logged during the phase) and their longest stall;
+//! - the partitions that stayed where they were: their longest stall, and how many
+//!   stalled longer than any partition did in the steady state. The steady state's p99
+//!   of the time between commits is printed too, but the comparison is with its longest:
+//!   one gap in a hundred exceeds the p99 by definition, event or not, and a phase has
+//!   about 2,000 of them.
 //!
 //! Both protocols run in turn (REBALANCE_PROTOCOLS=classic,consumer). Under `consumer`
 //! the broker's session timeout applies to the SIGKILLed member (`scripts/kafka-node`
@@ -28,9 +34,15 @@
 //! membership): the restarted one comes back under its old id, so that its restart moves
 //! nothing if it is back within the session timeout.
 //!
+//! To see why a partition stalled: REBALANCE_EXTRA is appended to each instance's
+//! config (`[kafka.properties]` with `debug = "cgrp,fetch"` shows librdkafka's group and
+//! fetch decisions) and REBALANCE_RUST_LOG replaces its `RUST_LOG` (`info,librdkafka=debug`
+//! lets those lines through); each instance's log is in the directory the run names.
+//!
 //! Run with `bench/run rebalance`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -40,6 +52,7 @@ use orders_svc::config::GroupProtocol;
 use orders_svc::tools::generate::Generator;
 use orders_svc::tools::produce::Producer;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 mod common;
 use common::support::{self, Process, config_toml, free_addr, temp_dir, under, unique, wait_ready};
@@ -81,12 +94,18 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     create_topic_on(&brokers(), &topic, PARTITIONS);
     let group = unique("rebalance-group");
     let dir = temp_dir("rebalance");
+    println!("  the instances' logs: {}", dir.display());
     let static_ids = std::env::var_os("REBALANCE_STATIC").is_some_and(|v| v == "1");
     // `id` names the instance for good under static membership.
     let start_in = |topic: &str, group: &str, name: &str, id: &str| {
         let addr = free_addr();
-        let toml = config_toml(&db.url, topic, group, addr, "");
-        let env: &[(&str, &str)] = if static_ids { &[("ORDERS_KAFKA_INSTANCE_ID", id)] } else { &[] };
+        let toml = config_toml(&db.url, topic, group, addr, &std::env::var("REBALANCE_EXTRA").unwrap_or_default());
+        let rust_log = std::env::var("REBALANCE_RUST_LOG").unwrap_or_else(|_| "info".into());
+        let mut env: Vec<(&str, &str)> = vec![("RUST_LOG", rust_log.as_str())];
+        if static_ids {
+            env.push(("ORDERS_KAFKA_INSTANCE_ID", id));
+        }
+        let env = env.as_slice();
         Instance { process: Process::start(&dir, name, &toml, env), addr }
     };
     let start_instance = |name: &str, id: &str| start_in(&topic, &group, name, id);
@@ -94,6 +113,8 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
         println!("  static membership: each instance has a kafka.instance_id; the restarted one keeps its own");
     }
     let mut instances = vec![start_instance("a", "a"), start_instance("b", "b")];
+    // Every instance of the group measured, to read what moved from their logs.
+    let mut logs: Vec<PathBuf> = instances.iter().map(|i| i.process.log.clone()).collect();
     for i in &instances {
         wait_ready(i.addr);
     }
@@ -143,6 +164,7 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     std::thread::sleep(phase);
     mark("a third instance starts");
     instances.push(start_instance("c", "c"));
+    logs.push(instances.last().expect("just started").process.log.clone());
     std::thread::sleep(phase);
     mark("one stopped (SIGTERM)");
     let stopped = instances.remove(0);
@@ -153,6 +175,7 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
     restarted.process.signal("TERM");
     restarted.process.wait_exit(Duration::from_secs(30));
     instances.push(start_instance("b2", "b"));
+    logs.push(instances.last().expect("just started").process.log.clone());
     std::thread::sleep(phase);
     mark("one killed (SIGKILL)");
     let killed = instances.remove(0);
@@ -184,8 +207,45 @@ fn run(protocol: GroupProtocol, rate: usize, phase: Duration) -> anyhow::Result<
             at: SystemTime::from(at),
         });
     }
-    report(protocol, &phases, &stored);
+    let mut moves = Vec::new();
+    for log in &logs {
+        moves.extend(partition_moves(log, &topic)?);
+    }
+    report(protocol, &phases, &stored, &moves);
     Ok(())
+}
+
+/// A partition of the topic measured taken or given up by an instance, and when its log
+/// says it was (to the millisecond, rounded down).
+struct Move {
+    partition: i32,
+    at: SystemTime,
+}
+
+/// The partitions of `topic` that an instance's log says it was given or gave up.
+fn partition_moves(log: &Path, topic: &str) -> anyhow::Result<Vec<Move>> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("read {}", log.display()))?;
+    let mut moves = Vec::new();
+    for line in text.lines() {
+        let moved =
+            ["event=partitions_assigned ", "event=partitions_assigned_unpositioned ", "event=partitions_revoked "]
+                .iter()
+                .any(|event| line.contains(event));
+        // `[2026-12-05T01:11:10.123Z INFO  orders_svc::consumer::rebalance] event=…`
+        let stamp = line.get(1..).and_then(|l| l.split(' ').next());
+        let (Some(stamp), Some(list)) = (stamp, line.split(" partitions=").nth(1)) else { continue };
+        if !moved {
+            continue;
+        }
+        let at = OffsetDateTime::parse(stamp, &Rfc3339).with_context(|| format!("a timestamp in {line:?}"))?;
+        for named in list.split(' ').next().unwrap_or("").split(',').filter(|p| !p.is_empty()) {
+            let Some((t, partition)) = named.rsplit_once('/') else { continue };
+            if t == topic {
+                moves.push(Move { partition: partition.parse()?, at: SystemTime::from(at) });
+            }
+        }
+    }
+    Ok(moves)
 }
 
 struct Stored {
@@ -203,63 +263,88 @@ fn ms(a: SystemTime, b: SystemTime) -> f64 {
     }
 }
 
-fn report(protocol: GroupProtocol, phases: &[(&str, SystemTime)], stored: &[Stored]) {
+fn report(protocol: GroupProtocol, phases: &[(&str, SystemTime)], stored: &[Stored], moves: &[Move]) {
     // Per partition, its commits in time order: the distinct commit times.
     let mut by_partition: BTreeMap<i32, Vec<&Stored>> = BTreeMap::new();
     for s in stored {
         by_partition.entry(s.partition).or_default().push(s);
     }
-    let commits: Vec<Vec<SystemTime>> = by_partition
-        .into_values()
-        .map(|mut orders| {
+    let commits: BTreeMap<i32, Vec<SystemTime>> = by_partition
+        .into_iter()
+        .map(|(partition, mut orders)| {
             orders.sort_by_key(|s| s.offset);
             let mut times: Vec<SystemTime> = orders.iter().map(|s| s.at).collect();
             times.dedup();
-            times
+            (partition, times)
         })
         .collect();
-    // Each partition's stall in a window, longest first: the longest gap between two of
-    // its commits that ends in the window.
-    let stalls = |from: SystemTime, to: SystemTime| -> Vec<f64> {
-        let mut stalls: Vec<f64> = commits
-            .iter()
-            .map(|times| {
-                times.windows(2).filter(|w| w[1] > from && w[1] <= to).map(|w| ms(w[0], w[1])).fold(0.0, f64::max)
-            })
-            .collect();
-        stalls.sort_by(|a, b| b.total_cmp(a));
-        stalls
+    // The gaps between two commits of a partition that end in a window.
+    let gaps = |times: &[SystemTime], from: SystemTime, to: SystemTime| -> Vec<f64> {
+        times.windows(2).filter(|w| w[1] > from && w[1] <= to).map(|w| ms(w[0], w[1])).collect()
+    };
+    // Each partition's stall in a window: the longest gap between two of its commits
+    // that ends in the window.
+    let stalls = |from: SystemTime, to: SystemTime| -> BTreeMap<i32, f64> {
+        commits.iter().map(|(&p, times)| (p, gaps(times, from, to).into_iter().fold(0.0, f64::max))).collect()
     };
     // The p99 and the longest freshness of the orders committed in a window.
     let freshness = |from: SystemTime, to: SystemTime| -> (f64, f64) {
         let mut f: Vec<f64> = stored.iter().filter(|s| s.at > from && s.at <= to).map(|s| ms(s.due, s.at)).collect();
         f.sort_by(f64::total_cmp);
-        let p99 = f.get(f.len().saturating_sub(1) * 99 / 100).copied().unwrap_or(0.0);
-        (p99, f.last().copied().unwrap_or(0.0))
+        (percentile(&f, 99), f.last().copied().unwrap_or(0.0))
     };
     let (steady_from, steady_to) = (phases[0].1, phases[1].1);
-    let steady_stall = stalls(steady_from, steady_to).first().copied().unwrap_or(0.0);
+    let steady_stall = stalls(steady_from, steady_to).into_values().fold(0.0, f64::max);
+    let mut steady_gaps: Vec<f64> = commits.values().flat_map(|times| gaps(times, steady_from, steady_to)).collect();
+    steady_gaps.sort_by(f64::total_cmp);
     let (steady_p99, steady_max) = freshness(steady_from, steady_to);
 
     println!("\nprotocol {}: {} orders stored", protocol.as_str(), stored.len());
     println!(
-        "  steady state: freshness p99 {steady_p99:.0} ms, max {steady_max:.0} ms; longest stall of a partition \
-         {steady_stall:.0} ms"
+        "  steady state: freshness p99 {steady_p99:.0} ms, max {steady_max:.0} ms; time between a partition's commits \
+         p99 {:.0} ms, longest {steady_stall:.0} ms",
+        percentile(&steady_gaps, 99)
     );
     println!(
-        "  {:<24} {:>13} {:>8} {:>18}  each partition's longest stall, ms",
-        "event", "freshness max", "/ steady", "stopped partitions"
+        "  {:<32} {:>13} {:>8}  {:<34} partitions that stayed: longest stall, how many beyond the steady longest",
+        "event", "freshness max", "/ steady", "partitions moved: longest stall"
     );
     for w in phases.windows(2).skip(1) {
         let ((name, from), (_, to)) = (w[0], w[1]);
         let (_, fresh_max) = freshness(from, to);
-        let stalls = stalls(from, to);
-        let stopped = stalls.iter().filter(|&&s| s > steady_stall).count();
-        let each: Vec<String> = stalls.iter().map(|s| format!("{s:.0}")).collect();
+        let moved: BTreeSet<i32> =
+            moves.iter().filter(|m| phase_of(phases, m.at) == Some(from)).map(|m| m.partition).collect();
+        let (moved_stalls, stayed): (Vec<(i32, f64)>, Vec<(i32, f64)>) =
+            stalls(from, to).into_iter().partition(|(p, _)| moved.contains(p));
+        let longest = |list: &[(i32, f64)]| list.iter().map(|&(_, s)| s).fold(0.0, f64::max);
+        let names: Vec<String> = moved.iter().map(i32::to_string).collect();
+        let moved_text = if moved.is_empty() {
+            "none".to_string()
+        } else {
+            format!("{} ({}): {:.0} ms", moved.len(), names.join(","), longest(&moved_stalls))
+        };
+        let beyond: Vec<String> =
+            stayed.iter().filter(|&&(_, s)| s > steady_stall).map(|(p, s)| format!("{p}: {s:.0} ms")).collect();
         println!(
-            "  {name:<24} {fresh_max:>10.0} ms {:>8.1} {stopped:>13} of {PARTITIONS}  {}",
+            "  {name:<32} {fresh_max:>10.0} ms {:>8.1}  {moved_text:<34} {} of {}: {:.0} ms, {} beyond{}",
             fresh_max / steady_max.max(1.0),
-            each.join(" ")
+            stayed.len(),
+            PARTITIONS,
+            longest(&stayed),
+            beyond.len(),
+            if beyond.is_empty() { String::new() } else { format!(" ({})", beyond.join(", ")) },
         );
     }
+}
+
+/// The start of the phase a move logged at `at` belongs to: the last phase begun by then
+/// (the log's time is rounded down to the millisecond).
+fn phase_of(phases: &[(&str, SystemTime)], at: SystemTime) -> Option<SystemTime> {
+    let end = at + Duration::from_millis(1);
+    phases.iter().map(|&(_, start)| start).take_while(|&start| start < end).last()
+}
+
+/// The `p`th percentile of sorted figures (0 if there are none).
+fn percentile(sorted: &[f64], p: usize) -> f64 {
+    sorted.get(sorted.len().saturating_sub(1) * p / 100).copied().unwrap_or(0.0)
 }
