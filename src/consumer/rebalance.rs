@@ -3,11 +3,11 @@
 //! PostgreSQL and keeps the table of partitions; its other callbacks report the
 //! brokers' errors and librdkafka's statistics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 use rdkafka::consumer::{BaseConsumer, Consumer as _, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
@@ -127,13 +127,14 @@ impl GroupContext {
                     .expect("the partition is in the list");
             }
         }
-        let assign = match consumer.rebalance_protocol() {
-            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
-            _ => consumer.assign(tpl),
-        };
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let assign = if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
         if let Err(e) = assign {
             error!("event=assign_failed partitions={} error={e}", describe_list(tpl));
             return;
+        }
+        if cooperative {
+            wake_fetchers(consumer);
         }
         match stored {
             Ok(stored) => {
@@ -177,5 +178,44 @@ impl GroupContext {
     fn read_stored(&self, partitions: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
         let mut client = store::connect_writer(&self.database)?;
         store::stored_offsets(&mut client, &self.group, partitions)
+    }
+}
+
+/// How long the requests that wake the fetchers may take.
+const WAKE_CALL: Duration = Duration::from_millis(500);
+
+/// Wakes the threads that fetch the partitions kept through an incremental rebalance.
+///
+/// While the application's rebalance callback runs, librdkafka pauses every assigned
+/// partition, kept ones included, and resumes them when `incremental_assign` ends it.
+/// Resuming only clears a flag: a broker's thread that had nothing in flight when it saw
+/// its partitions paused sleeps until something else wakes it, up to a second
+/// (`rd_kafka_max_block_ms`), and the partitions that stayed wait that long
+/// (`bench/run rebalance` measured 1,024-1,044 ms). A request to a broker wakes its
+/// thread: one watermark query per leader of the partitions held.
+fn wake_fetchers<C: ConsumerContext>(consumer: &BaseConsumer<C>) {
+    let Ok(held) = consumer.assignment() else { return };
+    let mut topics: BTreeMap<String, BTreeSet<i32>> = BTreeMap::new();
+    for e in held.elements() {
+        topics.entry(e.topic().to_string()).or_default().insert(e.partition());
+    }
+    for (topic, partitions) in topics {
+        let leaders = match consumer.fetch_metadata(Some(&topic), WAKE_CALL) {
+            Ok(metadata) => metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| (p.leader(), p.id())))
+                .filter(|(_, id)| partitions.contains(id))
+                .collect::<BTreeMap<i32, i32>>(),
+            Err(e) => {
+                debug!("event=wake_fetchers_skipped topic={topic} error={e}");
+                continue;
+            }
+        };
+        for partition in leaders.into_values() {
+            if let Err(e) = consumer.fetch_watermarks(&topic, partition, WAKE_CALL) {
+                debug!("event=wake_fetchers_failed partition={topic}/{partition} error={e}");
+            }
+        }
     }
 }
