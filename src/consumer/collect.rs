@@ -219,27 +219,13 @@ impl Consumer {
         }
     }
 
-    /// A fatal error: the consumer will deliver nothing more. The likeliest cause is
-    /// another process with this instance's `kafka.instance_id`: under the classic
-    /// protocol it took this member's place (FENCED_INSTANCE_ID), under the consumer
-    /// protocol this one was refused because the other holds the id
-    /// (UNRELEASED_INSTANCE_ID). The loop ends, so nothing more is written; the HTTP side
-    /// goes on serving, and `/readyz` says why the instance is not ready.
+    /// A fatal error: the consumer will deliver nothing more. The loop ends, so nothing
+    /// more is written; the HTTP side goes on serving, and `/readyz` says why the instance
+    /// is not ready (see `fatal_reason`).
     fn stop_on_fatal(&mut self, code: RDKafkaErrorCode) {
-        let reason = match code {
-            RDKafkaErrorCode::FencedInstanceId => {
-                "another process joined the group with this kafka.instance_id and took this one's place".to_string()
-            }
-            RDKafkaErrorCode::UnreleasedInstanceId => {
-                "another process of the group holds this kafka.instance_id; this one was refused".to_string()
-            }
-            other => format!("librdkafka reported a fatal error ({other})"),
-        };
-        error!(
-            "event=consumer_fatal_error code={code:?} reason=\"{reason}\" action=stopped_consuming hint=\"give each \
-             instance its own kafka.instance_id, then restart this one\""
-        );
-        self.consumer.context().health.set_consumer_stopped(format!("stopped consuming: {reason}"));
+        let (reason, hint) = fatal_reason(code);
+        error!("event=consumer_fatal_error code={code:?} reason=\"{reason}\" action=stopped_consuming hint=\"{hint}\"");
+        self.consumer.context().health.set_consumer_stopped(format!("stopped consuming: {reason}; {hint}"));
         self.stopped = true;
     }
 
@@ -275,5 +261,71 @@ impl Consumer {
         );
         self.metrics.messages_lost.with_label_values(&[key.0.as_str(), &key.1.to_string()]).inc_by(lost as u64);
         self.losses_reported.insert(key, position);
+    }
+}
+
+/// Why a fatal error stopped the consumer, and what to do about it. The likely ones:
+/// another process with this instance's `kafka.instance_id` (under the classic protocol
+/// it took this member's place, FENCED_INSTANCE_ID; under the consumer protocol this one
+/// was refused while the other holds the id, UNRELEASED_INSTANCE_ID), and a broker that
+/// does not speak the consumer protocol (UNSUPPORTED_VERSION, or librdkafka's
+/// UNSUPPORTED_FEATURE when the broker lacks its API).
+pub(super) fn fatal_reason(code: RDKafkaErrorCode) -> (String, &'static str) {
+    const RESTART: &str = "give each instance its own kafka.instance_id, then restart this one";
+    match code {
+        RDKafkaErrorCode::FencedInstanceId => {
+            ("another process joined the group with this kafka.instance_id and took this one's place".into(), RESTART)
+        }
+        RDKafkaErrorCode::UnreleasedInstanceId => {
+            ("another process of the group holds this kafka.instance_id; this one was refused".into(), RESTART)
+        }
+        RDKafkaErrorCode::UnsupportedVersion | RDKafkaErrorCode::UnsupportedFeature => (
+            format!("the broker does not speak the consumer group protocol ({code})"),
+            "it needs Apache Kafka 4.0 or later with the consumer protocol enabled; otherwise set \
+             kafka.group_protocol = \"classic\" and restart",
+        ),
+        other => {
+            (format!("librdkafka reported a fatal error ({other})"), "restart this instance; if it recurs, see its log")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::RDKafkaErrorCode;
+
+    use super::fatal_reason;
+
+    #[test]
+    fn each_fatal_error_says_what_to_do() {
+        assert_eq!(
+            fatal_reason(RDKafkaErrorCode::FencedInstanceId),
+            (
+                "another process joined the group with this kafka.instance_id and took this one's place".to_string(),
+                "give each instance its own kafka.instance_id, then restart this one"
+            )
+        );
+        assert_eq!(
+            fatal_reason(RDKafkaErrorCode::UnreleasedInstanceId).1,
+            "give each instance its own kafka.instance_id, then restart this one"
+        );
+        let (reason, hint) = fatal_reason(RDKafkaErrorCode::UnsupportedVersion);
+        assert_eq!(
+            reason,
+            "the broker does not speak the consumer group protocol (UnsupportedVersion (Broker: API version not supported))"
+        );
+        assert_eq!(
+            hint,
+            "it needs Apache Kafka 4.0 or later with the consumer protocol enabled; otherwise set \
+             kafka.group_protocol = \"classic\" and restart"
+        );
+        assert_eq!(fatal_reason(RDKafkaErrorCode::UnsupportedFeature).1, hint);
+        assert_eq!(
+            fatal_reason(RDKafkaErrorCode::InvalidRequest),
+            (
+                "librdkafka reported a fatal error (InvalidRequest (Broker: Invalid request))".to_string(),
+                "restart this instance; if it recurs, see its log"
+            )
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The broker failing under the service, each on an Apache Kafka broker of the test's
 //! own: killed and restarted with its messages kept, restarted empty after losing its
 //! data, a topic deleted and created again, and messages deleted by retention before the
-//! service read them.
+//! service read them; and a broker that does not speak the consumer group protocol.
 
 use std::time::{Duration, Instant};
 
@@ -209,4 +209,53 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
     assert!(line.contains("from=5 to=14 lost=10"), "{line}");
     assert_eq!(get(addr, &format!("/order/{}", deleted[0].order_uid)).status, 404);
     assert_eq!(get(addr, &format!("/order/{}", kept[2].order_uid)).status, 200);
+}
+
+/// A broker with the consumer group protocol disabled (as one before Kafka 4.0 lacks it),
+/// and the service on its default `kafka.group_protocol = "consumer"`: it does not retry
+/// forever in silence, it stops consuming and `/readyz` says why and what to set.
+/// Started again with `classic`, it consumes.
+#[test]
+fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
+    let broker = Broker::start_with(&[("group.coordinator.rebalance.protocols", "classic")]);
+    let db = TestDb::new();
+    let topic = unique("classic-only");
+    create_topic_on(&broker.addr(), &topic, 1);
+    let dir = temp_dir("classic-only-service");
+    let group = unique("group");
+    let start = |name: &str, protocol: &str| {
+        let addr = free_addr();
+        let toml = config_toml(&db.url, &topic, &group, addr, "")
+            .replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.addr()));
+        // The protocol the file names: the default when it names none.
+        let toml: String = toml
+            .lines()
+            .filter(|l| !l.starts_with("group_protocol") && !l.starts_with("session_timeout_ms"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let toml = toml.replace("[http]", &format!("{protocol}[http]"));
+        (Process::start(&dir, name, &toml, &[]), addr)
+    };
+    let (first, addr) = start("default", "");
+    let body = wait_for("/readyz to say why the consumer stopped", Duration::from_secs(60), || {
+        let r = get_within(addr, "/readyz", Duration::from_secs(2)).ok()?;
+        (r.status == 503 && r.body.contains("stopped consuming")).then_some(r.body)
+    });
+    assert!(
+        body.contains(
+            "consumer: stopped consuming: the broker does not speak the consumer group protocol (UnsupportedVersion \
+             (Broker: API version not supported)); it needs Apache Kafka 4.0 or later with the consumer protocol \
+             enabled; otherwise set kafka.group_protocol = \\\"classic\\\" and restart"
+        ),
+        "{body}"
+    );
+    drop(first);
+
+    let (second, addr) = start("classic", "group_protocol = \"classic\"\n");
+    wait_ready(addr);
+    produce_on(&broker.addr(), &topic, &[MODEL.as_bytes()]);
+    wait_for("the order stored", Duration::from_secs(30), || {
+        (db.count("SELECT count(*) FROM orders") == 1).then_some(())
+    });
+    drop(second);
 }
