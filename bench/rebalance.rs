@@ -16,9 +16,11 @@
 //! beside the steady state's, the phase before the first event:
 //!
 //! - the longest freshness of the orders committed in the phase;
-//! - the partitions the event moved (taken from one instance or given to another, as the
-//!   instances' own logs say: `event=partitions_revoked` and `event=partitions_assigned`,
-//!   logged during the phase) and their longest stall;
+//! - the partitions the event revoked or assigned (taken from an instance or given to
+//!   one, as the instances' own logs say: `event=partitions_revoked` and
+//!   `event=partitions_assigned`, logged during the phase; under eager rebalancing every
+//!   partition, even one given back to the instance it was taken from) and their longest
+//!   stall;
 //! - the partitions that stayed where they were: their longest stall, and how many
 //!   stalled longer than any partition did in the steady state. The steady state's p99
 //!   of the time between commits is printed too, but the comparison is with its longest:
@@ -306,17 +308,17 @@ fn report(protocol: GroupProtocol, phases: &[(&str, SystemTime)], stored: &[Stor
         percentile(&steady_gaps, 99)
     );
     println!(
-        "  {:<32} {:>13} {:>8}  {:<34} partitions that stayed: longest stall, how many beyond the steady longest",
-        "event", "freshness max", "/ steady", "partitions moved: longest stall"
+        "  {:<32} {:>13} {:>8}  {:<34} the others: longest stall, how many beyond the steady longest",
+        "event", "freshness max", "/ steady", "revoked or assigned: longest stall"
     );
     for w in phases.windows(2).skip(1) {
         let ((name, from), (_, to)) = (w[0], w[1]);
         let (_, fresh_max) = freshness(from, to);
         let moved: BTreeSet<i32> =
             moves.iter().filter(|m| phase_of(phases, m.at) == Some(from)).map(|m| m.partition).collect();
-        let (moved_stalls, stayed): (Vec<(i32, f64)>, Vec<(i32, f64)>) =
+        let (moved_stalls, stayed): (Vec<Stall>, Vec<Stall>) =
             stalls(from, to).into_iter().partition(|(p, _)| moved.contains(p));
-        let longest = |list: &[(i32, f64)]| list.iter().map(|&(_, s)| s).fold(0.0, f64::max);
+        let longest = |list: &[Stall]| list.iter().map(|&(_, s)| s).fold(0.0, f64::max);
         let names: Vec<String> = moved.iter().map(i32::to_string).collect();
         let moved_text = if moved.is_empty() {
             "none".to_string()
@@ -343,6 +345,9 @@ fn phase_of(phases: &[(&str, SystemTime)], at: SystemTime) -> Option<SystemTime>
     let end = at + Duration::from_millis(1);
     phases.iter().map(|&(_, start)| start).take_while(|&start| start < end).last()
 }
+
+/// A partition and its longest stall in a phase, in milliseconds.
+type Stall = (i32, f64);
 
 /// The `p`th percentile of sorted figures (0 if there are none).
 fn percentile(sorted: &[f64], p: usize) -> f64 {
