@@ -41,7 +41,8 @@ pub struct Kafka {
     pub group_id: String,
     pub auto_offset_reset: OffsetReset,
     pub fetch_wait_max_ms: u32,
-    /// How the group assigns partitions: librdkafka's `group.protocol`.
+    /// How the group assigns partitions: librdkafka's `group.protocol`. `Consumer` by
+    /// default: on Kafka 4 a rebalance then stops only the partitions that move.
     pub group_protocol: GroupProtocol,
     /// librdkafka's `session.timeout.ms`, for the classic protocol alone (under
     /// `consumer` the broker's `group.consumer.session.timeout.ms` rules). None: 45 s.
@@ -151,7 +152,7 @@ impl Default for Kafka {
             group_id: "orders-svc".into(),
             auto_offset_reset: OffsetReset::Earliest,
             fetch_wait_max_ms: 100,
-            group_protocol: GroupProtocol::Classic,
+            group_protocol: GroupProtocol::Consumer,
             session_timeout_ms: None,
             instance_id: None,
             properties: BTreeMap::new(),
@@ -308,8 +309,9 @@ impl Config {
                 bail!("{}: expected a number greater than 0, found 0", self.name("kafka.session_timeout_ms"))
             }
             (GroupProtocol::Consumer, Some(_)) => bail!(
-                "{}: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" the broker sets the \
-                 session timeout (group.consumer.session.timeout.ms)",
+                "{}: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" (the default) the \
+                 broker sets the session timeout (group.consumer.session.timeout.ms): remove the key, or set \
+                 kafka.group_protocol = \"classic\"",
                 self.name("kafka.session_timeout_ms")
             ),
             _ => {}

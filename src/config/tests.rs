@@ -69,8 +69,9 @@ fn unknown_key_is_an_error() {
 fn each_group_protocol_refuses_what_the_other_alone_takes() {
     assert_eq!(
         err("[kafka]\ngroup_protocol = \"consumer\"\nsession_timeout_ms = 6000\n"),
-        "key `kafka.session_timeout_ms`: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" the \
-         broker sets the session timeout (group.consumer.session.timeout.ms)"
+        "key `kafka.session_timeout_ms`: applies to kafka.group_protocol = \"classic\" alone; under \"consumer\" (the \
+         default) the broker sets the session timeout (group.consumer.session.timeout.ms): remove the key, or set \
+         kafka.group_protocol = \"classic\""
     );
     assert_eq!(
         err(
@@ -80,7 +81,7 @@ fn each_group_protocol_refuses_what_the_other_alone_takes() {
          (group.remote.assignor chooses its assignor), not for kafka.group_protocol = \"consumer\""
     );
     assert_eq!(
-        err("[kafka]\n[kafka.properties]\n\"group.remote.assignor\" = \"uniform\"\n"),
+        err("[kafka]\ngroup_protocol = \"classic\"\n[kafka.properties]\n\"group.remote.assignor\" = \"uniform\"\n"),
         "key `kafka.properties`: `group.remote.assignor` is for the consumer protocol alone; with classic, the \
          members assign (partition.assignment.strategy), not for kafka.group_protocol = \"classic\""
     );
