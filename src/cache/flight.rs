@@ -4,9 +4,10 @@
 //!
 //! The first request for an order (the leader) takes a permit and begins a flight; the
 //! others join it and wait for its result, up to `Limits::database_wait`. The flights
-//! are kept in the cache's state, under its lock: a newer version committed, or the
-//! listener coming or going, marks a flight there as no longer current, and the leader
-//! keeps its result and ends the flight in one hold of that lock.
+//! are kept in the cache's state, under its lock: a version committed marks a flight
+//! there so that only a read of that very version is kept, the listener coming or going
+//! so that none is, and the leader keeps its result and ends the flight in one hold of
+//! that lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -100,11 +101,22 @@ impl Flight {
     }
 }
 
-/// A flight begun, and whether its outcome may still be kept: not if a newer version of
-/// the order was committed, or the listener came or went, while it read.
+/// A flight begun, and whether its outcome may still be kept.
 struct Begun {
     flight: Arc<Flight>,
-    current: bool,
+    since: Since,
+}
+
+/// What happened to an order while a flight read it.
+#[derive(Debug, PartialEq, Eq)]
+enum Since {
+    /// Nothing: what the read finds is current.
+    Nothing,
+    /// This version was committed (published by the consumer, or notified): only a read
+    /// that found this very version is current.
+    Committed(String),
+    /// The listener came or went: anything may have changed unnoticed.
+    Unknown,
 }
 
 /// The flights in progress, by uid.
@@ -120,26 +132,34 @@ impl Flights {
     /// Begins the flight for `uid`; there is none.
     pub(super) fn begin(&mut self, uid: &str) -> Arc<Flight> {
         let flight = Arc::new(Flight::default());
-        self.0.insert(uid.to_string(), Begun { flight: flight.clone(), current: true });
+        self.0.insert(uid.to_string(), Begun { flight: flight.clone(), since: Since::Nothing });
         flight
     }
 
-    /// Ends the flight for `uid`. Returns whether its outcome may be kept.
-    pub(super) fn end(&mut self, uid: &str) -> bool {
-        self.0.remove(uid).is_some_and(|begun| begun.current)
+    /// Ends the flight for `uid`, whose read found `version` (None: no order). Returns
+    /// whether its outcome may be kept: if nothing was committed meanwhile, or what was
+    /// is the version it found.
+    pub(super) fn end(&mut self, uid: &str, version: Option<&str>) -> bool {
+        self.0.remove(uid).is_some_and(|begun| match begun.since {
+            Since::Nothing => true,
+            Since::Committed(committed) => version == Some(committed.as_str()),
+            Since::Unknown => false,
+        })
     }
 
-    /// A newer version of `uid` is committed: what its flight reads may be older.
-    pub(super) fn supersede(&mut self, uid: &str) {
-        if let Some(begun) = self.0.get_mut(uid) {
-            begun.current = false;
+    /// `version` of `uid` is committed: what its flight reads may be older.
+    pub(super) fn supersede(&mut self, uid: &str, version: &str) {
+        if let Some(begun) = self.0.get_mut(uid)
+            && begun.since != Since::Unknown
+        {
+            begun.since = Since::Committed(version.to_string());
         }
     }
 
     /// The listener came or went: what any flight reads may have changed unnoticed.
     pub(super) fn supersede_all(&mut self) {
         for begun in self.0.values_mut() {
-            begun.current = false;
+            begun.since = Since::Unknown;
         }
     }
 

@@ -86,10 +86,10 @@ struct State {
 }
 
 impl State {
-    /// A version of `uid` is committed: a read of it in flight may be older, and it is
+    /// `version` of `uid` is committed: a read of it in flight may be older, and it is
     /// no longer missing.
-    fn supersede(&mut self, uid: &str) {
-        self.flights.supersede(uid);
+    fn supersede(&mut self, uid: &str, version: &str) {
+        self.flights.supersede(uid, version);
         self.missing.forget(uid);
     }
 }
@@ -174,12 +174,13 @@ impl Cache {
 
     /// Applies a notification: orders now stored at these versions. An entry of another
     /// version is dropped, and so is the memory of the id as missing; a read in flight
-    /// for it is not remembered. Returns how many entries were dropped.
+    /// for it is remembered only if it found the version named. Returns how many entries
+    /// were dropped.
     pub fn changed(&self, changes: &[Change]) -> usize {
         let mut state = self.state.write();
         for change in changes {
             state.pending.notified(&change.uid, &change.version);
-            state.supersede(&change.uid);
+            state.supersede(&change.uid, &change.version);
         }
         let dropped = state.entries.drop_other_versions(changes);
         drop(state);
@@ -215,7 +216,7 @@ impl Cache {
             let mut state = self.state.write();
             for order in piece {
                 if !state.pending.overtaken(&order.uid, order.version()) {
-                    state.supersede(&order.uid);
+                    state.supersede(&order.uid, order.version());
                     evicted += state.entries.put(order, now);
                 }
             }
@@ -335,7 +336,8 @@ impl Cache {
         // whatever superseded the read meanwhile has marked the flight.
         let mut state = self.state.write();
         let mut evicted = 0;
-        if state.flights.end(uid) {
+        let found = outcome.as_ref().ok().and_then(|order| order.as_ref()).map(|order| order.version());
+        if state.flights.end(uid, found) {
             match &outcome {
                 Ok(Some(order)) => evicted = state.entries.put(order.clone(), self.time.micros()),
                 Ok(None) if !self.limits.negative_ttl.is_zero() => {

@@ -291,6 +291,32 @@ fn a_read_overtaken_by_the_consumer_is_not_kept() {
     assert!(std::str::from_utf8(&hit(&c, "a").unwrap().json).unwrap().contains("Newer"));
 }
 
+/// A notification that arrives while a miss reads (the order was written just before)
+/// names a version: a read that found that very version is kept, one that found
+/// another is not.
+#[test]
+fn a_read_of_the_version_notified_meanwhile_is_kept_and_of_another_is_not() {
+    let c = cache(10);
+    let stored = order("a");
+    let got = c
+        .lookup("a", || {
+            c.changed(&[change("a", &stored.clone().encode())]);
+            Ok(Some(from_db(stored.clone())))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(city(&got.order), city(&held(&c, "a").unwrap()));
+    assert_eq!(c.stats.db_reads.get(), 1);
+
+    let newer = moved("b", "Newer");
+    c.lookup("b", || {
+        c.changed(&[change("b", &newer.clone().encode())]);
+        Ok(Some(from_db(order("b"))))
+    })
+    .unwrap();
+    assert!(held(&c, "b").is_none());
+}
+
 /// A clock the test moves: `Clock::micros` starts at 1,000 s past the epoch.
 #[derive(Clone, Default)]
 struct TestClock(Arc<std::sync::atomic::AtomicI64>);
