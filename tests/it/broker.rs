@@ -169,8 +169,7 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
     let group = unique("group");
     let start = |name: &str| {
         let addr = free_addr();
-        let toml = config_toml(&db.url, &topic, &group, addr, "")
-            .replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.addr()));
+        let toml = broker.config_toml(&db.url, &topic, &group, addr);
         (Process::start(&dir, name, &toml, &[]), addr)
     };
     let mut generator = Generator::new(53, 2);
@@ -225,8 +224,7 @@ fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
     let group = unique("group");
     let start = |name: &str, protocol: &str| {
         let addr = free_addr();
-        let toml = config_toml(&db.url, &topic, &group, addr, "")
-            .replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.addr()));
+        let toml = broker.config_toml(&db.url, &topic, &group, addr);
         // The protocol the file names: the default when it names none.
         let toml: String = toml
             .lines()

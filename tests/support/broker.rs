@@ -153,6 +153,12 @@ impl Broker {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `config_toml` for a process on this broker instead of the stack's.
+    pub fn config_toml(&self, db_url: &str, topic: &str, group: &str, addr: std::net::SocketAddr) -> String {
+        super::config_toml(db_url, topic, group, addr, "")
+            .replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", self.addr()))
+    }
+
     /// The SASL_SSL listener of a broker made by `start_secure`.
     pub fn secure_addr(&self) -> String {
         format!("127.0.0.1:{}", self.secure.as_ref().expect("a broker made by start_secure").port)
