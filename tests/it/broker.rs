@@ -161,12 +161,8 @@ fn topic_recreated_beneath_the_service_is_reported_and_reset() {
 /// `orders_messages_lost_total`, and stores the 3 that are left.
 #[test]
 fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
-    let broker = Broker::start_with(&[("log.retention.check.interval.ms", "500")]);
-    let db = TestDb::new();
-    let topic = unique("retention");
-    create_topic_on(&broker.addr(), &topic, 1);
-    let dir = temp_dir("retention-service");
-    let group = unique("group");
+    let OwnBroker { broker, db, topic, dir, group } =
+        OwnBroker::start(&[("log.retention.check.interval.ms", "500")], "retention");
     let start = |name: &str| {
         let addr = free_addr();
         let toml = broker.config_toml(&db.url, &topic, &group, addr);
@@ -216,12 +212,8 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
 /// Started again with `classic`, it consumes.
 #[test]
 fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
-    let broker = Broker::start_with(&[("group.coordinator.rebalance.protocols", "classic")]);
-    let db = TestDb::new();
-    let topic = unique("classic-only");
-    create_topic_on(&broker.addr(), &topic, 1);
-    let dir = temp_dir("classic-only-service");
-    let group = unique("group");
+    let OwnBroker { broker, db, topic, dir, group } =
+        OwnBroker::start(&[("group.coordinator.rebalance.protocols", "classic")], "classic-only");
     let start = |name: &str, protocol: &str| {
         let addr = free_addr();
         let toml = broker.config_toml(&db.url, &topic, &group, addr);
@@ -256,4 +248,29 @@ fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
         (db.count("SELECT count(*) FROM orders") == 1).then_some(())
     });
     drop(second);
+}
+
+/// A broker of the test's own with these properties, a database, a one-partition topic
+/// on the broker, a directory for the service's files and a group name.
+struct OwnBroker {
+    broker: Broker,
+    db: TestDb,
+    topic: String,
+    dir: std::path::PathBuf,
+    group: String,
+}
+
+impl OwnBroker {
+    fn start(properties: &[(&str, &str)], name: &str) -> OwnBroker {
+        let broker = Broker::start_with(properties);
+        let topic = unique(name);
+        create_topic_on(&broker.addr(), &topic, 1);
+        OwnBroker {
+            broker,
+            db: TestDb::new(),
+            topic,
+            dir: temp_dir(&format!("{name}-service")),
+            group: unique("group"),
+        }
+    }
 }
