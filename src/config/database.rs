@@ -134,8 +134,9 @@ impl Database {
     }
 }
 
-/// `%XX` escapes of a URL's query value decoded.
-fn percent_decode(value: &str) -> String {
+/// `%XX` escapes of a URL's query value decoded (a `%` not followed by two hex digits
+/// stays as it is). The HTTP side decodes form values with it too.
+pub(crate) fn percent_decode(value: &str) -> String {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

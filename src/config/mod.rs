@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use database::percent_decode;
 pub use database::{Database, DatabaseTls, SslMode};
 pub use sources::kafka_error;
 
