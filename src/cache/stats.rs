@@ -8,6 +8,7 @@ pub struct Stats {
     pub misses: IntCounter,
     pub negative_hits: IntCounter,
     pub db_reads: IntCounter,
+    pub db_statements: IntCounter,
     pub evictions: IntCounter,
     pub notifications: IntCounter,
     pub invalidations: IntCounter,
@@ -26,6 +27,7 @@ impl Stats {
             misses,
             negative_hits,
             db_reads,
+            db_statements,
             evictions,
             notifications,
             invalidations,
@@ -40,6 +42,7 @@ impl Stats {
             misses,
             negative_hits,
             db_reads,
+            db_statements,
             evictions,
             notifications,
             invalidations,
@@ -68,6 +71,10 @@ impl Default for Stats {
             db_reads: counter(
                 "orders_cache_db_reads_total",
                 "Misses that read PostgreSQL (one per id, however many waited).",
+            ),
+            db_statements: counter(
+                "orders_cache_db_read_statements_total",
+                "Statements that read misses' orders: the ids waiting when a reader is free share one.",
             ),
             evictions: counter("orders_cache_evictions_total", "Orders evicted to keep within the bounds."),
             notifications: counter(

@@ -24,12 +24,14 @@ use crate::cache::Cache;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::runtime::{Health, Shutdown};
-use crate::store::Pool;
+use crate::store::{Pool, Readers};
 
 /// What the read path needs; shared by every worker.
 pub struct State {
     pub cache: Arc<Cache>,
     pub pool: Arc<Pool>,
+    /// The reads of the cache's misses, on the pool's connections.
+    pub readers: Readers,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     /// The server, once it listens: its connection counts are metrics.
@@ -38,7 +40,8 @@ pub struct State {
 
 impl State {
     pub fn new(cache: Arc<Cache>, pool: Arc<Pool>, health: Arc<Health>, metrics: Arc<Metrics>) -> State {
-        State { cache, pool, health, metrics, server: OnceLock::new() }
+        let readers = Readers::new(pool.clone(), cache.stats.db_statements.clone());
+        State { cache, pool, readers, health, metrics, server: OnceLock::new() }
     }
 
     /// Connections open now, refused and failed since the start.

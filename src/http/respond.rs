@@ -144,7 +144,7 @@ fn order(state: &State, request: &Request, uid: &str, representation: Representa
         })
         .with("Retry-After", "1");
     }
-    let found = state.cache.lookup(uid, || state.pool.with(|client| store::order(client, uid)));
+    let found = state.cache.lookup(uid, || state.readers.read(uid));
     let reply = match found {
         Ok(Some(found)) if found.stale => found_order(request, &found, html).with(
             "Cache-Status",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 /// An order as read: its id, its JSON (the bytes `Order::to_json` gives for it), the
 /// SHA-256 of that JSON as stored, and when it was stored, in microseconds since 2000
 /// (PostgreSQL's own count), which orders only.
+#[derive(Clone)]
 pub struct StoredOrder {
     pub uid: String,
     pub json: Arc<[u8]>,

@@ -66,6 +66,11 @@ impl Pool {
         Pool { db: db.clone(), max_idle: db.pool_size, idle: Mutex::new(Vec::new()) }
     }
 
+    /// How many idle connections it keeps.
+    pub fn size(&self) -> usize {
+        self.max_idle
+    }
+
     /// Runs `f` with a connection. The pool's lock is held only to take or return one.
     pub fn with<T>(&self, f: impl FnOnce(&mut Conn) -> anyhow::Result<T>) -> anyhow::Result<T> {
         let idle = self.idle.lock().pop();

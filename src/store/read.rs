@@ -1,4 +1,4 @@
-//! The reads behind the cache's misses and the index page: one order's document by id,
+//! The reads behind the cache's misses and the index page: orders' documents by id,
 //! and the summaries of the most recent orders. Each read is one statement. Rows are read
 //! by column name.
 
@@ -39,28 +39,42 @@ pub fn recent_summaries(client: &mut Client, limit: i64) -> anyhow::Result<Vec<O
 /// One order by id, or None: its document as stored, with its digest and when it was
 /// stored, in one statement (prepared once per connection).
 pub fn order(conn: &mut Conn, uid: &str) -> anyhow::Result<Option<StoredOrder>> {
-    let statement = conn.prepared(ORDER_SELECT.as_str()).context("prepare the read of an order")?;
-    let row = match conn.query_opt(&statement, &[&uid]) {
-        Ok(row) => row,
-        Err(e) => {
-            conn.forget_prepared();
-            return Err(e).with_context(|| format!("read order {uid}"));
-        }
-    };
-    Ok(row.map(|row| {
-        let document: &str = row.get("document");
-        StoredOrder {
-            uid: row.get("order_uid"),
-            json: Arc::from(document.as_bytes()),
-            sha256: row.get("content_sha256"),
-            stored_at: micros_since_2000(row.get("ingested_at")),
-        }
-    }))
+    let mut found = orders(conn, &[uid])?;
+    Ok(found.pop())
 }
 
-/// The statement of `order`.
-static ORDER_SELECT: LazyLock<String> =
-    LazyLock::new(|| format!("SELECT {DOCUMENT_COLUMNS} FROM orders WHERE order_uid = $1"));
+/// The orders of `uids` that PostgreSQL has, in no particular order, as `order` reads
+/// one, in one statement (prepared once per connection): the misses of many requests
+/// share one round trip.
+pub fn orders(conn: &mut Conn, uids: &[&str]) -> anyhow::Result<Vec<StoredOrder>> {
+    let statement = conn.prepared(ORDERS_SELECT.as_str()).context("prepare the read of orders")?;
+    let rows = match conn.query(&statement, &[&uids]) {
+        Ok(rows) => rows,
+        Err(e) => {
+            conn.forget_prepared();
+            return Err(e).with_context(|| match uids {
+                [uid] => format!("read order {uid}"),
+                _ => format!("read {} orders", uids.len()),
+            });
+        }
+    };
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let document: &str = row.get("document");
+            StoredOrder {
+                uid: row.get("order_uid"),
+                json: Arc::from(document.as_bytes()),
+                sha256: row.get("content_sha256"),
+                stored_at: micros_since_2000(row.get("ingested_at")),
+            }
+        })
+        .collect())
+}
+
+/// The statement of `orders`.
+static ORDERS_SELECT: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {DOCUMENT_COLUMNS} FROM orders WHERE order_uid = ANY($1)"));
 
 /// `at` as PostgreSQL counts it: in microseconds since 2000-01-01 UTC, as the warm-up
 /// reads it.

@@ -1,0 +1,162 @@
+//! The reads behind the cache's misses, shared: the ids of the requests that must read
+//! PostgreSQL at the same time are read together, in one statement (`read::orders`).
+//!
+//! At most `most` statements run at once, one per connection the pool keeps. A request
+//! that finds one of those places free reads at once, on its own thread: its own id and
+//! every id waiting then. One that does not waits for its answer; the request that ends
+//! a read and finds ids still waiting hands its place to the first of them, which reads
+//! them all. So a miss alone costs one statement and no hand-off between threads, and
+//! under load the misses of many requests share one round trip to PostgreSQL, where each
+//! would otherwise make its own.
+//!
+//! How many requests wait at once is bounded before they get here (the cache's
+//! permits). A request waits as long as the read that holds its id takes, which the read
+//! connection's own limits bound (`read_statement_timeout_ms`, TCP keepalives).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::anyhow;
+use log::error;
+use parking_lot::{Condvar, Mutex};
+use prometheus::IntCounter;
+
+use super::pool::Pool;
+use super::read;
+use crate::model::StoredOrder;
+
+/// What one id's read gives: the order, None if PostgreSQL does not have it, or why it
+/// could not be read (shared by every id of the statement).
+type Answer = Result<Option<StoredOrder>, String>;
+
+/// Where a waiting request learns what to do.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    /// A read ended with this id still waiting: its request reads now.
+    YourTurn,
+    Answered(Answer),
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        *self.state.lock() = state;
+        self.changed.notify_one();
+    }
+
+    /// Its turn or its answer, once given; its lock is released before it returns.
+    fn wait(&self) -> SlotState {
+        let mut state = self.state.lock();
+        loop {
+            match std::mem::take(&mut *state) {
+                SlotState::Waiting => self.changed.wait(&mut state),
+                given => return given,
+            }
+        }
+    }
+}
+
+/// The ids waiting to be read, and how many reads run.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(String, Arc<Slot>)>,
+    reading: usize,
+}
+
+/// The shared reads of one pool's connections.
+pub struct Readers {
+    pool: Arc<Pool>,
+    most: usize,
+    queue: Mutex<Queue>,
+    /// Statements run, for `/metrics`.
+    statements: IntCounter,
+}
+
+impl Readers {
+    /// Reads on `pool`'s connections, at most as many at once as it keeps, each statement
+    /// counted in `statements`.
+    pub fn new(pool: Arc<Pool>, statements: IntCounter) -> Readers {
+        let most = pool.size().max(1);
+        Readers { pool, most, queue: Mutex::new(Queue::default()), statements }
+    }
+
+    /// How many reads run now, and how many ids wait for one.
+    pub fn in_progress(&self) -> (usize, usize) {
+        let queue = self.queue.lock();
+        (queue.reading, queue.waiting.len())
+    }
+
+    /// The order `uid` as PostgreSQL has it, or None; read together with whatever other
+    /// ids wait at the same time.
+    pub fn read(&self, uid: &str) -> anyhow::Result<Option<StoredOrder>> {
+        let slot = Arc::new(Slot::default());
+        let read_now = {
+            let mut queue = self.queue.lock();
+            queue.waiting.push((uid.to_string(), slot.clone()));
+            let free = queue.reading < self.most;
+            if free {
+                queue.reading += 1;
+            }
+            free
+        };
+        if !read_now {
+            match slot.wait() {
+                SlotState::Answered(answer) => return answer.map_err(|e| anyhow!(e)),
+                SlotState::YourTurn | SlotState::Waiting => {}
+            }
+        }
+        // Every id waiting, this one among them: it is taken out only by the read that
+        // answers it.
+        let ids = std::mem::take(&mut self.queue.lock().waiting);
+        let mut mine = None;
+        for ((_, other), answer) in self.read_all(&ids) {
+            if Arc::ptr_eq(other, &slot) {
+                mine = Some(answer);
+            } else {
+                other.set(SlotState::Answered(answer));
+            }
+        }
+        {
+            // The queue's lock, then a slot's: never the other way round.
+            let mut queue = self.queue.lock();
+            match queue.waiting.first() {
+                Some((_, next)) => next.set(SlotState::YourTurn),
+                None => queue.reading -= 1,
+            }
+        }
+        mine.expect("the ids read include the reader's own").map_err(|e| anyhow!(e))
+    }
+
+    /// Reads `ids` in one statement; each with its answer.
+    fn read_all<'a>(&self, ids: &'a [(String, Arc<Slot>)]) -> impl Iterator<Item = (&'a (String, Arc<Slot>), Answer)> {
+        self.statements.inc();
+        // A read that panics fails its ids; the place is handed on all the same.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let uids: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+            self.pool.with(|conn| read::orders(conn, &uids))
+        }));
+        let found: Result<HashMap<String, StoredOrder>, String> = match read {
+            Ok(Ok(orders)) => Ok(orders.into_iter().map(|o| (o.uid.clone(), o)).collect()),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(panic) => {
+                let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
+                error!("event=order_read_panicked orders={} panic={:?}", ids.len(), what.unwrap_or("(not a string)"));
+                Err(format!("the read of {} orders panicked", ids.len()))
+            }
+        };
+        ids.iter().map(move |ask| {
+            let answer = match &found {
+                Ok(orders) => Ok(orders.get(&ask.0).cloned()),
+                Err(e) => Err(e.clone()),
+            };
+            (ask, answer)
+        })
+    }
+}
