@@ -167,7 +167,7 @@ impl Default for Ingest {
         Ingest {
             batch_max_messages: 20_000,
             batch_max_bytes: 32 << 20,
-            batch_max_wait_ms: 10,
+            batch_max_wait_ms: 0,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
         }
