@@ -142,7 +142,7 @@ impl Metrics {
             batch_seconds: HistogramVec::new(
                 HistogramOpts::new(
                     "orders_batch_seconds",
-                    "Time per batch, by phase: decode, write (the transaction), commit (the offsets).",
+                    "Time per batch, by phase: decode, write (the transaction), publish (to the cache), commit (the offsets).",
                 )
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("valid buckets")),
                 &["phase"],

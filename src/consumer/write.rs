@@ -66,7 +66,7 @@ impl Consumer {
         self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
         let committing = Instant::now();
         self.commit_offsets(&messages);
-        let timings = [decode_took, written - started, committing.elapsed()];
+        let timings = [decode_took, written - started, committing - written, committing.elapsed()];
         self.record(&messages, &result, timings);
         log_batch(&messages, &result, timings);
         BatchOutcome::Committed
@@ -167,7 +167,7 @@ impl Consumer {
         store::write_batch(self.connection()?, &group, claims, orders, dead)
     }
 
-    fn record(&self, batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
+    fn record(&self, batch: &[Message], result: &BatchResult, timings: [Duration; 4]) {
         let m = &self.metrics;
         m.messages_consumed.inc_by(batch.len() as u64);
         m.orders_stored.with_label_values(&["inserted"]).inc_by(result.inserted as u64);
@@ -178,7 +178,7 @@ impl Consumer {
             m.messages_rejected.with_label_values(&[dead.rule.as_str()]).inc();
         }
         m.batch_messages.observe(batch.len() as f64);
-        for (phase, took) in ["decode", "write", "commit"].into_iter().zip(timings) {
+        for (phase, took) in ["decode", "write", "publish", "commit"].into_iter().zip(timings) {
             m.batch_seconds.with_label_values(&[phase]).observe(took.as_secs_f64());
         }
     }
@@ -201,12 +201,13 @@ impl Consumer {
     }
 }
 
-/// `timings`: decoding, the database transaction, the offset commit.
-fn log_batch(batch: &[Message], result: &BatchResult, timings: [Duration; 3]) {
-    let [decode, write, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
+/// `timings`: decoding, the database transaction, publishing to the cache, the offset
+/// commit.
+fn log_batch(batch: &[Message], result: &BatchResult, timings: [Duration; 4]) {
+    let [decode, write, publish, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
     info!(
         "event=batch_committed messages={} inserted={} replaced={} unchanged={} stale={} rejected={} \
-         decode_ms={decode:.1} write_ms={write:.1} commit_ms={commit:.1}",
+         decode_ms={decode:.1} write_ms={write:.1} publish_ms={publish:.1} commit_ms={commit:.1}",
         batch.len(),
         result.inserted,
         result.replaced,
