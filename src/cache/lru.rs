@@ -89,16 +89,26 @@ impl Lru {
         if !self.map.is_empty() {
             return orders.into_iter().map(|(kept_at, order)| self.put(order, kept_at)).sum();
         }
+        // The age index in the order the entries go in, so already sorted: the tree is
+        // built from it in one pass, where the map's order would need a sort.
+        let mut by_age = Vec::with_capacity(orders.len());
+        let mut replaced = Vec::new();
         for (kept_at, value) in orders {
             let tick = self.tick();
             let key = value.uid.clone();
             self.bytes += value.size();
+            by_age.push((tick, key.clone()));
             let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick, kept_at };
             if let Some(old) = self.map.insert(key, entry) {
                 self.bytes -= old.value.size();
+                replaced.push(old.indexed_at);
             }
         }
-        self.by_age = self.map.iter().map(|(key, entry)| (entry.indexed_at, key.clone())).collect();
+        if !replaced.is_empty() {
+            let replaced: std::collections::HashSet<u64> = replaced.into_iter().collect();
+            by_age.retain(|(tick, _)| !replaced.contains(tick));
+        }
+        self.by_age = by_age.into_iter().collect();
         self.evict()
     }
 
