@@ -2,10 +2,9 @@
 //! PostgreSQL at the same time are read together, in one statement (`read::orders`).
 //!
 //! At most `most` statements run at once, one per connection the pool keeps. A request
-//! that finds one of those places free reads at once, on its own thread: its own id and
-//! every id waiting then. One that does not waits for its answer; the request that ends
-//! a read and finds ids still waiting hands its place to the first of them, which reads
-//! them all. So a miss alone costs one statement and no hand-off between threads, and
+//! that finds one of those places free reads at once, on its own thread. One that does
+//! not waits for its answer; the request that ends a read and finds ids waiting takes
+//! them all out and hands them, with its place, to the first of them, which reads them. So a miss alone costs one statement and no hand-off between threads, and
 //! under load the misses of many requests share one round trip to PostgreSQL, where each
 //! would otherwise make its own.
 //!
@@ -40,10 +39,13 @@ struct Slot {
 enum SlotState {
     #[default]
     Waiting,
-    /// A read ended with this id still waiting: its request reads now.
-    YourTurn,
+    /// A read ended with these ids waiting, this one first: its request reads them now.
+    YourTurn(Vec<Ask>),
     Answered(Answer),
 }
+
+/// An id waiting to be read, and where its request waits.
+type Ask = (String, Arc<Slot>);
 
 impl Slot {
     fn set(&self, state: SlotState) {
@@ -66,7 +68,7 @@ impl Slot {
 /// The ids waiting to be read, and how many reads run.
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<(String, Arc<Slot>)>,
+    waiting: Vec<Ask>,
     reading: usize,
 }
 
@@ -97,24 +99,24 @@ impl Readers {
     /// ids wait at the same time.
     pub fn read(&self, uid: &str) -> anyhow::Result<Option<StoredOrder>> {
         let slot = Arc::new(Slot::default());
-        let read_now = {
+        let free = {
             let mut queue = self.queue.lock();
             queue.waiting.push((uid.to_string(), slot.clone()));
+            // With a place free no read has ended with ids waiting: this one is alone.
             let free = queue.reading < self.most;
             if free {
                 queue.reading += 1;
             }
-            free
+            free.then(|| std::mem::take(&mut queue.waiting))
         };
-        if !read_now {
-            match slot.wait() {
+        let ids = match free {
+            Some(ids) => ids,
+            None => match slot.wait() {
                 SlotState::Answered(answer) => return answer.map_err(|e| anyhow!(e)),
-                SlotState::YourTurn | SlotState::Waiting => {}
-            }
-        }
-        // Every id waiting, this one among them: it is taken out only by the read that
-        // answers it.
-        let ids = std::mem::take(&mut self.queue.lock().waiting);
+                SlotState::YourTurn(ids) => ids,
+                SlotState::Waiting => unreachable!("wait returns what was given"),
+            },
+        };
         let mut mine = None;
         for ((_, other), answer) in self.read_all(&ids) {
             if Arc::ptr_eq(other, &slot) {
@@ -124,18 +126,22 @@ impl Readers {
             }
         }
         {
-            // The queue's lock, then a slot's: never the other way round.
+            // The queue's lock, then a slot's: never the other way round. The ids waiting
+            // leave the queue with the place, so that no other read hands them on again.
             let mut queue = self.queue.lock();
-            match queue.waiting.first() {
-                Some((_, next)) => next.set(SlotState::YourTurn),
-                None => queue.reading -= 1,
+            if queue.waiting.is_empty() {
+                queue.reading -= 1;
+            } else {
+                let next = std::mem::take(&mut queue.waiting);
+                let first = next[0].1.clone();
+                first.set(SlotState::YourTurn(next));
             }
         }
         mine.expect("the ids read include the reader's own").map_err(|e| anyhow!(e))
     }
 
     /// Reads `ids` in one statement; each with its answer.
-    fn read_all<'a>(&self, ids: &'a [(String, Arc<Slot>)]) -> impl Iterator<Item = (&'a (String, Arc<Slot>), Answer)> {
+    fn read_all<'a>(&self, ids: &'a [Ask]) -> impl Iterator<Item = (&'a Ask, Answer)> {
         self.statements.inc();
         // A read that panics fails its ids; the place is handed on all the same.
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -349,6 +349,40 @@ fn misses_waiting_together_are_read_in_one_statement() {
     assert_eq!(readers.in_progress(), (0, 0));
 }
 
+/// Many requests missing at once, over and over, on two connections: every request gets
+/// its own answer, and when all have, no read is left counted as running (a place handed
+/// on twice would be, and the ids waiting for it would wait for ever).
+#[test]
+fn readers_under_load_answer_everyone_and_give_back_every_place() {
+    let db = migrated();
+    let mut generator = Generator::new(9, 2);
+    let orders: Vec<Order> = (0..20).map(|_| generator.order()).collect();
+    let messages: Vec<Message> = (0..20).map(|i| at(0, i)).collect();
+    write(&db, &orders.iter().zip(&messages).map(|(o, m)| (m, o)).collect::<Vec<_>>());
+    let database = orders_svc::config::Database { url: db.url.clone(), pool_size: 2, ..Default::default() };
+    let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
+    let readers = Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements));
+    let uids: Arc<Vec<String>> = Arc::new(orders.iter().map(|o| o.order_uid.clone()).collect());
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let (readers, uids) = (readers.clone(), uids.clone());
+            std::thread::spawn(move || {
+                let mut wrong = 0;
+                for i in 0..300 {
+                    let uid = if (t + i) % 5 == 0 { format!("unknown{t}x{i}") } else { uids[(t * 7 + i) % 20].clone() };
+                    let found = readers.read(&uid).unwrap();
+                    if found.as_ref().map(|o| o.uid.as_str()) != uids.contains(&uid).then_some(uid.as_str()) {
+                        wrong += 1;
+                    }
+                }
+                wrong
+            })
+        })
+        .collect();
+    let wrong: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!((wrong, readers.in_progress()), (0, (0, 0)));
+}
+
 /// The read that fills the cache gives every stored order as the read of one order does:
 /// its document, which is its JSON, with the digest it was stored with. With more stored
 /// than the limit, it gives the most recently stored, ties broken by id.
