@@ -308,35 +308,38 @@ fn a_prepared_read_that_fails_is_prepared_again() {
     assert_eq!(read(&mut conn).unwrap(), Some(json));
 }
 
-/// The misses of requests waiting at the same time are read together. With the pool's
-/// two connections taken by two reads (the database held), six more requests wait;
-/// released, the first read to end hands its place to them, and one statement reads all
-/// six: three statements for eight ids. Each request gets its own order, or none for an
-/// id PostgreSQL does not have.
+/// The misses of requests waiting at the same time are read together. With one read
+/// running (the database held), 15 more requests wait for it; the 16th starts a second
+/// read, of all 16, beside it; with both connections taken, the next waits. Released,
+/// the first read to end hands it on: 18 ids in 3 statements. Each request gets its own
+/// order, or none for an id PostgreSQL does not have.
 #[test]
 fn misses_waiting_together_are_read_in_one_statement() {
     let db = migrated();
     let mut generator = Generator::new(8, 2);
-    let orders: Vec<Order> = (0..6).map(|_| generator.order()).collect();
-    let messages: Vec<Message> = (0..6).map(|i| at(0, i)).collect();
+    let orders: Vec<Order> = (0..12).map(|_| generator.order()).collect();
+    let messages: Vec<Message> = (0..12).map(|i| at(0, i)).collect();
     write(&db, &orders.iter().zip(&messages).map(|(o, m)| (m, o)).collect::<Vec<_>>());
     let proxy = DbProxy::start();
     let database = orders_svc::config::Database { url: proxy.url(&db), pool_size: 2, ..Default::default() };
     let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
     let readers = Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements.clone()));
     let mut ids: Vec<String> = orders.iter().map(|o| o.order_uid.clone()).collect();
-    ids.insert(1, "unknown1".into());
-    ids.push("unknown2".into());
+    ids.extend((0..6).map(|i| format!("unknown{i}")));
     let read = |uid: &String| {
         let (readers, uid) = (readers.clone(), uid.clone());
         std::thread::spawn(move || readers.read(&uid).unwrap().map(|o| (o.uid, o.json)))
     };
 
     proxy.hold();
-    let mut threads: Vec<_> = ids[..2].iter().map(read).collect();
-    wait_for("two reads running", Duration::from_secs(10), || (readers.in_progress() == (2, 0)).then_some(()));
-    threads.extend(ids[2..].iter().map(read));
-    wait_for("six ids waiting", Duration::from_secs(10), || (readers.in_progress() == (2, 6)).then_some(()));
+    let mut threads = vec![read(&ids[0])];
+    wait_for("one read running", Duration::from_secs(10), || (readers.in_progress() == (1, 0)).then_some(()));
+    threads.extend(ids[1..16].iter().map(read));
+    wait_for("15 ids waiting", Duration::from_secs(10), || (readers.in_progress() == (1, 15)).then_some(()));
+    threads.push(read(&ids[16]));
+    wait_for("a second read, of all 16", Duration::from_secs(10), || (readers.in_progress() == (2, 0)).then_some(()));
+    threads.push(read(&ids[17]));
+    wait_for("one id waiting", Duration::from_secs(10), || (readers.in_progress() == (2, 1)).then_some(()));
     proxy.release();
     let answers: Vec<Option<(String, Arc<[u8]>)>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
 
@@ -345,7 +348,7 @@ fn misses_waiting_together_are_read_in_one_statement() {
         .map(|id| orders.iter().find(|o| &o.order_uid == id).map(|o| (id.clone(), o.clone().encode().json)))
         .collect();
     assert_eq!(answers, expected);
-    assert_eq!((answers.iter().filter(|a| a.is_none()).count(), statements.get()), (2, 3));
+    assert_eq!((answers.iter().filter(|a| a.is_none()).count(), statements.get()), (6, 3));
     assert_eq!(readers.in_progress(), (0, 0));
 }
 
