@@ -1,6 +1,7 @@
 //! What every thread of the service shares: `Health` is what `/readyz` reports;
 //! `Shutdown` is the stop signal every thread watches; `Backoff` paces every retry;
-//! `LogThrottle` keeps a flood of one event to a line a second.
+//! `LogThrottle` keeps a flood of one event to a line a second; `panic_text` says what a
+//! caught panic said.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -175,6 +176,15 @@ impl Backoff {
         self.attempt += 1;
         delay
     }
+}
+
+/// What a panic caught with `catch_unwind` said, for the log.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or(panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
 }
 
 #[cfg(test)]

@@ -175,8 +175,7 @@ impl Flights {
 /// with it.
 pub(super) fn read(uid: &str, load: impl FnOnce() -> anyhow::Result<Option<StoredOrder>>) -> Outcome {
     let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)).unwrap_or_else(|panic| {
-        let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
-        log::error!("event=order_read_panicked order_uid={uid} panic={:?}", what.unwrap_or("(not a string)"));
+        log::error!("event=order_read_panicked order_uid={uid} panic={:?}", crate::runtime::panic_text(&*panic));
         Err(anyhow::anyhow!("the read of order {uid} panicked"))
     });
     match loaded {

@@ -29,7 +29,7 @@ pub use migrate::{MIGRATIONS, Migration, migrate, migrate_to};
 pub use notify::{CHANNEL, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};
-pub use read::{order, orders, recent_summaries};
+pub use read::{order, recent_summaries};
 pub use readers::Readers;
 pub use replay::{Replay, replay};
 pub use warm::stored_orders;

@@ -26,6 +26,7 @@ use prometheus::IntCounter;
 use super::pool::Pool;
 use super::read;
 use crate::model::StoredOrder;
+use crate::runtime::panic_text;
 
 /// Ids waiting that start another read beside the ones running (when a connection is
 /// free): fewer wait for the read that runs to end, and share the next one.
@@ -159,8 +160,7 @@ impl Readers {
             Ok(Ok(orders)) => Ok(orders.into_iter().map(|o| (o.uid.clone(), o)).collect()),
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(panic) => {
-                let what = panic.downcast_ref::<&str>().copied().or(panic.downcast_ref::<String>().map(String::as_str));
-                error!("event=order_read_panicked orders={} panic={:?}", ids.len(), what.unwrap_or("(not a string)"));
+                error!("event=order_read_panicked orders={} panic={:?}", ids.len(), panic_text(&*panic));
                 Err(format!("the read of {} orders panicked", ids.len()))
             }
         };
