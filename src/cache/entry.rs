@@ -29,6 +29,11 @@ impl CachedOrder {
         CachedOrder { uid: stored.uid.into(), json: stored.json, etag: etag(&stored.sha256) }
     }
 
+    /// `stored` from the parts of a stored order, the id and digest borrowed.
+    pub fn from_parts(uid: &str, json: Arc<[u8]>, sha256: &[u8]) -> CachedOrder {
+        CachedOrder { uid: uid.into(), json, etag: etag(sha256) }
+    }
+
     /// The version this is (`model::version_of`): the ETag without its quotes.
     pub fn version(&self) -> &str {
         &self.etag[1..self.etag.len() - 1]

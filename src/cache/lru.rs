@@ -9,6 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::entry::CachedOrder;
 use crate::model::Change;
 
+mod fill;
+pub use fill::Fill;
+
 pub(super) struct Entry {
     pub(super) value: Arc<CachedOrder>,
     /// The use stamp when last read; readers update it under the shared lock.
@@ -79,36 +82,21 @@ impl Lru {
         self.evict()
     }
 
-    /// Fills an empty cache at once: each order with when it was kept, given oldest
-    /// first. The age index is built in one go from the entries kept (an id given twice
-    /// keeps its later order), and then the oldest are evicted until the bounds hold.
-    /// Into a cache that holds entries, each is put in turn. Returns how many were
-    /// evicted.
-    pub(super) fn fill(&mut self, orders: Vec<(i64, Arc<CachedOrder>)>) -> usize {
-        self.map.reserve(orders.len().min(self.max_orders));
+    /// Fills the cache with the warm-up's entries. Into an empty cache they go as they
+    /// are, and then the oldest are evicted until the bounds hold; into a cache that holds
+    /// entries, each is put in turn, oldest first. Returns how many were evicted.
+    pub(super) fn fill(&mut self, fill: Fill) -> usize {
+        let fill::Placed { mut map, by_age, bytes, next } = fill.finish();
         if !self.map.is_empty() {
-            return orders.into_iter().map(|(kept_at, order)| self.put(order, kept_at)).sum();
+            let puts = by_age.into_values().map(|key| {
+                let entry = map.remove(&key).expect("by_age and map hold the same keys");
+                (entry.kept_at, entry.value)
+            });
+            return puts.map(|(kept_at, value)| self.put(value, kept_at)).sum();
         }
-        // The age index in the order the entries go in, so already sorted: the tree is
-        // built from it in one pass, where the map's order would need a sort.
-        let mut by_age = Vec::with_capacity(orders.len());
-        let mut replaced = Vec::new();
-        for (kept_at, value) in orders {
-            let tick = self.tick();
-            let key = value.uid.clone();
-            self.bytes += value.size();
-            by_age.push((tick, key.clone()));
-            let entry = Entry { value, last_used: AtomicU64::new(tick), indexed_at: tick, kept_at };
-            if let Some(old) = self.map.insert(key, entry) {
-                self.bytes -= old.value.size();
-                replaced.push(old.indexed_at);
-            }
-        }
-        if !replaced.is_empty() {
-            let replaced: std::collections::HashSet<u64> = replaced.into_iter().collect();
-            by_age.retain(|(tick, _)| !replaced.contains(tick));
-        }
-        self.by_age = by_age.into_iter().collect();
+        (self.map, self.by_age, self.bytes) = (map, by_age, bytes);
+        let uses = self.uses.get_mut();
+        *uses = (*uses).max(next);
         self.evict()
     }
 

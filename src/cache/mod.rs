@@ -54,6 +54,7 @@ pub use entry::{CachedOrder, Found};
 pub use flight::{DatabaseWait, Unavailable};
 pub use freshness::SILENCE_LIMIT;
 pub use limits::{Clock, Limits, SystemClock};
+pub use lru::Fill;
 pub use stats::Stats;
 
 use flight::{Flights, Outcome, Permits};
@@ -231,12 +232,11 @@ impl Cache {
         }
     }
 
-    /// Fills the cache at start with orders in any order, each with when it was stored
-    /// (`Clock::micros`, as PostgreSQL's `ingested_at`). They go in oldest first (of
-    /// equal age, as given): so the newest are kept when they do not all fit, and evicted
-    /// last. Their age counts from when they were stored.
-    pub fn warm(&self, mut orders: Vec<(i64, Arc<CachedOrder>)>) {
-        orders.sort_by_key(|(stored_at, _)| *stored_at);
+    /// Fills the cache at start with orders gathered in any order, each with when it was
+    /// stored (`Clock::micros`, as PostgreSQL's `ingested_at`). They go in oldest first
+    /// (of equal age, as given): so the newest are kept when they do not all fit, and
+    /// evicted last. Their age counts from when they were stored.
+    pub fn warm(&self, orders: Fill) {
         let evicted = self.state.write().entries.fill(orders);
         self.stats.evictions.inc_by(evicted as u64);
     }

@@ -151,7 +151,9 @@ fn warm_keeps_the_newest_when_they_do_not_all_fit() {
         let stored = StoredOrder { uid: uid.into(), json: e.json, sha256: e.sha256.to_vec(), stored_at: 0 };
         Arc::new(CachedOrder::stored(stored))
     };
-    c.warm(vec![(2, stored("b")), (3, stored("newest")), (1, stored("oldest")), (2, stored("a"))]);
+    c.warm(
+        vec![(2, stored("b")), (3, stored("newest")), (1, stored("oldest")), (2, stored("a"))].into_iter().collect(),
+    );
     assert!(c.contains("newest") && c.contains("a") && c.contains("b") && !c.contains("oldest"));
     // Of the two of equal age, "b" was given first: it goes first.
     c.publish(&[enc("new")]);
@@ -169,7 +171,7 @@ fn warm_into_a_cache_that_holds_orders_puts_them_in_oldest_first() {
     let c = cache(3);
     c.publish(&[enc("held"), enc("a")]);
     let stored = |uid: &str| Arc::new(CachedOrder::new(&moved(uid, "Haifa").encode()));
-    c.warm(vec![(5, stored("b")), (1, stored("a")), (3, stored("c"))]);
+    c.warm(vec![(5, stored("b")), (1, stored("a")), (3, stored("c"))].into_iter().collect());
     // "held" was the least recently used: evicted for "c", then "b".
     assert_eq!(c.len(), 3);
     assert!(!c.contains("held") && c.contains("a") && c.contains("b") && c.contains("c"));
@@ -191,7 +193,7 @@ fn warm_holds_an_id_given_twice_once() {
         Arc::new(CachedOrder::stored(StoredOrder { uid: uid.into(), json, sha256, stored_at: 0 }))
     };
     let (first, later, other) = (stored("a", "{\"v\":1}"), stored("a", "{\"v\":22}"), stored("b", "{}"));
-    c.warm(vec![(1, first), (2, later.clone()), (1, other.clone())]);
+    c.warm(vec![(1, first), (2, later.clone()), (1, other.clone())].into_iter().collect());
     assert_eq!(c.len(), 2);
     assert_eq!(c.bytes(), later.size() + other.size());
     assert_eq!(&*held(&c, "a").unwrap().json, b"{\"v\":22}");
@@ -370,7 +372,7 @@ fn warmed_orders_are_aged_from_when_they_were_stored() {
     let (c, clock) = cache_with_max_age(30);
     let now = clock.micros();
     let stored = |uid: &str| Arc::new(CachedOrder::new(&enc(uid)));
-    c.warm(vec![(now - 25_000_000, stored("older")), (now - 5_000_000, stored("newer"))]);
+    c.warm(vec![(now - 25_000_000, stored("older")), (now - 5_000_000, stored("newer"))].into_iter().collect());
     clock.advance(Duration::from_secs(10));
     assert!(hit(&c, "newer").is_some());
     let got = c.lookup("older", || Ok(Some(from_db(moved("older", "Haifa"))))).unwrap().unwrap();

@@ -32,26 +32,35 @@ impl<R: BufRead> BinaryRows<R> {
         Ok(BinaryRows { reader })
     }
 
-    /// Appends the next row's fields (each its length and bytes, as sent) to `out`;
-    /// false at the end. PostgreSQL sends each row in a message of its own, so a row is
-    /// nearly always whole in the reader's buffer, and copied from there at once.
-    pub fn next_into(&mut self, out: &mut Vec<u8>) -> anyhow::Result<bool> {
+    /// Hands the next row's fields (each its length and bytes, as sent) to `read`, and
+    /// returns what it made of them; None at the end. PostgreSQL sends each row in a
+    /// message of its own, so a row is nearly always whole in the reader's buffer, and
+    /// read there; one split between reads is gathered in `scratch` first.
+    pub fn next_with<T>(
+        &mut self,
+        scratch: &mut Vec<u8>,
+        read: impl FnOnce(&[u8]) -> anyhow::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
         let buffered = self.reader.fill_buf().context("read a COPY row")?;
         match whole_row(buffered) {
             Some((-1, _)) => {
                 self.reader.consume(2);
-                Ok(false)
+                Ok(None)
             }
             Some((_, len)) => {
-                out.extend_from_slice(&buffered[2..len]);
+                let made = read(&buffered[2..len])?;
                 self.reader.consume(len);
-                Ok(true)
+                Ok(Some(made))
             }
-            None => self.next_into_in_pieces(out),
+            None => {
+                scratch.clear();
+                if self.next_into_in_pieces(scratch)? { read(scratch).map(Some) } else { Ok(None) }
+            }
         }
     }
 
-    /// `next_into` for a row split between reads.
+    /// Appends the next row's fields to `out`, however the reads split it; false at the
+    /// end.
     fn next_into_in_pieces(&mut self, out: &mut Vec<u8>) -> anyhow::Result<bool> {
         let mut count = [0u8; 2];
         self.reader.read_exact(&mut count).context("read a COPY row")?;
@@ -141,13 +150,18 @@ mod tests {
         stream.extend(42i64.to_be_bytes());
         stream.extend((-1i16).to_be_bytes());
         let mut rows = BinaryRows::new(&stream[..]).unwrap();
-        let mut row = Vec::new();
-        assert!(rows.next_into(&mut row).unwrap());
-        let mut f = Fields::new(&row);
-        assert_eq!((f.text().unwrap(), f.int8().unwrap()), ("abc", 42));
-        f.end().unwrap();
-        assert!(f.raw().unwrap_err().to_string().contains("fewer fields"));
-        assert!(!rows.next_into(&mut row).unwrap());
+        let mut scratch = Vec::new();
+        let row = rows.next_with(&mut scratch, |row| {
+            let mut f = Fields::new(row);
+            let fields = (f.text()?.to_string(), f.int8()?);
+            f.end()?;
+            assert!(f.raw().unwrap_err().to_string().contains("fewer fields"));
+            Ok(fields)
+        });
+        assert_eq!(row.unwrap(), Some(("abc".to_string(), 42)));
+        // Read in place: nothing was gathered.
+        assert!(scratch.is_empty());
+        assert_eq!(rows.next_with(&mut scratch, |_| Ok(())).unwrap(), None);
     }
 
     #[test]
@@ -160,10 +174,11 @@ mod tests {
         stream.extend((-1i16).to_be_bytes());
         // A buffer of 5 bytes: the row arrives in pieces.
         let mut rows = BinaryRows::new(std::io::BufReader::with_capacity(5, &stream[..])).unwrap();
-        let mut row = Vec::new();
-        assert!(rows.next_into(&mut row).unwrap());
-        assert_eq!(Fields::new(&row).text().unwrap(), "abc");
-        assert!(!rows.next_into(&mut row).unwrap());
+        let mut scratch = Vec::new();
+        let text = rows.next_with(&mut scratch, |row| Ok(Fields::new(row).text()?.to_string()));
+        assert_eq!(text.unwrap().as_deref(), Some("abc"));
+        assert_eq!(scratch, [0, 0, 0, 3, b'a', b'b', b'c']);
+        assert_eq!(rows.next_with(&mut scratch, |_| Ok(())).unwrap(), None);
         assert_eq!(whole_row(&[0, 2, 0, 0, 0, 1, b'x', 0, 0]), None);
         assert_eq!(whole_row(&[0, 1, 0, 0, 0, 1, b'x', 9]), Some((1, 7)));
         assert_eq!(whole_row(&[0, 1, 255, 255, 255, 255]), Some((1, 6)));

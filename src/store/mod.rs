@@ -32,7 +32,7 @@ pub use pool::{Conn, Pool};
 pub use read::{order, recent_summaries};
 pub use readers::Readers;
 pub use replay::{Replay, replay};
-pub use warm::stored_orders;
+pub use warm::{Keep, Stored, stored_orders};
 pub use write::{BatchResult, Written, write_batch};
 
 use crate::config;

@@ -6,7 +6,8 @@
 //! and age, on this thread while PostgreSQL's backend sends them from the other core;
 //! each document goes into an allocation of its own, held by the cache as it is. The
 //! orders come in the table's order, each with when it was stored, so that the caller can
-//! keep the newest.
+//! keep the newest; each is handed over as it comes, so that what the caller does with it
+//! happens while PostgreSQL sends the next.
 
 use std::sync::Arc;
 
@@ -19,16 +20,44 @@ use super::copy_out::{Fields, copy_out};
 use super::tables::DOCUMENT_COLUMNS;
 use crate::model::StoredOrder;
 
+/// A stored order as the read has it, borrowed from PostgreSQL's stream: what is kept
+/// of it is copied once, into what keeps it.
+pub struct Stored<'a> {
+    pub uid: &'a str,
+    pub json: &'a [u8],
+    pub sha256: &'a [u8],
+    /// `ingested_at`, in `Clock::micros`.
+    pub stored_at: i64,
+}
+
+/// Where the read hands the stored orders.
+pub trait Keep {
+    /// How many orders will come, before the first.
+    fn expect(&mut self, orders: usize);
+    fn keep(&mut self, order: Stored<'_>);
+}
+
+impl Keep for Vec<StoredOrder> {
+    fn expect(&mut self, orders: usize) {
+        self.reserve(orders);
+    }
+
+    fn keep(&mut self, order: Stored<'_>) {
+        let Stored { uid, json, sha256, stored_at } = order;
+        self.push(StoredOrder { uid: uid.to_string(), json: Arc::from(json), sha256: sha256.to_vec(), stored_at });
+    }
+}
+
 /// Reads the stored orders, the `limit` most recently stored if there are more (ties
 /// broken by id, as the index page does), and only those stored within `max_age` if it
-/// is given, and returns what `make` makes of each, in no particular order. The count,
-/// the cut and the orders are read in one read-only snapshot.
-pub fn stored_orders<T>(
+/// is given, and hands each to `into`, in no particular order. Returns how many. The
+/// count, the cut and the orders are read in one read-only snapshot.
+pub fn stored_orders(
     client: &mut Client,
     limit: usize,
     max_age: Option<std::time::Duration>,
-    mut make: impl FnMut(StoredOrder) -> T,
-) -> anyhow::Result<Vec<T>> {
+    into: &mut impl Keep,
+) -> anyhow::Result<usize> {
     let started = std::time::Instant::now();
     let mut tx = client
         .build_transaction()
@@ -65,26 +94,28 @@ pub fn stored_orders<T>(
         keep.push(format!("(ingested_at > {at} OR (ingested_at = {at} AND order_uid <= {uid}))"));
     }
     let query = format!("SELECT {DOCUMENT_COLUMNS} FROM orders{}", where_all(&keep));
-    let mut made = Vec::with_capacity(usize::try_from(count.min(limit)).unwrap_or(0));
+    into.expect(usize::try_from(count.min(limit)).unwrap_or(0));
+    let mut read = 0;
+    // From the table's first page, not where another scan of it is (or last was): in
+    // the table's order, which is mostly the order the orders were stored in.
+    tx.batch_execute("SET LOCAL synchronize_seqscans = off").context("read the table from its start")?;
     let mut rows = copy_out(&mut tx, &query).context("read the stored orders' documents")?;
-    let mut row = Vec::new();
-    while rows.next_into(&mut row)? {
+    let mut scratch = Vec::new();
+    let mut keep = |row: &[u8]| {
         // In the order of DOCUMENT_COLUMNS.
-        let mut f = Fields::new(&row);
+        let mut f = Fields::new(row);
         let (uid, json, sha256, stored_at) = (f.text()?, f.raw()?, f.raw()?, f.int8()?);
         f.end()?;
-        made.push(make(StoredOrder {
-            uid: uid.to_string(),
-            json: Arc::from(json),
-            sha256: sha256.to_vec(),
-            stored_at,
-        }));
-        row.clear();
+        into.keep(Stored { uid, json, sha256, stored_at });
+        Ok(())
+    };
+    while rows.next_with(&mut scratch, &mut keep)?.is_some() {
+        read += 1;
     }
     drop(rows);
     tx.commit().context("end reading the stored orders")?;
-    debug!("event=warm_orders_read orders={} ms={}", made.len(), started.elapsed().as_millis());
-    Ok(made)
+    debug!("event=warm_orders_read orders={read} ms={}", started.elapsed().as_millis());
+    Ok(read)
 }
 
 /// ` WHERE <conditions joined by AND>`, or nothing without any.

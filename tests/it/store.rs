@@ -405,7 +405,11 @@ fn the_warm_read_gives_each_stored_order_whole() {
     let mut client = db.client();
     let mut conn = store::Conn::from(db.client());
     let by_uid: std::collections::HashMap<&str, &Order> = orders.iter().map(|o| (o.order_uid.as_str(), o)).collect();
-    let mut read_all = |limit: usize| store::stored_orders(&mut client, limit, None, |s| s).unwrap();
+    let mut read_all = |limit: usize| {
+        let mut all = Vec::new();
+        assert_eq!(store::stored_orders(&mut client, limit, None, &mut all).unwrap(), all.len());
+        all
+    };
     let all = read_all(1000);
     assert_eq!(all.len(), 300);
     for stored in &all {
@@ -455,8 +459,9 @@ fn the_warm_read_skips_orders_stored_before_the_age_limit() {
     }
     let mut client = db.client();
     let mut read = |limit: usize, age: Option<Duration>| {
-        let mut got: Vec<String> =
-            store::stored_orders(&mut client, limit, age, |s| s.uid).unwrap().into_iter().collect();
+        let mut all = Vec::new();
+        store::stored_orders(&mut client, limit, age, &mut all).unwrap();
+        let mut got: Vec<String> = all.into_iter().map(|s| s.uid).collect();
         got.sort_unstable();
         got
     };
