@@ -50,7 +50,7 @@ use parking_lot::RwLock;
 
 use crate::model::{Change, Encoded, StoredOrder};
 
-pub use entry::{CachedOrder, Found};
+pub use entry::{CachedOrder, Etag, Found};
 pub use flight::{DatabaseWait, Unavailable};
 pub use freshness::SILENCE_LIMIT;
 pub use limits::{Clock, Limits, SystemClock};

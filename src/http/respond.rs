@@ -205,7 +205,7 @@ fn found_order(request: &Request, order: &CachedOrder, html: bool) -> Reply {
     };
     // The HTML page is derived from the same JSON, so one validator serves both; the
     // Vary header keeps caches from mixing them up.
-    let etag = if html { format!("W/{}", order.etag) } else { order.etag.clone() };
+    let etag = if html { format!("W/{}", &*order.etag) } else { order.etag.to_string() };
     reply.with("ETag", etag).with("Cache-Control", ORDER_CACHE_CONTROL)
 }
 

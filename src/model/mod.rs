@@ -142,11 +142,15 @@ pub fn version_of(sha256: &[u8]) -> String {
 
 /// Appends `version_of(sha256)` to `out`.
 pub fn push_version(out: &mut String, sha256: &[u8]) {
+    out.extend(version_digits(sha256).map(char::from));
+}
+
+/// The hex digits of `version_of(sha256)`.
+pub fn version_digits(sha256: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in &sha256[..VERSION_BYTES.min(sha256.len())] {
-        out.push(DIGITS[usize::from(b >> 4)].into());
-        out.push(DIGITS[usize::from(b & 15)].into());
-    }
+    sha256[..VERSION_BYTES.min(sha256.len())]
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
 }
 
 impl Encoded {
