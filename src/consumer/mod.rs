@@ -33,7 +33,7 @@ use log::info;
 use postgres::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use self::batch::{Decoded, Decoder};
+use self::batch::{Decoded, Decoder, Spent};
 pub use self::client::client_config;
 use self::pacing::CommitPacing;
 use self::partitions::{Partition, Partitions};
@@ -72,6 +72,8 @@ pub struct Consumer {
     /// For each partition, the position from which a loss was last reported, so that a
     /// batch dropped and read again does not report it twice.
     losses_reported: HashMap<Partition, i64>,
+    /// The decoder thread, which frees written batches; while the loop runs.
+    spent: Option<crossbeam_channel::Sender<Spent>>,
 }
 
 impl Consumer {
@@ -104,6 +106,7 @@ impl Consumer {
             reconciled: Instant::now(),
             stopped: false,
             losses_reported: HashMap::new(),
+            spent: None,
         })
     }
 
@@ -118,6 +121,7 @@ impl Consumer {
     /// once, so that a quiet topic's orders are never held back for the next batch.
     pub fn run(mut self) {
         let decoder = Decoder::start(self.rules.clone());
+        self.spent = Some(decoder.spent());
         let mut ready: Option<Decoded> = None;
         while !self.shutdown.is_signalled() && !self.stopped {
             let after = ready.as_ref().map(Decoded::ends).unwrap_or_default();

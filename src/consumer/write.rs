@@ -69,6 +69,11 @@ impl Consumer {
         let timings = [decode_took, written - started, committing - written, committing.elapsed()];
         self.record(&messages, &result, timings);
         log_batch(&messages, &result, timings);
+        let orders = orders.into_iter().map(|(_, encoded)| encoded).collect();
+        if let Some(spent) = &self.spent {
+            // Only if the decoder thread is gone does the batch stay here, freed as it ends.
+            let _ = spent.send((messages, orders));
+        }
         BatchOutcome::Committed
     }
 
