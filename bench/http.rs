@@ -129,8 +129,8 @@ fn main() -> anyhow::Result<()> {
             println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", r.rps, r.p50_ms, r.p99_ms);
         }
         println!();
-        println!("  orders-svc / bare tiny_http = {:.2}  (target: at least 0.90)", svc.rps / tiny.rps);
-        println!("  orders-svc / nginx          = {:.2}", svc.rps / static_files.rps);
+        println!("  orders-svc / bare tiny_http = {:.2}", svc.rps / tiny.rps);
+        println!("  orders-svc / nginx          = {:.2}  (target: at least 0.90)", svc.rps / static_files.rps);
         println!(
             "  unknown ids: {} requests over {} distinct ids caused {reads} database reads; {busy} were answered \
              503 because cache.max_database_waits requests already read the database",
@@ -171,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         let per_round: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r[0].p99 / r[1].p99)).collect();
         println!(
             "  orders-svc / bare tiny_http: p50 {:.2}, p99 {:.2}, p99.9 {:.2}  (medians; p99 by round: {})  \
-             (target: p99 at most 1.2)",
+             (target: p99 and p99.9 at most 1.1)",
             svc_open.p50 / tiny_open.p50,
             svc_open.p99 / tiny_open.p99,
             svc_open.p999 / tiny_open.p999,
