@@ -100,7 +100,7 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
 struct Warming {
     piece: Vec<(i64, Arc<CachedOrder>)>,
     to_builder: Option<crossbeam_channel::Sender<Piece>>,
-    builder: std::thread::JoinHandle<Fill>,
+    builder: Option<std::thread::JoinHandle<Fill>>,
 }
 
 /// What the builder is sent: how many orders will come, or some of them.
@@ -128,20 +128,29 @@ impl Warming {
                 fill
             })
             .expect("start the warm-up's thread");
-        Warming { piece: Vec::with_capacity(PIECE), to_builder: Some(to_builder), builder }
+        Warming { piece: Vec::with_capacity(PIECE), to_builder: Some(to_builder), builder: Some(builder) }
     }
 
     fn send(&mut self, piece: Piece) {
         let to_builder = self.to_builder.as_ref().expect("sending until finished");
-        to_builder.send(piece).expect("the warm-up's thread lives until finished");
+        if to_builder.send(piece).is_err() {
+            // The builder stopped before it was told to: it panicked. Its panic goes on here.
+            self.join();
+            unreachable!("the warm-up's thread ends when told to, or by a panic");
+        }
     }
 
     /// What the builder made of the orders handed over.
     fn finish(mut self) -> Fill {
         let last = std::mem::take(&mut self.piece);
         self.send(Piece::Orders(last));
+        self.join()
+    }
+
+    /// Waits for the builder, and passes on its panic if it panicked.
+    fn join(&mut self) -> Fill {
         drop(self.to_builder.take());
-        match self.builder.join() {
+        match self.builder.take().expect("joined once").join() {
             Ok(fill) => fill,
             Err(panic) => std::panic::resume_unwind(panic),
         }
