@@ -96,7 +96,9 @@ fn start(config: &Config, name: &str, cache: &Cache, health: &Health, shutdown: 
 }
 
 /// The warm-up's orders, put in the cache's map as they come by a thread of its own,
-/// while this one reads the next: the inserts cost as much as a fifth of the read.
+/// while this one reads the next. Done after the read, the inserts and the age index
+/// took 0.4 s after a read of 1.8 s (1,000,000 orders); done in the reading loop itself,
+/// they made the read 0.7 s longer.
 struct Warming {
     piece: Vec<(i64, Arc<CachedOrder>)>,
     to_builder: Option<crossbeam_channel::Sender<Piece>>,

@@ -101,7 +101,7 @@ pub fn stored_orders(
     tx.batch_execute("SET LOCAL synchronize_seqscans = off").context("read the table from its start")?;
     let mut rows = copy_out(&mut tx, &query).context("read the stored orders' documents")?;
     let mut scratch = Vec::new();
-    let mut keep = |row: &[u8]| {
+    let mut hand_over = |row: &[u8]| {
         // In the order of DOCUMENT_COLUMNS.
         let mut f = Fields::new(row);
         let (uid, json, sha256, stored_at) = (f.text()?, f.raw()?, f.raw()?, f.int8()?);
@@ -109,7 +109,7 @@ pub fn stored_orders(
         into.keep(Stored { uid, json, sha256, stored_at });
         Ok(())
     };
-    while rows.next_with(&mut scratch, &mut keep)?.is_some() {
+    while rows.next_with(&mut scratch, &mut hand_over)?.is_some() {
         read += 1;
     }
     drop(rows);
