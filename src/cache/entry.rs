@@ -26,7 +26,7 @@ impl CachedOrder {
     /// An order as read from PostgreSQL (at start, or on a miss): its version named by the
     /// digest stored with it (which is its JSON's).
     pub fn stored(stored: StoredOrder) -> CachedOrder {
-        CachedOrder { uid: stored.uid.into(), json: stored.json, etag: Etag::of(&stored.sha256) }
+        CachedOrder::from_parts(&stored.uid, stored.json, &stored.sha256)
     }
 
     /// `stored` from the parts of a stored order, the id and digest borrowed.

@@ -308,6 +308,22 @@ fn a_prepared_read_that_fails_is_prepared_again() {
     assert_eq!(read(&mut conn).unwrap(), Some(json));
 }
 
+/// `n` generated orders (from `seed`), written in one batch.
+fn written_orders(db: &TestDb, seed: u64, n: i64) -> Vec<Order> {
+    let mut generator = Generator::new(seed, 2);
+    let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
+    let messages: Vec<Message> = (0..n).map(|i| at(0, i)).collect();
+    write(db, &orders.iter().zip(&messages).map(|(o, m)| (m, o)).collect::<Vec<_>>());
+    orders
+}
+
+/// Shared reads on a pool of two connections to `url`, and the count of their statements.
+fn readers_on_two_connections(url: String) -> (Arc<store::Readers>, prometheus::IntCounter) {
+    let database = orders_svc::config::Database { url, pool_size: 2, ..Default::default() };
+    let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
+    (Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements.clone())), statements)
+}
+
 /// The misses of requests waiting at the same time are read together. With one read
 /// running (the database held), 15 more requests wait for it; the 16th starts a second
 /// read, of all 16, beside it; with both connections taken, the next waits. Released,
@@ -316,14 +332,9 @@ fn a_prepared_read_that_fails_is_prepared_again() {
 #[test]
 fn misses_waiting_together_are_read_in_one_statement() {
     let db = migrated();
-    let mut generator = Generator::new(8, 2);
-    let orders: Vec<Order> = (0..12).map(|_| generator.order()).collect();
-    let messages: Vec<Message> = (0..12).map(|i| at(0, i)).collect();
-    write(&db, &orders.iter().zip(&messages).map(|(o, m)| (m, o)).collect::<Vec<_>>());
+    let orders = written_orders(&db, 8, 12);
     let proxy = DbProxy::start();
-    let database = orders_svc::config::Database { url: proxy.url(&db), pool_size: 2, ..Default::default() };
-    let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
-    let readers = Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements.clone()));
+    let (readers, statements) = readers_on_two_connections(proxy.url(&db));
     let mut ids: Vec<String> = orders.iter().map(|o| o.order_uid.clone()).collect();
     ids.extend((0..6).map(|i| format!("unknown{i}")));
     let read = |uid: &String| {
@@ -358,13 +369,8 @@ fn misses_waiting_together_are_read_in_one_statement() {
 #[test]
 fn readers_under_load_answer_everyone_and_give_back_every_place() {
     let db = migrated();
-    let mut generator = Generator::new(9, 2);
-    let orders: Vec<Order> = (0..20).map(|_| generator.order()).collect();
-    let messages: Vec<Message> = (0..20).map(|i| at(0, i)).collect();
-    write(&db, &orders.iter().zip(&messages).map(|(o, m)| (m, o)).collect::<Vec<_>>());
-    let database = orders_svc::config::Database { url: db.url.clone(), pool_size: 2, ..Default::default() };
-    let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
-    let readers = Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements));
+    let orders = written_orders(&db, 9, 20);
+    let (readers, _) = readers_on_two_connections(db.url.clone());
     let uids: Arc<Vec<String>> = Arc::new(orders.iter().map(|o| o.order_uid.clone()).collect());
     let threads: Vec<_> = (0..16)
         .map(|t| {
