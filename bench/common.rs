@@ -66,6 +66,26 @@ pub fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     Ok(ticks as f64 / per_sec as f64)
 }
 
+/// The CPU time the whole machine has been busy (not idle, not waiting for I/O) since it
+/// started, summed over its cores, in seconds.
+pub fn machine_busy_secs() -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    // The first line sums the cores: user nice system idle iowait irq softirq steal.
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .take(8)
+        .map(|t| t.parse().context("a tick count in /proc/stat"))
+        .collect::<anyhow::Result<_>>()?;
+    let busy = ticks.iter().sum::<u64>() - ticks.get(3..5).context("no idle times in /proc/stat")?.iter().sum::<u64>();
+    // SAFETY: sysconf only reads a system setting.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(busy as f64 / per_sec as f64)
+}
+
 /// A database of the run's own with the service's tables, dropped at the end.
 pub fn migrated_db() -> anyhow::Result<TestDb> {
     let db = TestDb::new();

@@ -12,6 +12,10 @@
 //! - the memory: the bytes the cache counts (`orders_cache_bytes`: each order's JSON, its
 //!   id, its ETag and 160 bytes of bookkeeping).
 //!
+//! Each round also prints the CPU time spent while each was timed, the machine's (its
+//! cores' busy time, from `/proc/stat`) and the reading process's: the reference's client
+//! is this benchmark, whose read is the warm-up's without the cache built from it.
+//!
 //! The orders are generated (1-3 items each) and copied in once by `psql \copy`; then
 //! each round times the reference and a start of the `orders-svc` binary, which is
 //! stopped once its log says `event=cache_warmed`.
@@ -29,9 +33,29 @@ use postgres::Client;
 #[path = "common.rs"]
 mod common;
 use common::support::process::{Process, config_toml, free_addr};
-use common::{brokers, create_topic_on, env_number, kept_database, load_generated, migrated_db};
+use common::{
+    brokers, cpu_secs, create_topic_on, env_number, kept_database, load_generated, machine_busy_secs, migrated_db,
+};
 
 const SEED: u64 = 20_211_126;
+
+/// CPU seconds over a timed interval: all the machine's cores, and one process's.
+#[derive(Clone, Copy)]
+struct Cpu {
+    machine: f64,
+    process: f64,
+}
+
+impl Cpu {
+    /// The machine's busy core-seconds and the process's, so far.
+    fn now(pid: u32) -> anyhow::Result<Cpu> {
+        Ok(Cpu { machine: machine_busy_secs()?, process: cpu_secs(pid)? })
+    }
+
+    fn since(self, start: Cpu) -> Cpu {
+        Cpu { machine: self.machine - start.machine, process: self.process - start.process }
+    }
+}
 
 /// The rows the orders are kept in, as PostgreSQL streams them.
 const ROWS: [&str; 2] = [
@@ -46,7 +70,11 @@ const DOCUMENTS: [&str; 1] =
 struct Round {
     rows_secs: f64,
     documents_secs: f64,
+    /// What the machine's cores and this client spent on the reference's second read.
+    documents_cpu: Cpu,
     service_secs: f64,
+    /// What the cores and orders-svc spent from its start until its cache was warm.
+    service_cpu: Cpu,
     cache_bytes: u64,
     resident_bytes: u64,
     peak_resident_bytes: u64,
@@ -75,15 +103,18 @@ fn main() -> anyhow::Result<()> {
     let topic = format!("bench_warm_{}", std::process::id());
     create_topic_on(&brokers(), &topic, 1);
     let extra = format!("[cache]\nmax_orders = {}\nmax_bytes = {}\n", n + 1, 64u64 << 30);
+    let cores = std::thread::available_parallelism()?.get() as f64;
     let mut results = Vec::new();
     for round in 1..=rounds {
         let rows_secs = stream(&mut client, &ROWS)?;
         // Twice, timing the second: the service's start, next, finds the table as this
         // read leaves it (read just before, its pages in memory), and so does the reference.
         stream(&mut client, &DOCUMENTS)?;
+        let before = Cpu::now(std::process::id())?;
         let documents_secs = stream(&mut client, &DOCUMENTS)?;
+        let documents_cpu = Cpu::now(std::process::id())?.since(before);
         let toml = config_toml(&url, &topic, &topic, free_addr(), &extra);
-        let r = start_service(&dir, &toml, rows_secs, documents_secs)?;
+        let r = start_service(&dir, &toml, rows_secs, (documents_secs, documents_cpu))?;
         println!(
             "  round {round}: PostgreSQL streams the rows in {:.2} s, the documents in {:.2} s; orders-svc warm \
              in {:.2} s = {:.2}x the rows, {:.2}x the documents; resident {} MiB after, {} MiB at peak, \
@@ -99,6 +130,19 @@ fn main() -> anyhow::Result<()> {
             r.resident_bytes as f64 / r.cache_bytes as f64,
             r.peak_resident_bytes as f64 / r.cache_bytes as f64,
         );
+        println!(
+            "           CPU: while the documents streamed, the cores were busy {:.2} s of {:.2} (this client {:.2} s, \
+             the rest mostly PostgreSQL {:.2} s); while orders-svc warmed, {:.2} s of {:.2} (orders-svc {:.2} s, \
+             the rest {:.2} s)",
+            r.documents_cpu.machine,
+            r.documents_secs * cores,
+            r.documents_cpu.process,
+            r.documents_cpu.machine - r.documents_cpu.process,
+            r.service_cpu.machine,
+            r.service_secs * cores,
+            r.service_cpu.process,
+            r.service_cpu.machine - r.service_cpu.process,
+        );
         results.push(r);
     }
 
@@ -113,6 +157,15 @@ fn main() -> anyhow::Result<()> {
         spread(&|r| r.service_secs / r.documents_secs)
     );
     println!("  warm time / streaming the rows       = {}", spread(&|r| r.service_secs / r.rows_secs));
+    println!(
+        "  orders-svc's CPU / this client's     = {}  (the same read, and the cache built)",
+        spread(&|r| r.service_cpu.process / r.documents_cpu.process)
+    );
+    println!(
+        "  cores busy: warm / the reference     = {} and {}  (of {cores} cores)",
+        spread(&|r| r.service_cpu.machine / r.service_secs),
+        spread(&|r| r.documents_cpu.machine / r.documents_secs)
+    );
     println!(
         "  resident after warm / cache bytes    = {}  (target: at most 1.2)",
         spread(&|r| r.resident_bytes as f64 / r.cache_bytes as f64)
@@ -136,7 +189,9 @@ fn stream(client: &mut Client, statements: &[&str]) -> anyhow::Result<f64> {
 }
 
 /// Starts orders-svc, waits for its cache to be warm, reads its memory, and stops it.
-fn start_service(dir: &Path, toml: &str, rows_secs: f64, documents_secs: f64) -> anyhow::Result<Round> {
+fn start_service(dir: &Path, toml: &str, rows_secs: f64, documents: (f64, Cpu)) -> anyhow::Result<Round> {
+    let (documents_secs, documents_cpu) = documents;
+    let machine_before = machine_busy_secs()?;
     let started = Instant::now();
     let process = Process::start(dir, "orders-svc", toml, &[]);
     let line = loop {
@@ -149,6 +204,7 @@ fn start_service(dir: &Path, toml: &str, rows_secs: f64, documents_secs: f64) ->
         std::thread::sleep(Duration::from_millis(5));
     };
     let service_secs = started.elapsed().as_secs_f64();
+    let service_cpu = Cpu { machine: machine_busy_secs()? - machine_before, process: cpu_secs(process.id())? };
     let cache_bytes: u64 = line
         .split_whitespace()
         .find_map(|field| field.strip_prefix("bytes="))
@@ -166,7 +222,9 @@ fn start_service(dir: &Path, toml: &str, rows_secs: f64, documents_secs: f64) ->
     let round = Round {
         rows_secs,
         documents_secs,
+        documents_cpu,
         service_secs,
+        service_cpu,
         cache_bytes,
         resident_bytes: kib("VmRSS:")?,
         peak_resident_bytes: kib("VmHWM:")?,
