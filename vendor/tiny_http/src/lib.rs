@@ -147,6 +147,10 @@ pub struct Server {
     counters: Arc<limits::Counters>,
 }
 
+/// orders-svc patch: answers a request on its connection's own thread, or hands it back
+/// to be queued for `Server::recv` (see `Server::from_listener_with_front`).
+pub type Front = Arc<dyn Fn(Request) -> Option<Request> + Send + Sync>;
+
 enum Message {
     Error(IoError),
     NewRequest(Request),
@@ -248,7 +252,7 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_with(listener.into(), ssl_config, Limits::default())
+        Self::from_listener_with(listener.into(), ssl_config, Limits::default(), None)
     }
 
     /// orders-svc patch: a server on `listener` whose clients are bounded by `limits`.
@@ -256,7 +260,20 @@ impl Server {
         listener: L,
         limits: Limits,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::from_listener_with(listener.into(), None, limits)
+        Self::from_listener_with(listener.into(), None, limits, None)
+    }
+
+    /// orders-svc patch: as `from_listener_with_limits`, and each request is first given
+    /// to `front` on its connection's own thread, once the connection's request before it
+    /// is answered. What `front` answers never reaches `recv`; what it hands back is
+    /// queued for `recv` as usual. `front` must not wait on anything slow: while it runs,
+    /// its connection reads nothing.
+    pub fn from_listener_with_front<L: Into<Listener>>(
+        listener: L,
+        limits: Limits,
+        front: Front,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with(listener.into(), None, limits, Some(front))
     }
 
     /// orders-svc patch: connections open now, refused and failed since the start.
@@ -268,6 +285,7 @@ impl Server {
         listener: Listener,
         ssl_config: Option<SslConfig>,
         limits: Limits,
+        front: Option<Front>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -371,6 +389,7 @@ impl Server {
 
                 let client = ClientConnection::new(write_closable, read_closable, limits.clone());
                 let messages = inside_messages.clone();
+                let front = front.clone();
                 let mut task = Some((client, open));
                 let spawned = tasks_pool.spawn(Box::new(move || {
                     if let Some((client, _open)) = task.take() {
@@ -387,6 +406,18 @@ impl Server {
                             if unanswered && receiver.recv().is_err() {
                                 break;
                             }
+                            // orders-svc patch: what the front answers here costs no
+                            // hand-off to a worker and back (see `from_listener_with_front`).
+                            let rq = match &front {
+                                Some(front) => match front(rq) {
+                                    Some(rq) => rq,
+                                    None => {
+                                        unanswered = false;
+                                        continue;
+                                    }
+                                },
+                                None => rq,
+                            };
                             messages.push(rq.with_notify_sender(sender.clone()).into());
                             unanswered = true;
                         }
@@ -497,5 +528,55 @@ impl Drop for Server {
                 let _ = std::fs::remove_file(path);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// orders-svc patch 5: a request the front answers never reaches `recv`, the others
+    /// do, and the answers keep the order of the requests.
+    #[test]
+    fn the_front_answers_in_place_and_hands_on_the_rest_in_order() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let front: Front = Arc::new(|rq: Request| {
+            if rq.url() != "/front" {
+                return Some(rq);
+            }
+            rq.respond(Response::from_string("from the front")).unwrap();
+            None
+        });
+        let server = Server::from_listener_with_front(listener, Limits::default(), front).unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        // Three requests at once on one connection: for a worker, the front, a worker.
+        client
+            .write_all(
+                b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n\
+                  GET /front HTTP/1.1\r\nHost: x\r\n\r\n\
+                  GET /last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        let wait = Duration::from_secs(10);
+        let first = server.recv_timeout(wait).unwrap().expect("the first request");
+        assert_eq!(first.url(), "/first");
+        // Until it is answered, the connection hands nothing else on.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(server.try_recv().unwrap().is_none());
+        first.respond(Response::from_string("from the first worker")).unwrap();
+        // The next to reach recv is the last: the front answered the one between.
+        let last = server.recv_timeout(wait).unwrap().expect("the last request");
+        assert_eq!(last.url(), "/last");
+        last.respond(Response::from_string("from the last worker")).unwrap();
+
+        let mut answers = String::new();
+        client.read_to_string(&mut answers).unwrap();
+        let at = |body: &str| answers.find(body).unwrap_or_else(|| panic!("{body:?} in {answers:?}"));
+        assert!(at("from the first worker") < at("from the front"), "{answers}");
+        assert!(at("from the front") < at("from the last worker"), "{answers}");
+        assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 3, "{answers}");
     }
 }
