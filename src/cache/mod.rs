@@ -241,6 +241,20 @@ impl Cache {
         self.stats.evictions.inc_by(evicted as u64);
     }
 
+    /// The order for `uid` if it is held and may be served as it is: the cache is fresh
+    /// and the entry within the age limit. Counted as a hit; when it is None nothing is
+    /// counted, and `lookup` decides.
+    pub fn hit(&self, uid: &str) -> Option<Arc<CachedOrder>> {
+        let state = self.state.read();
+        if !state.freshness.fresh(Instant::now()) {
+            return None;
+        }
+        let (order, false) = self.held(&state, uid)? else { return None };
+        drop(state);
+        self.stats.hits.inc();
+        Some(order)
+    }
+
     /// The order for `uid`: from memory, or else from `load` (PostgreSQL). Concurrent
     /// lookups of one missing uid share one `load`. Found orders are kept; ids `load`
     /// does not find are remembered as missing for `negative_ttl`. While the cache is not

@@ -10,6 +10,7 @@ use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
+use std::time::Instant;
 
 use anyhow::Context;
 use log::{error, info, warn};
@@ -22,7 +23,7 @@ pub use wire::{Reply, encode};
 
 use crate::cache::Cache;
 use crate::config;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteName};
 use crate::runtime::{Health, Shutdown};
 use crate::store::{Pool, Readers};
 
@@ -62,8 +63,12 @@ impl Server {
     pub fn start(config: &config::Http, state: Arc<State>, shutdown: Shutdown) -> anyhow::Result<Server> {
         let listener = listen(config.addr).with_context(|| format!("listen on {}", config.addr))?;
         let addr = listener.local_addr().context("read listening address")?;
+        let front: tiny_http::Front = {
+            let state = state.clone();
+            Arc::new(move |request| in_place(&state, request))
+        };
         let server = Arc::new(
-            tiny_http::Server::from_listener_with_limits(listener, limits(config))
+            tiny_http::Server::from_listener_with_front(listener, limits(config), front)
                 .map_err(|e| anyhow::anyhow!("start HTTP server: {e}"))?,
         );
         let _ = state.server.set(server.clone());
@@ -133,13 +138,38 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
     }
 }
 
+/// On a connection's own thread, before a worker: answers a request for an order the
+/// cache holds (`respond::from_memory`), which is most of them, and hands any other back
+/// to be queued for the workers. A hit so costs no hand-off to a worker and back, two
+/// wake-ups of threads fewer; it never waits on PostgreSQL, so the connection waits for
+/// nothing but its own answer's write.
+fn in_place(state: &State, request: Request) -> Option<Request> {
+    let started = Instant::now();
+    let route = Route::parse(request.url());
+    let reply = respond::from_memory(state, &request, &route);
+    let route = route.name();
+    match reply {
+        Some(reply) => {
+            send(state, request, route, &reply, started);
+            None
+        }
+        None => Some(request),
+    }
+}
+
+/// On a worker: answers any request.
 fn handle(state: &State, request: Request) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let route = Route::parse(request.url());
     let reply = respond::respond_to(state, &request, &route);
     let route = route.name();
+    send(state, request, route, &reply, started);
+}
+
+/// Writes `reply` to `request`'s client and counts it.
+fn send(state: &State, request: Request, route: RouteName, reply: &Reply, started: Instant) {
     let status = reply.status;
-    let bytes = encode(&reply, *request.method() == Method::Head, &wire::http_date());
+    let bytes = encode(reply, *request.method() == Method::Head, &wire::http_date());
     // The whole response in one write: tiny_http would write each header in pieces,
     // each through a lock. Whether the connection stays open was settled when the
     // request was read (HTTP/1.0, `Connection: close`), as with `Request::respond`.

@@ -48,12 +48,8 @@ pub fn respond(state: &State, request: &Request) -> Reply {
 
 /// Answers a request whose target was parsed into `route`.
 pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) -> Reply {
-    if request.url().len() > MAX_URL_BYTES {
-        return Reply::text(414, "request target too long\n");
-    }
-    let header_bytes: usize = request.headers().iter().map(|h| h.field.as_str().len() + h.value.len() + 4).sum();
-    if header_bytes > MAX_HEADER_BYTES {
-        return Reply::text(431, "request headers too large\n");
+    if let Some(refused) = oversized(request) {
+        return refused;
     }
     // An unknown path is 404 whatever the method; a known one is 405 to anything but a read.
     if *route != Route::Other && !matches!(request.method(), Method::Get | Method::Head) {
@@ -78,6 +74,37 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
         Route::OpenApi => Reply::new(200, JSON, OPENAPI),
         Route::Other => Reply::text(404, "not found\n"),
     }
+}
+
+/// The answer to a request for an order that the cache holds and may serve as it is:
+/// nothing to wait for, so the connection's own thread gives it (`super::in_place`).
+/// None for any other request, and for an order to be read or refused: a worker answers
+/// those with `respond_to`, which answers these the same way.
+pub(super) fn from_memory(state: &State, request: &Request, route: &Route<'_>) -> Option<Reply> {
+    let (uid, representation) = match *route {
+        Route::Order(uid) => (uid, Representation::ByAccept),
+        Route::ApiOrder(uid) => (uid, Representation::Json),
+        _ => return None,
+    };
+    let plain = matches!(request.method(), Method::Get | Method::Head)
+        && oversized(request).is_none()
+        && state.health.cache_warm()
+        && model::check_uid(uid).is_ok();
+    if !plain {
+        return None;
+    }
+    let order = state.cache.hit(uid)?;
+    let shape = Shape::of(request, representation);
+    Some(shape.vary(found_order(request, &order, shape.html)))
+}
+
+/// 414 or 431 for a request target or headers past the limits.
+fn oversized(request: &Request) -> Option<Reply> {
+    if request.url().len() > MAX_URL_BYTES {
+        return Some(Reply::text(414, "request target too long\n"));
+    }
+    let header_bytes: usize = request.headers().iter().map(|h| h.field.as_str().len() + h.value.len() + 4).sum();
+    (header_bytes > MAX_HEADER_BYTES).then(|| Reply::text(431, "request headers too large\n"))
 }
 
 fn asset(name: &str) -> Reply {
@@ -122,12 +149,30 @@ enum Representation {
     Json,
 }
 
+/// What an order's answer is to this request: its page or its JSON, and whether the
+/// choice was the `Accept` header's.
+struct Shape {
+    html: bool,
+    by_accept: bool,
+}
+
+impl Shape {
+    fn of(request: &Request, representation: Representation) -> Shape {
+        let by_accept = representation == Representation::ByAccept;
+        Shape { html: by_accept && prefers_html(header(request, "Accept")), by_accept }
+    }
+
+    /// Only an answer chosen by `Accept` varies with it.
+    fn vary(&self, reply: Reply) -> Reply {
+        if self.by_accept { reply.with("Vary", "Accept") } else { reply }
+    }
+}
+
 /// `GET /order/<uid>` and `GET /api/order/<uid>`: the order as JSON, or its page.
 fn order(state: &State, request: &Request, uid: &str, representation: Representation) -> Reply {
-    let by_accept = representation == Representation::ByAccept;
-    let html = by_accept && prefers_html(header(request, "Accept"));
-    // Only an answer chosen by `Accept` varies with it.
-    let vary = |r: Reply| if by_accept { r.with("Vary", "Accept") } else { r };
+    let shape = Shape::of(request, representation);
+    let html = shape.html;
+    let vary = |r: Reply| shape.vary(r);
     if let Err(reason) = model::check_uid(uid) {
         return vary(if html {
             Reply::html(400, pages::bad_request(uid, &reason))

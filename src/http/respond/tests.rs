@@ -230,3 +230,67 @@ fn a_copy_that_may_be_stale_says_so() {
     assert_eq!(&r.body[..], canonical().to_json().as_slice());
     assert!(r.header("Cache-Status").unwrap().contains("fwd=stale"));
 }
+
+/// What the connection's thread answers from memory is what a worker would answer, to
+/// the byte; anything that needs more than a held order is left to a worker.
+#[test]
+fn from_memory_answers_a_held_order_as_a_worker_would_and_nothing_else() {
+    let s = state();
+    s.cache.publish(&[canonical().encode()]);
+    let uid = "b563feb7b2b84b6test";
+    let path = format!("/order/{uid}");
+    let api = format!("/api/order/{uid}");
+    let in_place = |method: Method, path: &str, headers: &[(&str, &str)]| {
+        let request = request(method, path, headers);
+        from_memory(&s, &request, &Route::parse(request.url()))
+    };
+    let etag = get(&s, &path).header("ETag").unwrap().to_string();
+    let weak = format!("W/{etag}");
+    for (method, path, headers) in [
+        (Method::Get, path.as_str(), &[][..]),
+        (Method::Head, path.as_str(), &[][..]),
+        (Method::Get, path.as_str(), &[("Accept", FIREFOX)][..]),
+        (Method::Get, path.as_str(), &[("If-None-Match", etag.as_str())][..]),
+        (Method::Get, path.as_str(), &[("Accept", FIREFOX), ("If-None-Match", weak.as_str())][..]),
+        (Method::Get, api.as_str(), &[("Accept", FIREFOX)][..]),
+    ] {
+        let reply = in_place(method.clone(), path, headers).unwrap_or_else(|| panic!("{method} {path} {headers:?}"));
+        let worker = respond(&s, &request(method, path, headers));
+        assert_eq!(format!("{reply:?}"), format!("{worker:?}"), "{path} {headers:?}");
+    }
+    assert_eq!(in_place(Method::Get, &path, &[]).unwrap().status, 200);
+    assert_eq!(in_place(Method::Get, &path, &[("If-None-Match", etag.as_str())]).unwrap().status, 304);
+
+    // Left to a worker: another route, another method, an id not held or not valid,
+    // headers past the limit.
+    let big = "x".repeat(MAX_HEADER_BYTES);
+    for (method, path, headers) in [
+        (Method::Get, "/", &[][..]),
+        (Method::Get, "/healthz", &[][..]),
+        (Method::Post, path.as_str(), &[][..]),
+        (Method::Get, "/order/not-held", &[][..]),
+        (Method::Get, "/order/%3Cscript%3E", &[][..]),
+        (Method::Get, path.as_str(), &[("X-Big", big.as_str())][..]),
+    ] {
+        assert!(in_place(method.clone(), path, headers).is_none(), "{method} {path}");
+    }
+
+    // Nor while the cache cannot vouch for its copies: the listener lost, changes may
+    // have been missed, so a worker reads the order again.
+    s.cache.listener_lost();
+    assert!(in_place(Method::Get, &path, &[]).is_none());
+    s.cache.listener_established();
+    s.cache.listening();
+    assert_eq!(in_place(Method::Get, &path, &[]).unwrap().status, 200);
+}
+
+/// Before the warm-up ends, the 503 that says so comes from a worker.
+#[test]
+fn from_memory_leaves_a_cold_cache_to_a_worker() {
+    let s = state();
+    s.cache.publish(&[canonical().encode()]);
+    let cold = State::new(s.cache.clone(), s.pool.clone(), Arc::new(Health::default()), s.metrics.clone());
+    let request = request(Method::Get, "/order/b563feb7b2b84b6test", &[]);
+    assert!(from_memory(&cold, &request, &Route::parse(request.url())).is_none());
+    assert_eq!(respond(&cold, &request).status, 503);
+}
