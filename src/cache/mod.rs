@@ -14,16 +14,16 @@
 //!
 //! Its parts: `entry`, the value served (`CachedOrder`); `lru`, the bounded entries;
 //! `flight`, one read per missing order and the permits to read PostgreSQL; `missing`,
-//! the memory of ids not found; `pending`, the batch the consumer is writing;
+//! the memory of ids not found; `pending`, the batches the consumer is writing;
 //! `freshness`, the state the listener's reports move the cache through; `limits`, the
 //! bounds and the clock; `stats`, the counters.
 //!
 //! # Locks
 //!
 //! One `RwLock` guards the `State`: the entries, the memory of missing ids, the flights
-//! in progress, the consumer's pending batch and the freshness. What must change together
+//! in progress, the consumer's pending batches and the freshness. What must change together
 //! changes in one hold of it: a notification drops entries, ends the memory of the ids
-//! it names, marks their flights superseded and is recorded against the pending batch;
+//! it names, marks their flights superseded and is recorded against the pending batches;
 //! a lost listener ends freshness, every flight's claim to be kept and the memory of
 //! missing ids; a read's result is kept, if its flight is still current, as the flight
 //! ends. A hit takes the lock shared and only stamps its entry's use, an atomic.
@@ -61,10 +61,15 @@ use flight::{Flights, Outcome, Permits};
 use freshness::Freshness;
 use lru::Lru;
 use missing::Missing;
-use pending::Pending;
+use pending::{Batch, Pending};
 
 /// Orders published under one hold of the write lock.
 const PUBLISH_PIECE: usize = 1000;
+
+/// A batch the consumer began writing: see `Cache::writing`.
+#[must_use = "a batch begun is published or given up"]
+#[derive(Debug)]
+pub struct Writing(u64);
 
 /// The orders the HTTP side serves, shared by the consumer, the listener and the workers.
 pub struct Cache {
@@ -163,14 +168,20 @@ impl Cache {
     }
 
     /// The consumer is about to write these orders, and will `publish` those it stored
-    /// once committed. Should a notification meanwhile name one of them at a version other
-    /// than the one it publishes, another writer committed that order, possibly after
-    /// this one (from another partition), so that order is not published: the next
-    /// request reads whichever version PostgreSQL has.
-    pub fn writing<'a>(&self, uids: impl IntoIterator<Item = &'a str>) {
-        let pending = Pending::new(uids);
-        let before = std::mem::replace(&mut self.state.write().pending, pending);
-        drop(before);
+    /// once committed, or else give the batch up (`not_written`). Should a notification
+    /// meanwhile name one of them at a version other than the one it publishes, another
+    /// writer committed that order, possibly after this one (from another partition), so
+    /// that order is not published: the next request reads whichever version PostgreSQL
+    /// has. Batches are published in the order they began.
+    pub fn writing<'a>(&self, uids: impl IntoIterator<Item = &'a str>) -> Writing {
+        let batch = Batch::new(uids);
+        Writing(self.state.write().pending.add(batch))
+    }
+
+    /// A batch begun with `writing` will not be published: nothing of it was committed.
+    pub fn not_written(&self, batch: Writing) {
+        let removed = self.state.write().pending.remove(batch.0);
+        drop(removed);
     }
 
     /// Applies a notification: orders now stored at these versions. An entry of another
@@ -202,11 +213,11 @@ impl Cache {
         dropped
     }
 
-    /// The consumer's write: orders PostgreSQL has just committed replace whatever the
-    /// cache had for them, end any memory of their absence, and make reads in flight for
-    /// them forget their (possibly older) result. An order another writer was notified
-    /// to have committed since `writing` is left out.
-    pub fn publish<'a>(&self, orders: impl IntoIterator<Item = &'a Encoded>) {
+    /// The consumer's write, `batch`: orders PostgreSQL has just committed replace
+    /// whatever the cache had for them, end any memory of their absence, and make reads
+    /// in flight for them forget their (possibly older) result. An order another writer
+    /// was notified to have committed since `writing` is left out.
+    pub fn publish<'a>(&self, batch: Writing, orders: impl IntoIterator<Item = &'a Encoded>) {
         let mut orders = orders.into_iter().map(|e| Arc::new(CachedOrder::new(e))).peekable();
         // In pieces, so that readers wait for a piece of a large batch, not for all of it.
         loop {
@@ -216,13 +227,13 @@ impl Cache {
             let mut evicted = 0;
             let mut state = self.state.write();
             for order in piece {
-                if !state.pending.overtaken(&order.uid, order.version()) {
+                if !state.pending.overtaken(batch.0, &order.uid, order.version()) {
                     state.supersede(&order.uid, order.version());
                     evicted += state.entries.put(order, now);
                 }
             }
             // The batch is published: notifications no longer concern it.
-            let written = if last { std::mem::take(&mut state.pending) } else { Pending::default() };
+            let written = if last { state.pending.remove(batch.0) } else { None };
             drop(state);
             drop(written);
             self.stats.evictions.inc_by(evicted as u64);

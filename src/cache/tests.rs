@@ -28,6 +28,12 @@ fn enc(uid: &str) -> Encoded {
     order(uid).encode()
 }
 
+/// Publishes `orders` as a batch of their own, nothing notified while it was written.
+pub(crate) fn publish(c: &Cache, orders: &[Encoded]) {
+    let batch = c.writing(orders.iter().map(|e| e.order.order_uid.as_str()));
+    c.publish(batch, orders);
+}
+
 fn cache(max_orders: usize) -> Cache {
     Cache::new(Limits { max_orders, max_bytes: usize::MAX, negative_ttl: Duration::from_secs(60), ..limits() })
 }
@@ -83,7 +89,7 @@ fn moved(uid: &str, to: &str) -> Order {
 #[test]
 fn published_order_is_served_as_its_json() {
     let c = cache(10);
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     let got = hit(&c, "a").unwrap();
     assert_eq!(&got.json[..], order("a").to_json().as_slice());
     assert_eq!(got.etag.len(), 26);
@@ -93,11 +99,11 @@ fn published_order_is_served_as_its_json() {
 #[test]
 fn newer_version_replaces_older_and_changes_the_etag() {
     let c = cache(10);
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     let first = hit(&c, "a").unwrap();
     let mut changed = order("a");
     changed.delivery.city = "Haifa".into();
-    c.publish(&[changed.encode()]);
+    publish(&c, &[changed.encode()]);
     let second = hit(&c, "a").unwrap();
     assert_ne!(first.etag, second.etag);
     assert!(std::str::from_utf8(&second.json).unwrap().contains("\"city\":\"Haifa\""));
@@ -107,13 +113,13 @@ fn newer_version_replaces_older_and_changes_the_etag() {
 #[test]
 fn least_recently_used_goes_first() {
     let c = cache(3);
-    c.publish(&[enc("a"), enc("b"), enc("c")]);
+    publish(&c, &[enc("a"), enc("b"), enc("c")]);
     hit(&c, "a");
-    c.publish(&[enc("d")]);
+    publish(&c, &[enc("d")]);
     assert!(c.contains("a") && c.contains("c") && c.contains("d"));
     assert!(!c.contains("b"));
     hit(&c, "c");
-    c.publish(&[enc("e")]);
+    publish(&c, &[enc("e")]);
     assert!(!c.contains("a"));
     assert_eq!(c.len(), 3);
     assert_eq!(c.stats.evictions.get(), 2);
@@ -125,7 +131,7 @@ fn least_recently_used_goes_first() {
 fn a_large_batch_is_published_whole_and_in_order() {
     let c = cache(2 * PUBLISH_PIECE);
     let batch: Vec<Encoded> = (0..2 * PUBLISH_PIECE + 500).map(|i| enc(&format!("o{i}"))).collect();
-    c.publish(&batch);
+    publish(&c, &batch);
     assert_eq!(c.len(), 2000);
     assert!(!c.contains("o0") && !c.contains("o499"));
     assert!(c.contains("o500") && c.contains("o1000") && c.contains("o2499"));
@@ -137,7 +143,7 @@ fn byte_bound_holds() {
     let one = CachedOrder::new(&enc("a")).size();
     let c =
         Cache::new(Limits { max_orders: 100, max_bytes: one * 2 + one / 2, negative_ttl: Duration::ZERO, ..limits() });
-    c.publish(&[enc("a"), enc("b"), enc("c")]);
+    publish(&c, &[enc("a"), enc("b"), enc("c")]);
     assert_eq!(c.len(), 2);
     assert!(c.bytes() <= one * 2 + one / 2);
     assert!(!c.contains("a"));
@@ -156,7 +162,7 @@ fn warm_keeps_the_newest_when_they_do_not_all_fit() {
     );
     assert!(c.contains("newest") && c.contains("a") && c.contains("b") && !c.contains("oldest"));
     // Of the two of equal age, "b" was given first: it goes first.
-    c.publish(&[enc("new")]);
+    publish(&c, &[enc("new")]);
     assert!(c.contains("newest") && c.contains("a") && !c.contains("b"));
     let e = enc("a");
     assert_eq!(&*held(&c, "a").unwrap().json, &*e.json);
@@ -169,7 +175,7 @@ fn warm_keeps_the_newest_when_they_do_not_all_fit() {
 #[test]
 fn warm_into_a_cache_that_holds_orders_puts_them_in_oldest_first() {
     let c = cache(3);
-    c.publish(&[enc("held"), enc("a")]);
+    publish(&c, &[enc("held"), enc("a")]);
     let stored = |uid: &str| Arc::new(CachedOrder::new(&moved(uid, "Haifa").encode()));
     c.warm(vec![(5, stored("b")), (1, stored("a")), (3, stored("c"))].into_iter().collect());
     // "held" was the least recently used: evicted for "c", then "b".
@@ -178,7 +184,7 @@ fn warm_into_a_cache_that_holds_orders_puts_them_in_oldest_first() {
     assert_eq!(city(&held(&c, "a").unwrap()), "Haifa");
     assert_eq!(c.stats.evictions.get(), 1);
     // Of the warm-up's, "a" went in first and "c" next: "a" was read since, so "c" goes.
-    c.publish(&[enc("d")]);
+    publish(&c, &[enc("d")]);
     assert!(!c.contains("c") && c.contains("a") && c.contains("b") && c.contains("d"));
 }
 
@@ -199,9 +205,9 @@ fn warm_holds_an_id_given_twice_once() {
     assert_eq!(&*held(&c, "a").unwrap().json, b"{\"v\":22}");
     // The age index holds each entry once: both are evicted in turn, "b" first ("a"
     // was read since).
-    c.publish(&(0..9).map(|i| enc(&format!("n{i}"))).collect::<Vec<_>>());
+    publish(&c, &(0..9).map(|i| enc(&format!("n{i}"))).collect::<Vec<_>>());
     assert!(!c.contains("b") && c.contains("a") && c.len() == 10);
-    c.publish(&[enc("last")]);
+    publish(&c, &[enc("last")]);
     assert!(!c.contains("a") && c.len() == 10);
 }
 
@@ -220,7 +226,7 @@ fn unknown_id_is_remembered_until_the_consumer_stores_it() {
     assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
     assert!(c.lookup("x", never).unwrap().is_none());
     assert_eq!(c.stats.negative_hits.get(), 1);
-    c.publish(&[enc("x")]);
+    publish(&c, &[enc("x")]);
     assert_eq!(&*hit(&c, "x").unwrap().uid, "x");
 }
 
@@ -284,7 +290,7 @@ fn a_read_overtaken_by_the_consumer_is_not_kept() {
     let got = c
         .lookup("a", || {
             // The consumer commits and publishes a newer version while we read.
-            c.publish(&[newer.clone().encode()]);
+            publish(&c, &[newer.clone().encode()]);
             Ok(Some(from_db(order("a"))))
         })
         .unwrap()
@@ -344,7 +350,7 @@ fn cache_with_max_age(secs: u64) -> (Cache, TestClock) {
 #[test]
 fn an_entry_past_the_age_limit_is_read_again_and_kept_afresh() {
     let (c, clock) = cache_with_max_age(60);
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     clock.advance(Duration::from_secs(60));
     assert_eq!(city(&hit(&c, "a").unwrap()), "Kiryat Mozkin");
     clock.advance(Duration::from_secs(1));
@@ -360,7 +366,7 @@ fn an_entry_past_the_age_limit_is_read_again_and_kept_afresh() {
 #[test]
 fn an_expired_entry_is_served_only_as_stale_when_the_read_fails() {
     let (c, clock) = cache_with_max_age(60);
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     clock.advance(Duration::from_secs(61));
     let got = c.lookup("a", || Err(anyhow::anyhow!("down"))).unwrap().unwrap();
     assert_eq!((city(&got), got.stale), ("Kiryat Mozkin".to_string(), true));
@@ -384,7 +390,7 @@ fn warmed_orders_are_aged_from_when_they_were_stored() {
 fn without_an_age_limit_entries_never_expire() {
     let clock = TestClock::default();
     let c = Cache::with_clock(limits(), Box::new(clock.clone()));
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     clock.advance(Duration::from_secs(10 * 365 * 24 * 3600));
     assert!(hit(&c, "a").is_some());
     assert_eq!(c.stats.expirations.get(), 0);
@@ -412,7 +418,7 @@ fn while_reading<T>(c: &Arc<Cache>, uid: &str, then: impl FnOnce() -> T) -> T {
 #[test]
 fn past_the_budget_a_miss_is_refused_at_once_and_a_held_copy_served() {
     let c = Arc::new(Cache::new(Limits { max_database_waits: 1, ..limits() }));
-    c.publish(&[enc("held")]);
+    publish(&c, &[enc("held")]);
     c.listener_lost();
     let (busy, copy) = while_reading(&c, "slow", || {
         (c.lookup("other", never).unwrap_err(), c.lookup("held", never).unwrap().unwrap())

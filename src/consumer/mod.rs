@@ -1,5 +1,6 @@
 //! The Kafka loop: the one thread that takes messages from the topic, writes them to
-//! PostgreSQL, commits their offsets and publishes the stored orders to the cache.
+//! PostgreSQL and commits their offsets, and hands the stored orders over to be
+//! published to the cache (by the decoder thread, in the order they were written).
 //!
 //! Its order of effects is the service's main promise. The group's position lives in
 //! PostgreSQL (`consumer_offsets`) and advances in the same transaction as the rows of
@@ -11,7 +12,8 @@
 //! Here is the loop (`Consumer::run`) and the module's face; beside it, one file a part:
 //! `client` the Kafka client's settings, `rebalance` the group's callbacks,
 //! `partitions` the table of partitions and their states, `collect` taking a batch from
-//! `poll`, `batch` a batch as collected and decoded (and the decoder thread), `write`
+//! `poll`, `batch` a batch as collected, decoded and committed (and the decoder thread,
+//! which decodes and publishes), `write`
 //! writing one, `pacing` committing offsets to Kafka, and `positions` seeking, pausing
 //! and resuming partitions.
 
@@ -33,7 +35,7 @@ use log::info;
 use postgres::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
-use self::batch::{Decoded, Decoder, Spent};
+use self::batch::{Decoded, Decoder, Publisher};
 pub use self::client::client_config;
 use self::pacing::CommitPacing;
 use self::partitions::{Partition, Partitions};
@@ -72,8 +74,9 @@ pub struct Consumer {
     /// For each partition, the position from which a loss was last reported, so that a
     /// batch dropped and read again does not report it twice.
     losses_reported: HashMap<Partition, i64>,
-    /// The decoder thread, which frees written batches; while the loop runs.
-    spent: Option<crossbeam_channel::Sender<Spent>>,
+    /// Where committed batches are published (and the full ones handed to the decoder
+    /// thread); while the loop runs.
+    publisher: Option<Publisher>,
 }
 
 impl Consumer {
@@ -106,7 +109,7 @@ impl Consumer {
             reconciled: Instant::now(),
             stopped: false,
             losses_reported: HashMap::new(),
-            spent: None,
+            publisher: None,
         })
     }
 
@@ -118,10 +121,12 @@ impl Consumer {
     /// messages are likely waiting) is held while the next one is collected and handed
     /// to the helper, and written while the helper decodes: the database and the
     /// decoding then work at the same time. A batch that ended by its wait is written at
-    /// once, so that a quiet topic's orders are never held back for the next batch.
+    /// once, so that a quiet topic's orders are never held back for the next batch. The
+    /// helper also publishes each committed full batch to the cache, before it decodes
+    /// another, while this thread goes on to the next write.
     pub fn run(mut self) {
-        let decoder = Decoder::start(self.rules.clone());
-        self.spent = Some(decoder.spent());
+        let decoder = Decoder::start(self.rules.clone(), self.cache.clone(), self.metrics.clone());
+        self.publisher = Some(decoder.publisher());
         let mut ready: Option<Decoded> = None;
         while !self.shutdown.is_signalled() && !self.stopped {
             let after = ready.as_ref().map(Decoded::ends).unwrap_or_default();

@@ -13,7 +13,6 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::Consumer;
 use super::partitions::{Partition, Partitions, describe_offsets};
-use crate::model::Message;
 use crate::runtime::Backoff;
 
 /// The longest a written batch's offsets wait to be committed to Kafka, busy or idle.
@@ -124,12 +123,11 @@ impl Consumer {
         }
     }
 
-    /// Commits, per partition, one past the highest offset of the batch: at once if the
-    /// last commit was `COMMIT_EVERY` ago, else with a later batch or while idle. A commit
+    /// Commits, per partition, the highest of `offsets` (each one past a batch's last
+    /// message): at once if the last commit was `COMMIT_EVERY` ago, else with a later batch or while idle. A commit
     /// that fails is tried again after a backoff; committing a later offset also covers
     /// it.
-    pub(super) fn commit_offsets(&mut self, batch: &[Message]) {
-        let offsets = batch.iter().map(|m| ((m.topic.clone(), m.partition), m.offset + 1));
+    pub(super) fn commit_offsets(&mut self, offsets: impl IntoIterator<Item = (Partition, i64)>) {
         self.pacing.add(offsets, false, &self.consumer.context().partitions.lock());
         self.commit_pending(false);
     }

@@ -10,7 +10,7 @@ use postgres::Client;
 use rdkafka::consumer::Consumer as _;
 
 use super::Consumer;
-use super::batch::Decoded;
+use super::batch::{Committed, Decoded};
 use super::partitions::{Partition, describe_partitions};
 use crate::model::{Encoded, Message};
 use crate::runtime::Backoff;
@@ -19,8 +19,8 @@ use crate::store::{self, BatchResult, Claim, DeadLetter, Written};
 /// What became of a batch given to `Consumer::write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BatchOutcome {
-    /// Written and committed in PostgreSQL, published to the cache, its offsets handed
-    /// to the commit pacing.
+    /// Written and committed in PostgreSQL, published to the cache (or handed over to
+    /// be), its offsets handed to the commit pacing.
     Committed,
     /// Nothing written: another consumer wrote its partitions further. They are read
     /// again from the stored offsets.
@@ -33,21 +33,23 @@ pub enum BatchOutcome {
 impl Consumer {
     /// Writes a decoded batch, commits its offsets and publishes its orders.
     pub(super) fn write(&mut self, batch: Decoded) -> BatchOutcome {
-        let Decoded { messages, orders, dead, decode_took, .. } = batch;
+        let Decoded { messages, orders, dead, decode_took, full, .. } = batch;
         let started = Instant::now();
         // From the positions as they are now, after the batch before this one.
         let claims = self.claims(&messages);
         let orders: Vec<(&Message, Encoded)> = orders.into_iter().map(|(i, e)| (&messages[i], e)).collect();
-        self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
+        let batch = self.cache.writing(orders.iter().map(|(_, e)| e.order.order_uid.as_str()));
         self.metrics.writing(true);
         let result = self.write_with_retry(&claims, &orders, &dead);
         self.metrics.writing(false);
-        let result = match result {
+        let mut result = match result {
             None => {
+                self.cache.not_written(batch);
                 info!("event=batch_abandoned reason=shutdown_during_retry messages={}", messages.len());
                 return BatchOutcome::Abandoned;
             }
             Some(Written::Fenced(fenced)) => {
+                self.cache.not_written(batch);
                 self.fenced(&claims, &fenced);
                 return BatchOutcome::Fenced;
             }
@@ -63,18 +65,24 @@ impl Consumer {
         crate::fault::point("exit_after_database_commit");
         // Committed in PostgreSQL, so served at once: Kafka's offsets are only for lag
         // tools, and no reader should wait for them.
-        self.cache.publish(result.stored.iter().map(|&i| &orders[i].1));
-        let committing = Instant::now();
-        self.commit_offsets(&messages);
-        let timings = [decode_took, written - started, committing - written, committing.elapsed()];
-        self.record(&messages, &result, timings);
-        log_batch(&messages, &result, timings);
+        let count = messages.len();
         let orders = orders.into_iter().map(|(_, encoded)| encoded).collect();
-        if let Some(spent) = &self.spent {
-            // Only if the decoder thread is gone does the batch stay here, freed as it ends.
-            let _ = spent.send((messages, orders));
-        }
+        let stored = std::mem::take(&mut result.stored);
+        self.publish(Committed { messages, orders, stored, batch }, full);
+        let committing = Instant::now();
+        self.commit_offsets(claims.iter().map(|c| ((c.topic.clone(), c.partition), c.next)));
+        let timings = [decode_took, written - started, committing.elapsed()];
+        self.record(count, &result, timings);
+        log_batch(count, &result, timings);
         BatchOutcome::Committed
+    }
+
+    /// Publishes a committed batch: see `Publisher::publish`.
+    fn publish(&self, committed: Committed, full: bool) {
+        match &self.publisher {
+            Some(publisher) => publisher.publish(committed, full, &self.cache, &self.metrics),
+            None => committed.publish(&self.cache, &self.metrics),
+        }
     }
 
     /// For each partition of the batch: where this consumer started reading it, one past
@@ -172,9 +180,10 @@ impl Consumer {
         store::write_batch(self.connection()?, &group, claims, orders, dead)
     }
 
-    fn record(&self, batch: &[Message], result: &BatchResult, timings: [Duration; 4]) {
+    /// Counts a committed batch of `messages` messages.
+    fn record(&self, messages: usize, result: &BatchResult, timings: [Duration; 3]) {
         let m = &self.metrics;
-        m.messages_consumed.inc_by(batch.len() as u64);
+        m.messages_consumed.inc_by(messages as u64);
         m.orders_stored.with_label_values(&["inserted"]).inc_by(result.inserted as u64);
         m.orders_stored.with_label_values(&["replaced"]).inc_by(result.replaced as u64);
         m.orders_stored.with_label_values(&["unchanged"]).inc_by(result.unchanged as u64);
@@ -182,8 +191,9 @@ impl Consumer {
         for dead in &result.dead_letters {
             m.messages_rejected.with_label_values(&[dead.rule.as_str()]).inc();
         }
-        m.batch_messages.observe(batch.len() as f64);
-        for (phase, took) in ["decode", "write", "publish", "commit"].into_iter().zip(timings) {
+        m.batch_messages.observe(messages as f64);
+        // The decoder thread times "publish".
+        for (phase, took) in ["decode", "write", "commit"].into_iter().zip(timings) {
             m.batch_seconds.with_label_values(&[phase]).observe(took.as_secs_f64());
         }
     }
@@ -206,14 +216,12 @@ impl Consumer {
     }
 }
 
-/// `timings`: decoding, the database transaction, publishing to the cache, the offset
-/// commit.
-fn log_batch(batch: &[Message], result: &BatchResult, timings: [Duration; 4]) {
-    let [decode, write, publish, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
+/// `timings`: decoding, the database transaction, the offset commit.
+fn log_batch(messages: usize, result: &BatchResult, timings: [Duration; 3]) {
+    let [decode, write, commit] = timings.map(|d| d.as_secs_f64() * 1000.0);
     info!(
-        "event=batch_committed messages={} inserted={} replaced={} unchanged={} stale={} rejected={} \
-         decode_ms={decode:.1} write_ms={write:.1} publish_ms={publish:.1} commit_ms={commit:.1}",
-        batch.len(),
+        "event=batch_committed messages={messages} inserted={} replaced={} unchanged={} stale={} rejected={} \
+         decode_ms={decode:.1} write_ms={write:.1} commit_ms={commit:.1}",
         result.inserted,
         result.replaced,
         result.unchanged,

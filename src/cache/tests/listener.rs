@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn a_notification_drops_other_versions_and_the_memory_of_absence() {
     let c = cache(10);
-    c.publish(&[enc("a"), enc("b")]);
+    publish(&c, &[enc("a"), enc("b")]);
     assert!(c.lookup("x", || Ok(None)).unwrap().is_none());
     let newer = moved("a", "Haifa").encode();
     let dropped = c.changed(&[change("a", &newer), change("b", &enc("b")), change("x", &enc("x"))]);
@@ -34,7 +34,7 @@ fn a_read_overtaken_by_a_notification_is_not_kept() {
 #[test]
 fn while_not_listening_entries_are_read_again_and_served_stale_only_if_that_fails() {
     let c = cache(10);
-    c.publish(&[enc("a")]);
+    publish(&c, &[enc("a")]);
     c.listener_lost();
     assert!(!c.fresh());
     let got = c.lookup("a", || Ok(Some(from_db(moved("a", "Haifa"))))).unwrap().unwrap();
@@ -65,7 +65,7 @@ fn a_read_begun_before_the_listener_was_established_is_not_kept() {
 #[test]
 fn the_check_after_reconnecting_keeps_only_the_stored_versions() {
     let c = cache(10);
-    c.publish(&[enc("a"), enc("b"), enc("c")]);
+    publish(&c, &[enc("a"), enc("b"), enc("c")]);
     c.listener_lost();
     c.listener_established();
     let held = c.versions();
@@ -143,14 +143,45 @@ fn a_read_in_flight_across_a_lost_listener_is_not_kept() {
 fn an_order_another_writer_committed_meanwhile_is_not_published() {
     let c = cache(10);
     let (mine, theirs) = (moved("a", "Mine").encode(), moved("a", "Theirs").encode());
-    c.writing(["a", "b"]);
+    let batch = c.writing(["a", "b"]);
     c.changed(&[change("a", &mine), change("a", &theirs)]);
-    c.publish(&[mine.clone(), enc("b")]);
+    c.publish(batch, &[mine.clone(), enc("b")]);
     assert!(!c.contains("a") && c.contains("b"));
 
     // Notified in commit order: another version before this one is no reason.
-    c.writing(["a"]);
+    let batch = c.writing(["a"]);
     c.changed(&[change("a", &theirs), change("a", &mine)]);
-    c.publish(std::slice::from_ref(&mine));
+    c.publish(batch, std::slice::from_ref(&mine));
     assert_eq!(city(&hit(&c, "a").unwrap()), "Mine");
+}
+
+/// The consumer begins writing a batch while the one before is still to be published:
+/// each keeps the notifications that concern it.
+#[test]
+fn each_batch_still_to_be_published_keeps_its_own_notifications() {
+    let c = cache(10);
+    let (mine, theirs) = (moved("a", "Mine").encode(), moved("a", "Theirs").encode());
+    let first = c.writing(["a"]);
+    let second = c.writing(["b"]);
+    c.changed(&[change("a", &theirs)]);
+    c.publish(first, std::slice::from_ref(&mine));
+    c.publish(second, &[enc("b")]);
+    assert!(!c.contains("a") && c.contains("b"));
+
+    // The same order in both, both committed (and notified, in commit order) before the
+    // first is published: the first's version is the older, and only the second's is kept.
+    let (older, newer) = (moved("x", "Older").encode(), moved("x", "Newer").encode());
+    let first = c.writing(["x"]);
+    let second = c.writing(["x"]);
+    c.changed(&[change("x", &older), change("x", &newer)]);
+    c.publish(first, std::slice::from_ref(&older));
+    assert!(!c.contains("x"));
+    c.publish(second, std::slice::from_ref(&newer));
+    assert_eq!(city(&hit(&c, "x").unwrap()), "Newer");
+
+    // A batch given up, like a published one, is no longer pending.
+    let given_up = c.writing(["y"]);
+    assert_eq!(c.state.read().pending.len(), 1);
+    c.not_written(given_up);
+    assert_eq!(c.state.read().pending.len(), 0);
 }

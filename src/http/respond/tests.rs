@@ -4,6 +4,7 @@ use tiny_http::TestRequest;
 
 use super::*;
 use crate::cache::Cache;
+use crate::cache::tests::publish;
 use crate::http::wire::HTML;
 use crate::metrics::Metrics;
 use crate::runtime::Health;
@@ -55,7 +56,7 @@ const FIREFOX: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*
 #[test]
 fn cached_order_is_its_json_with_etag_and_cache_control() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     let r = get(&s, "/order/b563feb7b2b84b6test");
     assert_eq!((r.status, r.header("Content-Type")), (200, Some(JSON)));
     assert_eq!(&r.body[..], canonical().to_json().as_slice());
@@ -67,7 +68,7 @@ fn cached_order_is_its_json_with_etag_and_cache_control() {
 #[test]
 fn matching_if_none_match_is_304_without_body() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     let etag = get(&s, "/order/b563feb7b2b84b6test").header("ETag").unwrap().to_string();
     let r = respond(
         &s,
@@ -82,7 +83,7 @@ fn matching_if_none_match_is_304_without_body() {
 #[test]
 fn browsers_get_the_page_and_api_clients_json() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     let r = respond(&s, &request(Method::Get, "/order/b563feb7b2b84b6test", &[("Accept", FIREFOX)]));
     assert_eq!((r.status, r.header("Content-Type")), (200, Some(HTML)));
     assert!(body(&r).contains("<td>Kiryat Mozkin</td>"));
@@ -190,7 +191,7 @@ fn oversize_url_and_headers_are_414_and_431() {
 #[test]
 fn metrics_are_the_prometheus_text_format() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     get(&s, "/order/b563feb7b2b84b6test");
     let r = get(&s, "/metrics");
     assert_eq!((r.status, r.header("Content-Type")), (200, Some("text/plain; version=0.0.4; charset=utf-8")));
@@ -222,7 +223,7 @@ fn readiness_names_a_lost_listener_without_asking_the_database() {
 #[test]
 fn a_copy_that_may_be_stale_says_so() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     assert_eq!(get(&s, "/order/b563feb7b2b84b6test").header("Cache-Status"), None);
     s.cache.listener_lost();
     let r = get(&s, "/order/b563feb7b2b84b6test");
@@ -236,7 +237,7 @@ fn a_copy_that_may_be_stale_says_so() {
 #[test]
 fn from_memory_answers_a_held_order_as_a_worker_would_and_nothing_else() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     let uid = "b563feb7b2b84b6test";
     let path = format!("/order/{uid}");
     let api = format!("/api/order/{uid}");
@@ -288,7 +289,7 @@ fn from_memory_answers_a_held_order_as_a_worker_would_and_nothing_else() {
 #[test]
 fn from_memory_leaves_a_cold_cache_to_a_worker() {
     let s = state();
-    s.cache.publish(&[canonical().encode()]);
+    publish(&s.cache, &[canonical().encode()]);
     let cold = State::new(s.cache.clone(), s.pool.clone(), Arc::new(Health::default()), s.metrics.clone());
     let request = request(Method::Get, "/order/b563feb7b2b84b6test", &[]);
     assert!(from_memory(&cold, &request, &Route::parse(request.url())).is_none());
