@@ -192,7 +192,7 @@ impl Consumer {
             m.messages_rejected.with_label_values(&[dead.rule.as_str()]).inc();
         }
         m.batch_messages.observe(messages as f64);
-        // The decoder thread times "publish".
+        // `Committed::publish` times "publish", on whichever thread it runs.
         for (phase, took) in ["decode", "write", "commit"].into_iter().zip(timings) {
             m.batch_seconds.with_label_values(&[phase]).observe(took.as_secs_f64());
         }
