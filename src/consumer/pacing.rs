@@ -124,9 +124,9 @@ impl Consumer {
     }
 
     /// Commits, per partition, the highest of `offsets` (each one past a batch's last
-    /// message): at once if the last commit was `COMMIT_EVERY` ago, else with a later batch or while idle. A commit
-    /// that fails is tried again after a backoff; committing a later offset also covers
-    /// it.
+    /// message): at once if the last commit was `COMMIT_EVERY` ago, else with a later
+    /// batch or while idle. A commit that fails is tried again after a backoff;
+    /// committing a later offset also covers it.
     pub(super) fn commit_offsets(&mut self, offsets: impl IntoIterator<Item = (Partition, i64)>) {
         self.pacing.add(offsets, false, &self.consumer.context().partitions.lock());
         self.commit_pending(false);
