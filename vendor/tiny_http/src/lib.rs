@@ -265,9 +265,11 @@ impl Server {
 
     /// orders-svc patch: as `from_listener_with_limits`, and each request is first given
     /// to `front` on its connection's own thread, once the connection's request before it
-    /// is answered. What `front` answers never reaches `recv`; what it hands back is
-    /// queued for `recv` as usual. `front` must not wait on anything slow: while it runs,
-    /// its connection reads nothing.
+    /// is answered. What `front` takes (None) never reaches `recv`: it answers it there,
+    /// or keeps it to answer from another thread, and the connection's next request waits
+    /// for that answer as it would for a worker's. What it hands back is queued for
+    /// `recv` as usual. `front` must not wait on anything slow: while it runs, its
+    /// connection reads nothing.
     pub fn from_listener_with_front<L: Into<Listener>>(
         listener: L,
         limits: Limits,
@@ -406,20 +408,20 @@ impl Server {
                             if unanswered && receiver.recv().is_err() {
                                 break;
                             }
+                            let rq = rq.with_notify_sender(sender.clone());
+                            unanswered = true;
                             // orders-svc patch: what the front answers here costs no
-                            // hand-off to a worker and back (see `from_listener_with_front`).
+                            // hand-off to a worker and back; what it keeps to answer
+                            // from another thread holds the next request as a worker's
+                            // would (see `from_listener_with_front`).
                             let rq = match &front {
                                 Some(front) => match front(rq) {
                                     Some(rq) => rq,
-                                    None => {
-                                        unanswered = false;
-                                        continue;
-                                    }
+                                    None => continue,
                                 },
                                 None => rq,
                             };
-                            messages.push(rq.with_notify_sender(sender.clone()).into());
-                            unanswered = true;
+                            messages.push(rq.into());
                         }
                     }
                 }));
@@ -535,6 +537,8 @@ impl Drop for Server {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
     /// orders-svc patch 5: a request the front answers never reaches `recv`, the others
     /// do, and the answers keep the order of the requests.
@@ -578,5 +582,48 @@ mod tests {
         assert!(at("from the first worker") < at("from the front"), "{answers}");
         assert!(at("from the front") < at("from the last worker"), "{answers}");
         assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 3, "{answers}");
+    }
+
+    /// orders-svc patch 5: a request the front keeps, to answer from another thread,
+    /// holds the connection's next request until it is answered, as a worker's does.
+    #[test]
+    fn a_request_the_front_keeps_holds_the_next_until_it_is_answered() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (kept_sender, kept) = mpsc::channel::<Request>();
+        let kept_sender = Mutex::new(kept_sender);
+        let offered = Arc::new(AtomicUsize::new(0));
+        let front: Front = {
+            let offered = offered.clone();
+            Arc::new(move |rq: Request| {
+                offered.fetch_add(1, Ordering::SeqCst);
+                if rq.url() == "/kept" {
+                    kept_sender.lock().unwrap().send(rq).unwrap();
+                } else {
+                    rq.respond(Response::from_string("from the front")).unwrap();
+                }
+                None
+            })
+        };
+        let _server = Server::from_listener_with_front(listener, Limits::default(), front).unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        client
+            .write_all(
+                b"GET /kept HTTP/1.1\r\nHost: x\r\n\r\n\
+                  GET /front HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .unwrap();
+        let first = kept.recv_timeout(Duration::from_secs(10)).expect("the kept request");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(offered.load(Ordering::SeqCst), 1, "the next request waits for the kept one's answer");
+        std::thread::spawn(move || first.respond(Response::from_string("kept, answered elsewhere")).unwrap())
+            .join()
+            .unwrap();
+        let mut answers = String::new();
+        client.read_to_string(&mut answers).unwrap();
+        let at = |body: &str| answers.find(body).unwrap_or_else(|| panic!("{body:?} in {answers:?}"));
+        assert!(at("kept, answered elsewhere") < at("from the front"), "{answers}");
+        assert_eq!(offered.load(Ordering::SeqCst), 2);
     }
 }
