@@ -14,8 +14,9 @@
 //!   holds, what the HTTP side itself costs in this run.
 //!
 //! The service is set up as a deployment whose cache is smaller than its data would be:
-//! 16 `http.workers` (a miss holds its worker while it waits) and `max_database_waits`
-//! 15, the most the workers allow.
+//! `max_database_waits` 15, which bounds the misses in flight (a miss handed over by its
+//! connection's thread holds one of these places, and no worker), and 16 `http.workers`,
+//! the fewest that allow 15.
 //!
 //! The database, kept from one run to the next (`psql \copy` of generated orders, as
 //! bench/warm loads it), holds MISS_ORDERS orders; the service caches at most MISS_CACHE

@@ -39,7 +39,7 @@ impl Service {
         let cache = Arc::new(Cache::new(Limits::new(&config.cache, config.http.workers)));
         let metrics = Arc::new(Metrics::new(&cache));
         let pool = Arc::new(Pool::new(&config.database));
-        let state = Arc::new(http::State::new(cache.clone(), pool, health.clone(), metrics.clone()));
+        let state = Arc::new(http::State::new(cache.clone(), pool, health.clone(), metrics.clone())?);
         let http = http::Server::start(&config.http, state, shutdown.clone())?;
 
         // Created here so that a bad Kafka setting stops the start; it reaches no broker

@@ -42,32 +42,33 @@ impl std::fmt::Display for Unavailable {
 
 /// What a read of one order gives: the order, None if PostgreSQL does not have it, or
 /// why it could not be read.
-pub(super) type Outcome = Result<Option<Arc<CachedOrder>>, Unavailable>;
+pub type Outcome = Result<Option<Arc<CachedOrder>>, Unavailable>;
 
 /// The permits to read PostgreSQL from the HTTP side.
 pub(super) struct Permits {
-    taken: AtomicUsize,
+    taken: Arc<AtomicUsize>,
     max: usize,
 }
 
 impl Permits {
     pub(super) fn new(max: usize) -> Permits {
-        Permits { taken: AtomicUsize::new(0), max }
+        Permits { taken: Arc::new(AtomicUsize::new(0)), max }
     }
 
     /// A permit, if one is free.
-    pub(super) fn take(&self) -> Option<DatabaseWait<'_>> {
+    pub(super) fn take(&self) -> Option<DatabaseWait> {
         self.taken
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.max).then_some(n + 1))
             .ok()
-            .map(|_| DatabaseWait(&self.taken))
+            .map(|_| DatabaseWait(self.taken.clone()))
     }
 }
 
-/// A place among the requests reading PostgreSQL, given back when dropped.
-pub struct DatabaseWait<'a>(&'a AtomicUsize);
+/// A place among the requests reading PostgreSQL, given back when dropped. It may go
+/// with the request to another thread.
+pub struct DatabaseWait(Arc<AtomicUsize>);
 
-impl Drop for DatabaseWait<'_> {
+impl Drop for DatabaseWait {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }
@@ -178,9 +179,14 @@ pub(super) fn read(uid: &str, load: impl FnOnce() -> anyhow::Result<Option<Store
         log::error!("event=order_read_panicked order_uid={uid} panic={:?}", crate::runtime::panic_text(&*panic));
         Err(anyhow::anyhow!("the read of order {uid} panicked"))
     });
+    outcome(loaded.map_err(|e| format!("{e:#}")))
+}
+
+/// What a read that found `loaded` gives (the error, for the log).
+pub(super) fn outcome(loaded: Result<Option<StoredOrder>, String>) -> Outcome {
     match loaded {
         Ok(Some(order)) => Ok(Some(Arc::new(CachedOrder::stored(order)))),
         Ok(None) => Ok(None),
-        Err(e) => Err(Unavailable::Failed(format!("{e:#}"))),
+        Err(e) => Err(Unavailable::Failed(e)),
     }
 }

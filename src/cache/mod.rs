@@ -51,13 +51,13 @@ use parking_lot::RwLock;
 use crate::model::{Change, Encoded, StoredOrder};
 
 pub use entry::{CachedOrder, Etag, Found};
-pub use flight::{DatabaseWait, Unavailable};
+pub use flight::{DatabaseWait, Outcome, Unavailable};
 pub use freshness::SILENCE_LIMIT;
 pub use limits::{Clock, Limits, SystemClock};
 pub use lru::Fill;
 pub use stats::Stats;
 
-use flight::{Flights, Outcome, Permits};
+use flight::{Flight, Flights, Permits};
 use freshness::Freshness;
 use lru::Lru;
 use missing::Missing;
@@ -70,6 +70,44 @@ const PUBLISH_PIECE: usize = 1000;
 #[must_use = "a batch begun is published or given up"]
 #[derive(Debug)]
 pub struct Writing(u64);
+
+/// A read of one order begun by `Cache::lead` for a request that handed it over: other
+/// requests for the order wait for its outcome, and it holds a permit, until `end`. One
+/// dropped unended ends as failed, so that none waits for it in vain.
+pub struct Lead {
+    cache: Arc<Cache>,
+    uid: String,
+    flight: Arc<Flight>,
+    /// Until the read ends.
+    permit: Option<DatabaseWait>,
+}
+
+impl Lead {
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// Ends the read with what it found (the error, for the log): kept if nothing
+    /// superseded it meanwhile, given to the requests that joined it, and returned.
+    pub fn end(mut self, loaded: Result<Option<StoredOrder>, String>) -> Outcome {
+        let outcome = flight::outcome(loaded);
+        self.land(&outcome);
+        outcome
+    }
+
+    fn land(&mut self, outcome: &Outcome) {
+        // The permit is given back before the flight ends, as `Cache::load_once` does.
+        if self.permit.take().is_some() {
+            self.cache.land(&self.uid, &self.flight, outcome);
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        self.land(&Err(Unavailable::Failed("the read was given up".to_string())));
+    }
+}
 
 /// The orders the HTTP side serves, shared by the consumer, the listener and the workers.
 pub struct Cache {
@@ -124,7 +162,7 @@ impl Cache {
 
     /// A place among the requests reading PostgreSQL, if one is free. Every request that
     /// reads the database on the HTTP side holds one while it does.
-    pub fn database_wait(&self) -> Option<DatabaseWait<'_>> {
+    pub fn database_wait(&self) -> Option<DatabaseWait> {
         self.permits.take()
     }
 
@@ -357,13 +395,45 @@ impl Cache {
         // The permit is given back before the flight ends: a request that finds no flight
         // then also finds the permit free.
         drop(permit);
-        // Kept as the flight ends, in one hold: no request in between reads again, and
-        // whatever superseded the read meanwhile has marked the flight.
+        self.land(uid, &flight, &outcome);
+        outcome
+    }
+
+    /// Begins the read of `uid` for a request that does not wait for it but hands it over
+    /// (`store::Readers::hand`), and ends it with `Lead::end`. Only for a miss with
+    /// nothing else to wait for: the cache fresh, no copy of the order held, the id not
+    /// remembered as missing, no read of it in flight and a permit free. Any other
+    /// request is `lookup`'s (None here, nothing counted). Counted as a miss and a read.
+    pub fn lead(self: &Arc<Self>, uid: &str) -> Option<Lead> {
+        let flight = {
+            let mut state = self.state.write();
+            let now = Instant::now();
+            let nothing_to_wait_for = state.freshness.fresh(now)
+                && !state.entries.contains(uid)
+                && !state.missing.remembered(uid, now)
+                && state.flights.join(uid).is_none();
+            if !nothing_to_wait_for {
+                return None;
+            }
+            let permit = self.permits.take()?;
+            (state.flights.begin(uid), permit)
+        };
+        self.stats.misses.inc();
+        self.stats.db_reads.inc();
+        let (flight, permit) = flight;
+        Some(Lead { cache: self.clone(), uid: uid.to_string(), flight, permit: Some(permit) })
+    }
+
+    /// Ends `uid`'s flight with `outcome`: kept, in the same hold of the lock, if the
+    /// flight is still current (no request in between reads again, and whatever
+    /// superseded the read meanwhile has marked the flight), then given to every request
+    /// that joined it.
+    fn land(&self, uid: &str, flight: &Flight, outcome: &Outcome) {
         let mut state = self.state.write();
         let mut evicted = 0;
         let found = outcome.as_ref().ok().and_then(|order| order.as_ref()).map(|order| order.version());
         if state.flights.end(uid, found) {
-            match &outcome {
+            match outcome {
                 Ok(Some(order)) => evicted = state.entries.put(order.clone(), self.time.micros()),
                 Ok(None) if !self.limits.negative_ttl.is_zero() => {
                     let now = Instant::now();
@@ -375,7 +445,6 @@ impl Cache {
         drop(state);
         self.stats.evictions.inc_by(evicted as u64);
         flight.finish(outcome.clone());
-        outcome
     }
 
     pub fn len(&self) -> usize {

@@ -40,9 +40,15 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(cache: Arc<Cache>, pool: Arc<Pool>, health: Arc<Health>, metrics: Arc<Metrics>) -> State {
-        let readers = Readers::new(pool.clone(), cache.stats.db_statements.clone());
-        State { cache, pool, readers, health, metrics, server: OnceLock::new() }
+    /// The state, with the threads that read the cache's misses started.
+    pub fn new(
+        cache: Arc<Cache>,
+        pool: Arc<Pool>,
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<State> {
+        let readers = Readers::start(pool.clone(), cache.stats.db_statements.clone())?;
+        Ok(State { cache, pool, readers, health, metrics, server: OnceLock::new() })
     }
 
     /// Connections open now, refused and failed since the start.
@@ -54,6 +60,7 @@ impl State {
 /// The listening server and its workers.
 pub struct Server {
     server: Arc<tiny_http::Server>,
+    state: Arc<State>,
     addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
 }
@@ -82,14 +89,15 @@ impl Server {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         info!("event=http_listening addr={addr} workers={}", workers.len());
-        Ok(Server { server, addr, workers })
+        Ok(Server { server, state, addr, workers })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Lets each worker finish the request in hand, then joins them all.
+    /// Lets each worker finish the request in hand, then joins them all; then the
+    /// threads reading misses, once they have answered the misses handed to them.
     pub fn stop(self) {
         for _ in &self.workers {
             self.server.unblock();
@@ -99,6 +107,7 @@ impl Server {
                 error!("event=http_worker_panicked");
             }
         }
+        self.state.readers.stop();
     }
 }
 
@@ -139,22 +148,32 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
 }
 
 /// On a connection's own thread, before a worker: answers a request for an order the
-/// cache holds (`respond::from_memory`), which is most of them, and hands any other back
-/// to be queued for the workers. A hit so costs no hand-off to a worker and back, two
-/// wake-ups of threads fewer; it never waits on PostgreSQL, so the connection waits for
-/// nothing but its own answer's write.
-fn in_place(state: &State, request: Request) -> Option<Request> {
+/// cache holds (`respond::from_memory`), which is most of them, and hands a miss with
+/// nothing to wait for to the threads that read PostgreSQL (`respond::to_read`), which
+/// answer it. Any other request goes back to be queued for the workers. A hit so costs
+/// no hand-off to a worker and back, two wake-ups of threads fewer, and a miss no
+/// worker waiting for its read; the connection's thread never waits on PostgreSQL.
+fn in_place(state: &Arc<State>, request: Request) -> Option<Request> {
     let started = Instant::now();
     let route = Route::parse(request.url());
-    let reply = respond::from_memory(state, &request, &route);
-    let route = route.name();
-    match reply {
-        Some(reply) => {
-            send(state, request, route, &reply, started);
-            None
-        }
-        None => Some(request),
+    let name = route.name();
+    if let Some(reply) = respond::from_memory(state, &request, &route) {
+        send(state, request, name, &reply, started);
+        return None;
     }
+    let Some(read) = respond::to_read(state, &request, &route) else {
+        return Some(request);
+    };
+    let uid = read.uid().to_string();
+    let then_state = state.clone();
+    state.readers.hand(
+        uid,
+        Box::new(move |loaded| {
+            let reply = read.answer(&request, loaded);
+            send(&then_state, request, name, &reply, started);
+        }),
+    );
+    None
 }
 
 /// On a worker: answers any request.
@@ -208,9 +227,13 @@ mod tests {
     }
 
     fn running(max_connections: usize, timeout_ms: u64) -> (Running, SocketAddr) {
+        running_with_workers(2, max_connections, timeout_ms)
+    }
+
+    fn running_with_workers(workers: usize, max_connections: usize, timeout_ms: u64) -> (Running, SocketAddr) {
         let config = config::Http {
             addr: "127.0.0.1:0".parse().unwrap(),
-            workers: 2,
+            workers,
             max_connections,
             request_timeout_ms: timeout_ms,
             idle_timeout_ms: timeout_ms,
@@ -275,6 +298,18 @@ mod tests {
             let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         }
+    }
+
+    /// A miss is handed to the threads that read PostgreSQL, and they answer it: with
+    /// no worker at all, the request still gets its answer (the database is unreachable
+    /// here: the 503 that says so).
+    #[test]
+    fn a_miss_is_answered_by_the_thread_that_reads_it_with_no_worker() {
+        let (_running, addr) = running_with_workers(0, 100, 10_000);
+        let answer = exchange(addr, b"GET /order/b563feb7b2b84b6test HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert_eq!(status_line(&answer), "HTTP/1.1 503 Service Unavailable");
+        assert!(answer.contains("\r\nRetry-After: 1\r\n"), "{answer}");
+        assert!(answer.ends_with(r#"{"error":"the database is unavailable; try again shortly"}"#), "{answer}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tiny_http::{Method, Request};
 use super::State;
 use super::route::Route;
 use super::wire::{JSON, Reply};
-use crate::cache::{CachedOrder, Unavailable};
+use crate::cache::{CachedOrder, Found, Lead, Unavailable};
 use crate::model::{self, Order};
 use crate::runtime::LogThrottle;
 use crate::{pages, store};
@@ -78,9 +78,48 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
 
 /// The answer to a request for an order that the cache holds and may serve as it is:
 /// nothing to wait for, so the connection's own thread gives it (`super::in_place`).
-/// None for any other request, and for an order to be read or refused: a worker answers
-/// those with `respond_to`, which answers these the same way.
+/// None for any other request, and for an order to be read or refused: `to_read` or a
+/// worker's `respond_to`, which answers these the same way, has those.
 pub(super) fn from_memory(state: &State, request: &Request, route: &Route<'_>) -> Option<Reply> {
+    let (uid, representation) = plain_order(state, request, route)?;
+    let order = state.cache.hit(uid)?;
+    let shape = Shape::of(request, representation);
+    Some(shape.vary(found_order(request, &order, shape.html)))
+}
+
+/// The read to hand over for a request `from_memory` left: an order the cache does not
+/// hold, with nothing to wait for before reading it (`Cache::lead`). None for any other
+/// request: a worker answers it with `respond_to`, which answers these the same way.
+pub(super) fn to_read(state: &State, request: &Request, route: &Route<'_>) -> Option<Read> {
+    let (uid, representation) = plain_order(state, request, route)?;
+    let lead = state.cache.lead(uid)?;
+    Some(Read { lead, shape: Shape::of(request, representation) })
+}
+
+/// A miss handed over to be read (`to_read`), and how its answer is shaped.
+pub(super) struct Read {
+    lead: Lead,
+    shape: Shape,
+}
+
+impl Read {
+    pub(super) fn uid(&self) -> &str {
+        self.lead.uid()
+    }
+
+    /// Ends the read with what it found (`Lead::end`) and answers `request` as
+    /// `respond_to` would have.
+    pub(super) fn answer(self, request: &Request, loaded: store::Answer) -> Reply {
+        let uid = self.lead.uid().to_string();
+        let found = self.lead.end(loaded).map(|order| order.map(|order| Found { order, stale: false }));
+        order_reply(request, &uid, &self.shape, found)
+    }
+}
+
+/// The order and representation asked for, if the request is a plain read of an order
+/// (GET or HEAD, within the limits, a valid id) and the cache is warm: the requests
+/// answered on the connection's own thread, from memory or once read.
+fn plain_order<'u>(state: &State, request: &Request, route: &Route<'u>) -> Option<(&'u str, Representation)> {
     let (uid, representation) = match *route {
         Route::Order(uid) => (uid, Representation::ByAccept),
         Route::ApiOrder(uid) => (uid, Representation::Json),
@@ -90,12 +129,7 @@ pub(super) fn from_memory(state: &State, request: &Request, route: &Route<'_>) -
         && oversized(request).is_none()
         && state.health.cache_warm()
         && model::check_uid(uid).is_ok();
-    if !plain {
-        return None;
-    }
-    let order = state.cache.hit(uid)?;
-    let shape = Shape::of(request, representation);
-    Some(shape.vary(found_order(request, &order, shape.html)))
+    plain.then_some((uid, representation))
 }
 
 /// 414 or 431 for a request target or headers past the limits.
@@ -190,6 +224,12 @@ fn order(state: &State, request: &Request, uid: &str, representation: Representa
         .with("Retry-After", "1");
     }
     let found = state.cache.lookup(uid, || state.readers.read(uid));
+    order_reply(request, uid, &shape, found)
+}
+
+/// The answer to a request for order `uid`, once looked up.
+fn order_reply(request: &Request, uid: &str, shape: &Shape, found: Result<Option<Found>, Unavailable>) -> Reply {
+    let html = shape.html;
     let reply = match found {
         Ok(Some(found)) if found.stale => found_order(request, &found, html).with(
             "Cache-Status",
@@ -231,7 +271,7 @@ fn order(state: &State, request: &Request, uid: &str, representation: Representa
             reply.with("Retry-After", "1")
         }
     };
-    vary(reply)
+    shape.vary(reply)
 }
 
 fn found_order(request: &Request, order: &CachedOrder, html: bool) -> Reply {

@@ -30,7 +30,7 @@ pub use notify::{CHANNEL, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};
 pub use read::{order, recent_summaries};
-pub use readers::Readers;
+pub use readers::{Answer, Readers, Then};
 pub use replay::{Replay, replay};
 pub use warm::{Keep, Stored, stored_orders};
 pub use write::{BatchResult, Written, write_batch};

@@ -68,6 +68,39 @@ fn the_api_path_answers_json_whatever_the_client_accepts() {
     assert_eq!(metric(addr, r#"orders_http_requests_total{route="api_order",status="404"}"#), Some(1.0));
 }
 
+/// With a cache smaller than the data, an order PostgreSQL has and the cache does not
+/// is read and answered as a held one is (JSON with its ETag, HEAD, the page), and
+/// kept: each of the three below evicts the order before it, and reads once.
+#[test]
+fn an_order_the_cache_no_longer_holds_is_read_and_answered_as_a_held_one() {
+    let setup = Setup::new(1);
+    let mut cfg = setup.config();
+    cfg.cache.max_orders = 1;
+    let service = Running::start(cfg);
+    let addr = service.addr();
+    setup.produce(&[MODEL.as_bytes()]);
+    let held = wait_until_served(addr, &format!("/order/{UID}"));
+    let other = orders_svc::tools::generate::Generator::new(5, 1).order();
+    setup.produce(&[other.to_json().as_slice()]);
+    let other_path = format!("/order/{}", other.order_uid);
+    let other_held = wait_until_served(addr, &other_path);
+    assert!(!service.cache().contains(UID));
+    let reads = service.cache().stats.db_reads.get();
+
+    let read = get(addr, &format!("/order/{UID}"));
+    assert_eq!((read.status, &read.body, read.header("ETag")), (200, &held.body, held.header("ETag")));
+    assert_eq!(read.header("Content-Type"), Some("application/json"));
+    let head = http(addr, "HEAD", &other_path);
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+    assert_eq!(head.header("Content-Length"), Some(other_held.body.len().to_string().as_str()));
+    let browser = [("Accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")];
+    let page = http_with(addr, "GET", &format!("/order/{UID}"), &browser);
+    assert_eq!((page.status, page.header("Content-Type")), (200, Some("text/html; charset=utf-8")));
+    assert!(page.body.contains(UID), "{}", page.body);
+    assert_eq!(service.cache().stats.db_reads.get() - reads, 3);
+    assert!(service.cache().contains(UID));
+}
+
 /// Many requests at once for an id that does not exist cause one database read, and
 /// repeating it within the negative memory causes none.
 #[test]

@@ -321,7 +321,7 @@ fn written_orders(db: &TestDb, seed: u64, n: i64) -> Vec<Order> {
 fn readers_on_two_connections(url: String) -> (Arc<store::Readers>, prometheus::IntCounter) {
     let database = orders_svc::config::Database { url, pool_size: 2, ..Default::default() };
     let statements = prometheus::IntCounter::new("statements", "statements").unwrap();
-    (Arc::new(store::Readers::new(Arc::new(store::Pool::new(&database)), statements.clone())), statements)
+    (Arc::new(store::Readers::start(Arc::new(store::Pool::new(&database)), statements.clone()).unwrap()), statements)
 }
 
 /// The misses of requests waiting at the same time are read together. With one read
@@ -361,6 +361,55 @@ fn misses_waiting_together_are_read_in_one_statement() {
     assert_eq!(answers, expected);
     assert_eq!((answers.iter().filter(|a| a.is_none()).count(), statements.get()), (6, 3));
     assert_eq!(readers.in_progress(), (0, 0));
+}
+
+/// An id handed over (`Readers::hand`) waits with the others and is read with them; the
+/// reading thread gives each its answer (the order, or None for an id PostgreSQL does
+/// not have). Once the readers stop, an id handed over is answered at once, as failed.
+#[test]
+fn ids_handed_over_are_read_with_those_waiting_and_answered_where_read() {
+    let db = migrated();
+    let orders = written_orders(&db, 10, 2);
+    let proxy = DbProxy::start();
+    let (readers, statements) = readers_on_two_connections(proxy.url(&db));
+    let (uid0, uid1) = (orders[0].order_uid.clone(), orders[1].order_uid.clone());
+    proxy.hold();
+    let first = {
+        let readers = readers.clone();
+        std::thread::spawn(move || readers.read(&uid0).unwrap().map(|o| o.uid))
+    };
+    wait_for("one read running", Duration::from_secs(10), || (readers.in_progress() == (1, 0)).then_some(()));
+    let (sender, answers) = crossbeam_channel::unbounded();
+    let hand = |uid: &str| {
+        let (sender, asked) = (sender.clone(), uid.to_string());
+        readers.hand(
+            uid.to_string(),
+            Box::new(move |answer| {
+                let thread = std::thread::current().name().unwrap_or_default().to_string();
+                sender.send((asked, answer.map(|o| o.map(|o| o.uid)), thread)).unwrap();
+            }),
+        );
+    };
+    hand(&uid1);
+    hand("unknown1");
+    wait_for("two ids waiting", Duration::from_secs(10), || (readers.in_progress() == (1, 2)).then_some(()));
+    proxy.release();
+    assert_eq!(first.join().unwrap(), Some(orders[0].order_uid.clone()));
+    let mut got: Vec<_> = answers.iter().take(2).collect();
+    got.sort();
+    let reader = |(uid, answer, thread): (String, Result<Option<String>, String>, String)| {
+        assert!(thread.starts_with("order-read-"), "answered on {thread}");
+        (uid, answer)
+    };
+    let got: Vec<_> = got.into_iter().map(reader).collect();
+    let mut expected = vec![(uid1.clone(), Ok(Some(uid1.clone()))), ("unknown1".to_string(), Ok(None))];
+    expected.sort();
+    assert_eq!((got, statements.get()), (expected, 2));
+
+    readers.stop();
+    hand(&uid1);
+    let (_, answer, _) = answers.recv_timeout(Duration::from_secs(1)).unwrap();
+    assert_eq!(answer, Err("the service is stopping".to_string()));
 }
 
 /// Many requests missing at once, over and over, on two connections: every request gets

@@ -17,7 +17,7 @@ pub(in crate::http) fn state() -> State {
     health.set_cache_warm();
     let cache = Arc::new(Cache::new(crate::cache::tests::limits()));
     let metrics = Arc::new(Metrics::new(&cache));
-    State::new(cache, Arc::new(Pool::new(&unreachable_database())), health, metrics)
+    State::new(cache, Arc::new(Pool::new(&unreachable_database())), health, metrics).expect("the reading threads start")
 }
 
 /// Nothing listens on port 1: connecting fails at once.
@@ -290,7 +290,8 @@ fn from_memory_answers_a_held_order_as_a_worker_would_and_nothing_else() {
 fn from_memory_leaves_a_cold_cache_to_a_worker() {
     let s = state();
     publish(&s.cache, &[canonical().encode()]);
-    let cold = State::new(s.cache.clone(), s.pool.clone(), Arc::new(Health::default()), s.metrics.clone());
+    let cold = State::new(s.cache.clone(), s.pool.clone(), Arc::new(Health::default()), s.metrics.clone())
+        .expect("the reading threads start");
     let request = request(Method::Get, "/order/b563feb7b2b84b6test", &[]);
     assert!(from_memory(&cold, &request, &Route::parse(request.url())).is_none());
     assert_eq!(respond(&cold, &request).status, 503);
