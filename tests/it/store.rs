@@ -327,7 +327,7 @@ fn readers_on_two_connections(url: String) -> (Arc<store::Readers>, prometheus::
 /// The misses of requests waiting at the same time are read together. With one read
 /// running (the database held), 15 more requests wait for it; the 16th starts a second
 /// read, of all 16, beside it; with both connections taken, the next waits. Released,
-/// the first read to end hands it on: 18 ids in 3 statements. Each request gets its own
+/// the first read to end goes on with it: 18 ids in 3 statements. Each request gets its own
 /// order, or none for an id PostgreSQL does not have.
 #[test]
 fn misses_waiting_together_are_read_in_one_statement() {
