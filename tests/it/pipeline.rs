@@ -92,7 +92,12 @@ fn messages_already_received_join_a_batch_past_its_wait() {
     wait_for("the 200 orders", Duration::from_secs(60), || {
         (setup.db.count("SELECT count(*) FROM orders") == 200).then_some(())
     });
-    let batches = service.metrics().batch_messages.get_sample_count();
+    // A batch is counted just after its commit: wait until all 200 messages are.
+    let histogram = &service.metrics().batch_messages;
+    wait_for("the 200 messages counted", Duration::from_secs(10), || {
+        (histogram.get_sample_sum() == 200.0).then_some(())
+    });
+    let batches = histogram.get_sample_count();
     assert!((1..=10).contains(&batches), "{batches} batches for 200 waiting messages");
 }
 
