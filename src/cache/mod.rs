@@ -71,6 +71,14 @@ const PUBLISH_PIECE: usize = 1000;
 #[derive(Debug)]
 pub struct Writing(u64);
 
+/// What memory alone answers for an order (`Cache::from_memory`).
+#[derive(Debug)]
+pub enum Remembered {
+    Held(Arc<CachedOrder>),
+    /// Not found by a read within `negative_ttl`.
+    Missing,
+}
+
 /// A read of one order begun by `Cache::lead` for a request that handed it over: other
 /// requests for the order wait for its outcome, and it holds a permit, until `end`. One
 /// dropped unended ends as failed, so that none waits for it in vain.
@@ -290,18 +298,32 @@ impl Cache {
         self.stats.evictions.inc_by(evicted as u64);
     }
 
-    /// The order for `uid` if it is held and may be served as it is: the cache is fresh
-    /// and the entry within the age limit. Counted as a hit; when it is None nothing is
-    /// counted, and `lookup` decides.
-    pub fn hit(&self, uid: &str) -> Option<Arc<CachedOrder>> {
+    /// What memory alone answers for `uid`, when it is enough: the order held, if it may
+    /// be served as it is (within the age limit), or that the id is remembered as
+    /// missing; both only while the cache is fresh, as `lookup` would answer them.
+    /// Counted as `lookup` counts them; when None nothing is counted, and `lead` or
+    /// `lookup` decides.
+    pub fn from_memory(&self, uid: &str) -> Option<Remembered> {
         let state = self.state.read();
-        if !state.freshness.fresh(Instant::now()) {
+        let now = Instant::now();
+        if !state.freshness.fresh(now) {
             return None;
         }
-        let (order, false) = self.held(&state, uid)? else { return None };
-        drop(state);
-        self.stats.hits.inc();
-        Some(order)
+        match self.held(&state, uid) {
+            Some((order, false)) => {
+                drop(state);
+                self.stats.hits.inc();
+                Some(Remembered::Held(order))
+            }
+            None if state.missing.remembered(uid, now) => {
+                drop(state);
+                self.stats.misses.inc();
+                self.stats.negative_hits.inc();
+                Some(Remembered::Missing)
+            }
+            // Past the age limit, or not known: read.
+            Some((_, true)) | None => None,
+        }
     }
 
     /// The order for `uid`: from memory, or else from `load` (PostgreSQL). Concurrent

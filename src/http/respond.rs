@@ -11,7 +11,7 @@ use tiny_http::{Method, Request};
 use super::State;
 use super::route::Route;
 use super::wire::{JSON, Reply};
-use crate::cache::{CachedOrder, Found, Lead, Unavailable};
+use crate::cache::{CachedOrder, Found, Lead, Remembered, Unavailable};
 use crate::model::{self, Order};
 use crate::runtime::LogThrottle;
 use crate::{pages, store};
@@ -76,15 +76,19 @@ pub(super) fn respond_to(state: &State, request: &Request, route: &Route<'_>) ->
     }
 }
 
-/// The answer to a request for an order that the cache holds and may serve as it is:
-/// nothing to wait for, so the connection's own thread gives it (`super::in_place`).
-/// None for any other request, and for an order to be read or refused: `to_read` or a
-/// worker's `respond_to`, which answers these the same way, has those.
+/// The answer to a request for an order that the cache holds and may serve as it is, or
+/// for an id it remembers as missing: nothing to wait for, so the connection's own
+/// thread gives it (`super::in_place`). None for any other request, and for an order to
+/// be read or refused: `to_read` or a worker's `respond_to`, which answers these the
+/// same way, has those.
 pub(super) fn from_memory(state: &State, request: &Request, route: &Route<'_>) -> Option<Reply> {
     let (uid, representation) = plain_order(state, request, route)?;
-    let order = state.cache.hit(uid)?;
+    let remembered = state.cache.from_memory(uid)?;
     let shape = Shape::of(request, representation);
-    Some(shape.vary(found_order(request, &order, shape.html)))
+    Some(match remembered {
+        Remembered::Held(order) => shape.vary(found_order(request, &order, shape.html)),
+        Remembered::Missing => order_reply(request, uid, &shape, Ok(None)),
+    })
 }
 
 /// The read to hand over for a request `from_memory` left: an order the cache does not

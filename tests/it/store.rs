@@ -412,6 +412,39 @@ fn ids_handed_over_are_read_with_those_waiting_and_answered_where_read() {
     assert_eq!(answer, Err("the service is stopping".to_string()));
 }
 
+/// A reading thread held up giving an answer (a client that does not take its
+/// response, say) does not hold up the ids asked for after it: once one has waited long
+/// enough, the next id asked for wakes another thread, which reads them.
+#[test]
+fn an_answer_held_up_does_not_hold_up_the_ids_asked_for_after_it() {
+    let db = migrated();
+    let orders = written_orders(&db, 11, 3);
+    let (readers, _) = readers_on_two_connections(db.url.clone());
+    let (held_sender, held) = crossbeam_channel::bounded::<()>(1);
+    let (release_sender, release) = crossbeam_channel::bounded::<()>(1);
+    readers.hand(
+        orders[0].order_uid.clone(),
+        Box::new(move |_| {
+            held_sender.send(()).unwrap();
+            release.recv().unwrap();
+        }),
+    );
+    held.recv_timeout(Duration::from_secs(10)).expect("the first answer is being given");
+    let (sender, answers) = crossbeam_channel::unbounded();
+    for order in &orders[1..] {
+        let sender = sender.clone();
+        readers
+            .hand(order.order_uid.clone(), Box::new(move |answer| sender.send(answer.unwrap().unwrap().uid).unwrap()));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut got: Vec<String> = (0..2).filter_map(|_| answers.recv_timeout(Duration::from_secs(5)).ok()).collect();
+    release_sender.send(()).unwrap();
+    got.sort();
+    let mut expected = vec![orders[1].order_uid.clone(), orders[2].order_uid.clone()];
+    expected.sort();
+    assert_eq!(got, expected, "answered while the first answer is held up");
+}
+
 /// Many requests missing at once, over and over, on two connections: every request gets
 /// its own answer, and when all have, no read is left counted as running (a place handed
 /// on twice would be, and the ids waiting for it would wait for ever).

@@ -13,9 +13,14 @@ use crate::store::Pool;
 /// A state whose database is never reachable: these routes answer without it, or
 /// show how its absence is answered.
 pub(in crate::http) fn state() -> State {
+    state_with(crate::cache::tests::limits())
+}
+
+/// As `state`, with the cache bounded by `limits`.
+fn state_with(limits: crate::cache::Limits) -> State {
     let health = Arc::new(Health::default());
     health.set_cache_warm();
-    let cache = Arc::new(Cache::new(crate::cache::tests::limits()));
+    let cache = Arc::new(Cache::new(limits));
     let metrics = Arc::new(Metrics::new(&cache));
     State::new(cache, Arc::new(Pool::new(&unreachable_database())), health, metrics).expect("the reading threads start")
 }
@@ -283,6 +288,28 @@ fn from_memory_answers_a_held_order_as_a_worker_would_and_nothing_else() {
     s.cache.listener_established();
     s.cache.listening();
     assert_eq!(in_place(Method::Get, &path, &[]).unwrap().status, 200);
+}
+
+/// An id remembered as missing is answered 404 in place, as a worker would (JSON, or
+/// the page for a browser), and counted as a worker counts it.
+#[test]
+fn from_memory_answers_an_id_remembered_as_missing_as_a_worker_would() {
+    let limits =
+        crate::cache::Limits { negative_ttl: std::time::Duration::from_secs(60), ..crate::cache::tests::limits() };
+    let s = state_with(limits);
+    assert!(s.cache.lookup("nosuchorder", || Ok(None)).unwrap().is_none());
+    for (path, headers) in [
+        ("/order/nosuchorder", &[][..]),
+        ("/order/nosuchorder", &[("Accept", FIREFOX)][..]),
+        ("/api/order/nosuchorder", &[("Accept", FIREFOX)][..]),
+    ] {
+        let asked = request(Method::Get, path, headers);
+        let reply = from_memory(&s, &asked, &Route::parse(asked.url())).unwrap_or_else(|| panic!("{path}"));
+        let worker = respond(&s, &request(Method::Get, path, headers));
+        assert_eq!(format!("{reply:?}"), format!("{worker:?}"), "{path} {headers:?}");
+        assert_eq!(reply.status, 404);
+    }
+    assert_eq!((s.cache.stats.misses.get(), s.cache.stats.negative_hits.get()), (7, 6));
 }
 
 /// Before the warm-up ends, the 503 that says so comes from a worker.
