@@ -148,7 +148,8 @@ fn serve(server: &tiny_http::Server, state: &State, shutdown: &Shutdown) {
 }
 
 /// On a connection's own thread, before a worker: answers a request for an order the
-/// cache holds (`respond::from_memory`), which is most of them, and hands a miss with
+/// cache holds, which is most of them, or for an id it remembers as missing
+/// (`respond::from_memory`), and hands a miss with
 /// nothing to wait for to the threads that read PostgreSQL (`respond::to_read`), which
 /// answer it. Any other request goes back to be queued for the workers. A hit so costs
 /// no hand-off to a worker and back, two wake-ups of threads fewer, and a miss no
