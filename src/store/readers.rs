@@ -48,7 +48,8 @@ const ENOUGH: usize = 16;
 /// thread writes its answers to the clients: one that does not take its response holds
 /// that thread up to `http.request_timeout_ms`, and the ids asked for meanwhile go on
 /// without it. Far above a read's usual wait (about a millisecond at the p99 in
-/// `bench/run miss`).
+/// `bench/run miss`); a statement slower than this, on a slow database, lets as many
+/// run at once as when `ENOUGH` wait.
 const STALLED: Duration = Duration::from_millis(50);
 
 /// What one id's read gives: the order, None if PostgreSQL does not have it, or why it
@@ -167,7 +168,8 @@ impl Readers {
     }
 
     /// Reads `uid` as `read` does, without waiting: `then` gets the answer, on the thread
-    /// that read it. It must not wait on anything slow: the next read waits for it.
+    /// that read it. It must not wait on anything slow: the ids asked for meanwhile wait
+    /// for it, up to `STALLED` when a connection is free.
     pub fn hand(&self, uid: String, then: Then) {
         self.ask(uid, Asker::Handed(then));
     }
