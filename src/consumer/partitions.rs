@@ -106,6 +106,11 @@ impl Partitions {
         revoked
     }
 
+    /// How many partitions are held: assigned and not revoked since.
+    pub fn held(&self) -> usize {
+        self.states.len()
+    }
+
     /// The stored offsets read at assignment since the last call.
     pub fn take_assigned_offsets(&mut self) -> Vec<(Partition, i64)> {
         std::mem::take(&mut self.assigned_offsets)

@@ -107,7 +107,10 @@ impl ConsumerContext for GroupContext {
                 self.revoke(consumer, tpl);
             }
         }
-        let assigned = consumer.assignment().map(|tpl| tpl.count()).unwrap_or(0);
+        // Counted from what this callback recorded, not asked of librdkafka: its
+        // `assignment` waits, without a timeout, for its main thread, which during the
+        // consumer's close may never answer (a stop hung there, in a revocation).
+        let assigned = self.partitions.lock().held();
         self.health.record_assignment(assigned);
         self.metrics.assigned_partitions.set(assigned as i64);
     }

@@ -210,3 +210,16 @@ fn partitions_and_offsets_are_named_for_the_log() {
     assert!(holds(&BTreeSet::from([key(1)]), "orders", 1));
     assert!(!holds(&BTreeSet::from([key(1)]), "orders", 0));
 }
+
+/// What is held is what was assigned, positioned or not, less what was revoked: the
+/// count the rebalance callback reports as the assignment.
+#[test]
+fn the_partitions_held_are_those_assigned_and_not_revoked() {
+    let mut table = assigned();
+    table.assign_unpositioned(keys(&[2, 3]));
+    assert_eq!(table.held(), 4);
+    table.revoke(keys(&[1]), false);
+    assert_eq!(table.held(), 3);
+    table.revoke(keys(&[2]), true);
+    assert_eq!(table.held(), 0);
+}
