@@ -164,9 +164,10 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
     let OwnBroker { broker, db, topic, dir, group } =
         OwnBroker::start(&[("log.retention.check.interval.ms", "500")], "retention");
     let start = |name: &str| {
-        let addr = free_addr();
-        let toml = broker.config_toml(&db.url, &topic, &group, addr);
-        (Process::start(&dir, name, &toml, &[]), addr)
+        let toml = broker.config_toml(&db.url, &topic, &group, ANY_PORT);
+        let process = Process::start(&dir, name, &toml, &[]);
+        let addr = process.http_addr();
+        (process, addr)
     };
     let mut generator = Generator::new(53, 2);
     let mut produce = |n: usize| -> Vec<Order> {
@@ -215,8 +216,7 @@ fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
     let OwnBroker { broker, db, topic, dir, group } =
         OwnBroker::start(&[("group.coordinator.rebalance.protocols", "classic")], "classic-only");
     let start = |name: &str, protocol: &str| {
-        let addr = free_addr();
-        let toml = broker.config_toml(&db.url, &topic, &group, addr);
+        let toml = broker.config_toml(&db.url, &topic, &group, ANY_PORT);
         // The protocol the file names: the default when it names none.
         let toml: String = toml
             .lines()
@@ -224,7 +224,9 @@ fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
             .map(|l| format!("{l}\n"))
             .collect();
         let toml = toml.replace("[http]", &format!("{protocol}[http]"));
-        (Process::start(&dir, name, &toml, &[]), addr)
+        let process = Process::start(&dir, name, &toml, &[]);
+        let addr = process.http_addr();
+        (process, addr)
     };
     let (first, addr) = start("default", "");
     let body = wait_for("/readyz to say why the consumer stopped", Duration::from_secs(60), || {

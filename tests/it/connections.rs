@@ -26,12 +26,12 @@ struct Served {
 fn serve(name: &str, extra: &str, descriptors: Option<u32>) -> Served {
     let setup = Setup::new(1);
     let dir = temp_dir(name);
-    let addr = free_addr();
-    let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, addr, extra);
+    let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, ANY_PORT, extra);
     let process = match descriptors {
         Some(n) => Process::start_with_descriptors(&dir, name, &toml, n),
         None => Process::start(&dir, name, &toml, &[]),
     };
+    let addr = process.http_addr();
     wait_ready(addr);
     setup.produce(&[MODEL.as_bytes()]);
     wait_until_served(addr, ORDER);

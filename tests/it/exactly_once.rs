@@ -44,9 +44,9 @@ fn a_fenced_out_instance_that_wakes_late_never_overwrites_a_newer_version() {
     orders_svc::store::migrate(&mut db.client()).unwrap();
     let proxy = DbProxy::start();
     let dir = temp_dir("zombie");
-    let a_addr = free_addr();
-    let toml = config_toml(&proxy.url(db), &setup.topic, &setup.group, a_addr, "");
+    let toml = config_toml(&proxy.url(db), &setup.topic, &setup.group, ANY_PORT, "");
     let a = Process::start(&dir, "a", &toml, &[]);
+    let a_addr = a.http_addr();
     wait_ready(a_addr);
     wait_for("A to be assigned the partition", Duration::from_secs(30), || {
         (metric(a_addr, "orders_assigned_partitions") == Some(1.0)).then_some(())
@@ -108,7 +108,7 @@ fn a_crash_between_the_database_commit_and_the_kafka_commit_reads_nothing_again(
         &db.url,
         &setup.topic,
         &setup.group,
-        free_addr(),
+        ANY_PORT,
         "[ingest]\nbatch_max_messages = 100\nbatch_max_wait_ms = 10000\n",
     );
     let mut crashing = Process::start(&dir, "crashing", &toml, &[("ORDERSVC_FAULT", "exit_after_database_commit")]);
@@ -236,10 +236,11 @@ fn a_second_process_with_the_same_instance_id_never_writes_beside_the_first() {
     let setup = Setup::new(1);
     let dir = temp_dir("static-member");
     let start = |name: &str| {
-        let addr = free_addr();
-        let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, addr, "")
+        let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, ANY_PORT, "")
             .replace("[http]", "instance_id = \"orders-1\"\n[http]");
-        (Process::start(&dir, name, &toml, &[]), addr)
+        let process = Process::start(&dir, name, &toml, &[]);
+        let addr = process.http_addr();
+        (process, addr)
     };
     let consumed = |addr| metric(addr, "orders_messages_consumed_total").unwrap_or(0.0);
     let ready = |addr| get_within(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200);

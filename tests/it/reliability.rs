@@ -84,8 +84,7 @@ fn sigkill_five_times_during_ingest_loses_nothing_and_writes_nothing_twice() {
     let dir = temp_dir("crash");
     // Any free port, chosen at each start: a port chosen once could be taken, between a
     // kill and the next start, by another test's server (it was, once).
-    let any_port = "127.0.0.1:0".parse().unwrap();
-    let toml = config_toml(&db.url, topic, group, any_port, "[ingest]\nbatch_max_messages = 500\n");
+    let toml = config_toml(&db.url, topic, group, ANY_PORT, "[ingest]\nbatch_max_messages = 500\n");
     let count = || db.count("SELECT count(*) FROM orders") + db.count("SELECT count(*) FROM rejected_messages");
     let written = || db.count("SELECT coalesce(sum(messages), 0)::bigint FROM consumer_offsets");
 

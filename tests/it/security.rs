@@ -31,8 +31,8 @@ fn postgres_that_accepts_only_tls_is_reached_with_verify_full_and_refuses_the_re
     let topic = create_topic(1);
     let dir = temp_dir("pg-tls-service");
     let start = |name: &str, db_url: &str| {
-        let addr = free_addr();
-        let process = Process::start(&dir, name, &config_toml(db_url, &topic, &unique("group"), addr, ""), &[]);
+        let process = Process::start(&dir, name, &config_toml(db_url, &topic, &unique("group"), ANY_PORT, ""), &[]);
+        let addr = process.http_addr();
         (process, addr)
     };
 
@@ -76,15 +76,16 @@ fn the_service_consumes_over_sasl_ssl_and_a_wrong_password_is_named_clearly() {
     let db = TestDb::new();
     let dir = temp_dir("sasl-service");
     let start = |name: &str, password: &str| {
-        let addr = free_addr();
-        let mut toml = config_toml(&db.url, &topic, &unique("group"), addr, "");
+        let mut toml = config_toml(&db.url, &topic, &unique("group"), ANY_PORT, "");
         toml =
             toml.replace(&format!("brokers = \"{}\"", brokers()), &format!("brokers = \"{}\"", broker.secure_addr()));
         toml.push_str("[kafka.properties]\n");
         for (name, value) in properties(password) {
             toml.push_str(&format!("{name:?} = {value:?}\n"));
         }
-        (Process::start(&dir, name, &toml, &[]), addr)
+        let process = Process::start(&dir, name, &toml, &[]);
+        let addr = process.http_addr();
+        (process, addr)
     };
 
     let (service, addr) = start("sasl", password);
@@ -115,18 +116,20 @@ fn settings_from_the_environment_and_secrets_from_files() {
     let dir = temp_dir("env-service");
     let url_file = dir.join("database-url");
     std::fs::write(&url_file, format!("{}\n", setup.db.url)).unwrap();
-    let addr = free_addr();
     // The file names another address and a database that does not exist: the
     // environment wins.
-    let toml = config_toml("postgres://nobody@127.0.0.1:1/none", "no-such-topic", "no-group", free_addr(), "");
+    let file_addr: SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let toml = config_toml("postgres://nobody@127.0.0.1:1/none", "no-such-topic", "no-group", file_addr, "");
     let env = [
         ("ORDERS_DATABASE_URL_FILE", url_file.to_str().unwrap().to_string()),
-        ("ORDERS_HTTP_ADDR", addr.to_string()),
+        ("ORDERS_HTTP_ADDR", ANY_PORT.to_string()),
         ("ORDERS_KAFKA_TOPIC", setup.topic.clone()),
         ("ORDERS_KAFKA_GROUP_ID", setup.group.clone()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let _service = Process::start(&dir, "env", &toml, &env);
+    let service = Process::start(&dir, "env", &toml, &env);
+    let addr = service.http_addr();
+    assert_eq!(addr.ip(), ANY_PORT.ip());
     wait_ready(addr);
     setup.produce(&[MODEL.as_bytes()]);
     wait_until_served(addr, ORDER);
@@ -165,7 +168,7 @@ fn a_property_librdkafka_refuses_stops_the_start_named() {
 
     let setup = Setup::new(1);
     let dir = temp_dir("bad-property");
-    let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, free_addr(), "")
+    let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, ANY_PORT, "")
         + "[kafka.properties]\n\"sasl.pasword\" = \"Kafka-Secret-0001\"\n";
     let mut service = Process::start(&dir, "bad-property", &toml, &[]);
     assert!(!service.wait_exit(Duration::from_secs(20)).success());

@@ -27,7 +27,7 @@ pub use broker::{
 };
 pub use db::{DbProxy, TestDb};
 pub use http::{HttpResponse, get, get_within, http, http_with, raw_status, request};
-pub use process::{Process, config_toml, free_addr, wait_ready};
+pub use process::{ANY_PORT, Process, config_toml, free_addr, wait_ready};
 
 pub const MODEL: &str = include_str!("../../demo/model.json");
 

@@ -1,7 +1,7 @@
 //! The service binary run as a process of its own, for what cannot happen to a thread of
 //! the test: SIGKILL, SIGSTOP, an exit in the middle of a batch.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -28,7 +28,14 @@ pub fn config_toml(db_url: &str, topic: &str, group: &str, addr: SocketAddr, ext
     )
 }
 
-/// A loopback address with a port free at the time of asking.
+/// The loopback address on a port the system picks when the process binds it. A port
+/// asked for beforehand (`free_addr`) can be taken by another test's server or
+/// connection before the process binds it; the process's own port cannot.
+/// `Process::http_addr` says which port it got.
+pub const ANY_PORT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
+
+/// A loopback address with a port free at the time of asking, for a program that must
+/// be told its port (a broker, Prometheus). For orders-svc use `ANY_PORT`.
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -69,6 +76,16 @@ impl Process {
             .spawn()
             .expect("start orders-svc");
         Process { child, log }
+    }
+
+    /// Where the process answers HTTP, from its `event=http_listening` line, which it
+    /// logs before its warm-up.
+    pub fn http_addr(&self) -> SocketAddr {
+        wait_for(&format!("{} to log its HTTP address", self.log.display()), Duration::from_secs(30), || {
+            self.log().lines().find_map(|line| {
+                line.split("event=http_listening addr=").nth(1)?.split_whitespace().next()?.parse().ok()
+            })
+        })
     }
 
     pub fn id(&self) -> u32 {
