@@ -8,7 +8,7 @@ mod wire;
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
@@ -35,8 +35,10 @@ pub struct State {
     pub readers: Readers,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
-    /// The server, once it listens: its connection counts are metrics.
-    pub server: OnceLock<Arc<tiny_http::Server>>,
+    /// The server, once it listens: its connection counts are metrics. Not owned: the
+    /// server owns the front, which holds the state, and owned both ways neither would
+    /// ever be dropped, nor the listening socket closed once the service stops.
+    pub server: OnceLock<Weak<tiny_http::Server>>,
 }
 
 impl State {
@@ -53,7 +55,7 @@ impl State {
 
     /// Connections open now, refused and failed since the start.
     pub fn connections(&self) -> ConnectionCounts {
-        self.server.get().map(|s| s.connection_counts()).unwrap_or_default()
+        self.server.get().and_then(Weak::upgrade).map(|s| s.connection_counts()).unwrap_or_default()
     }
 }
 
@@ -78,7 +80,7 @@ impl Server {
             tiny_http::Server::from_listener_with_front(listener, limits(config), front)
                 .map_err(|e| anyhow::anyhow!("start HTTP server: {e}"))?,
         );
-        let _ = state.server.set(server.clone());
+        let _ = state.server.set(Arc::downgrade(&server));
         let workers = (0..config.workers)
             .map(|i| {
                 let (server, state, shutdown) = (server.clone(), state.clone(), shutdown.clone());
@@ -299,6 +301,22 @@ mod tests {
             let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
             assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
         }
+    }
+
+    /// Once stopped, the server closes its listening socket: a service stopped in a
+    /// process that goes on (a test, a benchmark) leaves no port taken and no thread
+    /// accepting on it.
+    #[test]
+    fn a_stopped_server_closes_its_listening_socket() {
+        let (running, addr) = running(100, 10_000);
+        let answer = exchange(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        drop(running);
+        // The accept thread closes the socket once woken by the server's drop.
+        wait_for(|| match TcpStream::connect(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            _ => None,
+        });
     }
 
     /// A miss is handed to the threads that read PostgreSQL, and they answer it: with
