@@ -192,6 +192,11 @@ fn main() -> anyhow::Result<()> {
                 "  errors (socket errors or non-2xx answers): orders-svc {} tiny_http {} nginx {}",
                 svc.errors, tiny.errors, static_files.errors
             );
+            for (name, result) in [("orders-svc", &svc), ("tiny_http", &tiny), ("nginx", &static_files)] {
+                if let Some(line) = &result.socket_errors {
+                    println!("    {name}, wrk: {line}");
+                }
+            }
         }
     }
     Ok(())
@@ -278,6 +283,8 @@ struct WrkResult {
     p99_ms: f64,
     requests: u64,
     errors: u64,
+    /// wrk's own line, when it had any: `Socket errors: connect 0, read 1, write 0, timeout 0`.
+    socket_errors: Option<String>,
 }
 
 fn wrk(
@@ -309,9 +316,11 @@ fn wrk(
         .and_then(|l| l.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    let errors = field("Non-2xx or 3xx responses:").map_or(0, |n| n.parse().unwrap_or(0))
-        + text.lines().filter(|l| l.trim().starts_with("Socket errors:")).count() as u64;
-    Ok(WrkResult { rps, p50_ms, p99_ms, requests, errors })
+    let socket_errors = text.lines().find(|l| l.trim().starts_with("Socket errors:")).map(|l| l.trim().to_string());
+    let socket_error_count: u64 =
+        socket_errors.iter().flat_map(|l| l.split([' ', ','])).filter_map(|w| w.parse::<u64>().ok()).sum();
+    let errors = field("Non-2xx or 3xx responses:").map_or(0, |n| n.parse().unwrap_or(0)) + socket_error_count;
+    Ok(WrkResult { rps, p50_ms, p99_ms, requests, errors, socket_errors })
 }
 
 /// wrk prints latencies as `512.00us`, `1.23ms` or `1.01s`.
