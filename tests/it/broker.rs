@@ -165,9 +165,7 @@ fn messages_deleted_by_retention_before_they_were_read_are_reported_as_lost() {
         OwnBroker::start(&[("log.retention.check.interval.ms", "500")], "retention");
     let start = |name: &str| {
         let toml = broker.config_toml(&db.url, &topic, &group, ANY_PORT);
-        let process = Process::start(&dir, name, &toml, &[]);
-        let addr = process.http_addr();
-        (process, addr)
+        Process::serving(&dir, name, &toml)
     };
     let mut generator = Generator::new(53, 2);
     let mut produce = |n: usize| -> Vec<Order> {
@@ -224,9 +222,7 @@ fn a_broker_without_the_consumer_protocol_is_named_with_the_way_out() {
             .map(|l| format!("{l}\n"))
             .collect();
         let toml = toml.replace("[http]", &format!("{protocol}[http]"));
-        let process = Process::start(&dir, name, &toml, &[]);
-        let addr = process.http_addr();
-        (process, addr)
+        Process::serving(&dir, name, &toml)
     };
     let (first, addr) = start("default", "");
     let body = wait_for("/readyz to say why the consumer stopped", Duration::from_secs(60), || {

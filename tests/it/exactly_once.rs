@@ -238,9 +238,7 @@ fn a_second_process_with_the_same_instance_id_never_writes_beside_the_first() {
     let start = |name: &str| {
         let toml = config_toml(&setup.db.url, &setup.topic, &setup.group, ANY_PORT, "")
             .replace("[http]", "instance_id = \"orders-1\"\n[http]");
-        let process = Process::start(&dir, name, &toml, &[]);
-        let addr = process.http_addr();
-        (process, addr)
+        Process::serving(&dir, name, &toml)
     };
     let consumed = |addr| metric(addr, "orders_messages_consumed_total").unwrap_or(0.0);
     let ready = |addr| get_within(addr, "/readyz", Duration::from_secs(2)).is_ok_and(|r| r.status == 200);

@@ -31,9 +31,7 @@ fn postgres_that_accepts_only_tls_is_reached_with_verify_full_and_refuses_the_re
     let topic = create_topic(1);
     let dir = temp_dir("pg-tls-service");
     let start = |name: &str, db_url: &str| {
-        let process = Process::start(&dir, name, &config_toml(db_url, &topic, &unique("group"), ANY_PORT, ""), &[]);
-        let addr = process.http_addr();
-        (process, addr)
+        Process::serving(&dir, name, &config_toml(db_url, &topic, &unique("group"), ANY_PORT, ""))
     };
 
     let (verified, addr) = start("verify-full", &url(&format!("sslmode=verify-full&sslrootcert={}", pki.ca.display())));
@@ -83,9 +81,7 @@ fn the_service_consumes_over_sasl_ssl_and_a_wrong_password_is_named_clearly() {
         for (name, value) in properties(password) {
             toml.push_str(&format!("{name:?} = {value:?}\n"));
         }
-        let process = Process::start(&dir, name, &toml, &[]);
-        let addr = process.http_addr();
-        (process, addr)
+        Process::serving(&dir, name, &toml)
     };
 
     let (service, addr) = start("sasl", password);

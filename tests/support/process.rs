@@ -78,6 +78,13 @@ impl Process {
         Process { child, log }
     }
 
+    /// As `start` with nothing added to the environment, and where it answers HTTP.
+    pub fn serving(dir: &Path, name: &str, toml: &str) -> (Process, SocketAddr) {
+        let process = Process::start(dir, name, toml, &[]);
+        let addr = process.http_addr();
+        (process, addr)
+    }
+
     /// Where the process answers HTTP, from its `event=http_listening` line, which it
     /// logs before its warm-up.
     pub fn http_addr(&self) -> SocketAddr {
