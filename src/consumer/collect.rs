@@ -42,6 +42,9 @@ struct Collecting {
     /// Partitions whose first message came after their position: the position, and
     /// that message's offset.
     ahead: BTreeMap<Partition, (i64, i64)>,
+    /// Partitions with a message in the batch: the messages after a partition's first
+    /// follow that one, not the position.
+    started: BTreeSet<Partition>,
     /// `batch_max_wait` after the first message.
     deadline: Option<Instant>,
     /// `Partitions::generation` as of the messages held.
@@ -58,6 +61,7 @@ impl Collecting {
             bytes: 0,
             behind: BTreeMap::new(),
             ahead: BTreeMap::new(),
+            started: BTreeSet::new(),
             deadline: None,
             generation,
             max_messages: ingest.batch_max_messages,
@@ -74,24 +78,42 @@ impl Collecting {
     /// Adds `m` of partition `key`, expected at `position` (None: anywhere, the group has
     /// no stored offset), unless it comes before it.
     fn offer(&mut self, key: Partition, m: &BorrowedMessage<'_>, position: Option<i64>) -> Polled {
-        match position {
-            Some(position) if m.offset() < position => {
-                self.behind.insert(key, position);
-                return Polled::Skipped;
-            }
-            Some(position) if m.offset() > position => {
-                self.ahead.entry(key.clone()).or_insert((position, m.offset()));
-            }
-            _ => {}
+        if !self.follows(&key, m.offset(), position) {
+            return Polled::Skipped;
         }
-        self.bytes += m.payload_len();
-        self.messages.push(Message {
+        self.take(Message {
             topic: key.0,
             partition: key.1,
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
-        });
+        })
+    }
+
+    /// Whether a message of `key` at `offset` may join the batch, the partition's
+    /// position being `position`: not if it comes before it (the partition is noted as
+    /// behind). A partition whose first message in the batch comes after its position is
+    /// noted as ahead; the messages after that first one are not compared with the
+    /// position, which they are all past.
+    fn follows(&mut self, key: &Partition, offset: i64, position: Option<i64>) -> bool {
+        if let Some(position) = position {
+            if offset < position {
+                self.behind.insert(key.clone(), position);
+                return false;
+            }
+            if offset > position && !self.started.contains(key) {
+                self.ahead.insert(key.clone(), (position, offset));
+            }
+        }
+        if !self.started.contains(key) {
+            self.started.insert(key.clone());
+        }
+        true
+    }
+
+    fn take(&mut self, message: Message) -> Polled {
+        self.bytes += message.payload.as_ref().map_or(0, Vec::len);
+        self.messages.push(message);
         self.deadline.get_or_insert_with(|| Instant::now() + self.max_wait);
         Polled::Taken
     }
@@ -108,6 +130,7 @@ impl Collecting {
         }
         self.generation = generation;
         self.ahead.retain(|key, _| !revoked.contains(key));
+        self.started.retain(|key| !revoked.contains(key));
         self.behind.retain(|key, _| !revoked.contains(key));
         dropped
     }
@@ -294,7 +317,47 @@ pub(super) fn fatal_reason(code: RDKafkaErrorCode) -> (String, &'static str) {
 mod tests {
     use rdkafka::error::RDKafkaErrorCode;
 
-    use super::fatal_reason;
+    use super::*;
+
+    fn offered(batch: &mut Collecting, partition: i32, offset: i64, position: Option<i64>) -> bool {
+        let key = ("orders".to_string(), partition);
+        let follows = batch.follows(&key, offset, position);
+        if follows {
+            batch.take(Message { topic: key.0, partition, offset, key: None, payload: Some(b"{}".to_vec()) });
+        }
+        follows
+    }
+
+    /// Only a partition's first message in a batch can show that the broker skipped
+    /// past the position (retention): the ones after it follow that message, not the
+    /// position the batch began at. Each partition found ahead costs a call to the
+    /// broker before the batch is written.
+    #[test]
+    fn a_partition_is_ahead_only_if_its_first_message_in_the_batch_is() {
+        let mut batch = Collecting::new(&config::Ingest::default(), 0);
+        // Partition 0 at its position 5, then 6 and 7, the position still 5: in order.
+        for offset in [5, 6, 7] {
+            assert!(offered(&mut batch, 0, offset, Some(5)));
+        }
+        // Partition 1 starts at 12 where its position is 10: ahead, whatever follows.
+        for offset in [12, 13] {
+            assert!(offered(&mut batch, 1, offset, Some(10)));
+        }
+        // Partition 2 has no stored offset: anywhere goes.
+        assert!(offered(&mut batch, 2, 40, None));
+        // Partition 3 behind its position: left out.
+        assert!(!offered(&mut batch, 3, 3, Some(4)));
+        assert_eq!(batch.messages.len(), 6);
+        assert_eq!(batch.bytes, 12);
+        assert_eq!(batch.ahead, BTreeMap::from([(("orders".to_string(), 1), (10, 12))]));
+        assert_eq!(batch.behind, BTreeMap::from([(("orders".to_string(), 3), 4)]));
+
+        // Partition 0 revoked, then assigned again: its next message is a first again.
+        let dropped = batch.take_revoked(&BTreeSet::from([("orders".to_string(), 0)]), 1);
+        assert_eq!(dropped.iter().map(|m| m.offset).collect::<Vec<_>>(), [5, 6, 7]);
+        assert!(offered(&mut batch, 0, 9, Some(8)));
+        assert_eq!(batch.ahead.get(&("orders".to_string(), 0)), Some(&(8, 9)));
+    }
 
     #[test]
     fn each_fatal_error_says_what_to_do() {
