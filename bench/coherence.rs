@@ -57,10 +57,11 @@ fn main() -> anyhow::Result<()> {
             o.encode()
         })
         .collect();
-    let mut writer = db.client();
-    let write = |writer: &mut postgres::Client, i: usize| -> anyhow::Result<Instant> {
+    // The consumer's writer: its statements prepared once on its connection.
+    let mut writer = store::Writer::new(db.client());
+    let write = |writer: &mut store::Writer, i: usize| -> anyhow::Result<Instant> {
         let message = Message { topic: run.clone(), partition: 0, offset: i as i64, key: None, payload: None };
-        store::write_batch(writer, "bench", &[], &[(&message, versions[i].clone())], &[])?;
+        writer.write_batch("bench", &[], &[(&message, versions[i].clone())], &[])?;
         Ok(Instant::now())
     };
     write(&mut writer, 0)?;
@@ -72,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         let message =
             Message { topic: format!("{run}_held"), partition: 0, offset: offset as i64, key: None, payload: None };
         let batch: Vec<(&Message, Encoded)> = (0..n).map(|_| (&message, generator.order().encode())).collect();
-        store::write_batch(&mut writer, "bench", &[], &batch, &[])?;
+        writer.write_batch("bench", &[], &batch, &[])?;
         offset += n;
     }
 

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use log::info;
-use postgres::Client;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 use self::batch::{Decoded, Decoder, Publisher};
@@ -46,6 +45,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::Rules;
 use crate::runtime::{Health, Shutdown};
+use crate::store::Writer;
 
 /// How long an idle poll waits before looking at the shutdown signal again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -64,7 +64,7 @@ pub struct Consumer {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    db: Option<Client>,
+    db: Option<Writer>,
     /// Offsets of written batches not committed to Kafka yet, and when to commit them.
     pacing: CommitPacing,
     /// When partitions waiting on something were last looked at.

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use postgres::Client;
 use rdkafka::consumer::Consumer as _;
 
 use super::Consumer;
@@ -159,7 +158,7 @@ impl Consumer {
                         backoff.attempt(),
                         backoff.delay().as_millis()
                     );
-                    if self.db.as_ref().is_some_and(Client::is_closed) {
+                    if self.db.as_ref().is_some_and(store::Writer::is_closed) {
                         self.db = None;
                     }
                 }
@@ -177,7 +176,7 @@ impl Consumer {
         dead: &[DeadLetter],
     ) -> anyhow::Result<Written> {
         let group = self.consumer.context().group.clone();
-        store::write_batch(self.connection()?, &group, claims, orders, dead)
+        self.connection()?.write_batch(&group, claims, orders, dead)
     }
 
     /// Counts a committed batch of `messages` messages.
@@ -201,16 +200,16 @@ impl Consumer {
     /// The group's stored offsets, on the consumer's own connection.
     pub(super) fn read_stored(&mut self, keys: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
         let group = self.consumer.context().group.clone();
-        let result = self.connection().and_then(|db| store::stored_offsets(db, &group, keys));
-        if result.is_err() && self.db.as_ref().is_some_and(Client::is_closed) {
+        let result = self.connection().and_then(|db| store::stored_offsets(db.client(), &group, keys));
+        if result.is_err() && self.db.as_ref().is_some_and(store::Writer::is_closed) {
             self.db = None;
         }
         result
     }
 
-    fn connection(&mut self) -> anyhow::Result<&mut Client> {
+    fn connection(&mut self) -> anyhow::Result<&mut store::Writer> {
         if self.db.is_none() {
-            self.db = Some(store::connect_writer(&self.database)?);
+            self.db = Some(store::Writer::new(store::connect_writer(&self.database)?));
         }
         Ok(self.db.as_mut().expect("connected above"))
     }

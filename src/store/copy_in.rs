@@ -9,7 +9,7 @@ use std::io::Write as _;
 use anyhow::Context;
 use bytes::{BufMut, BytesMut};
 use postgres::types::{IsNull, ToSql, Type};
-use postgres::{CopyInWriter, Transaction};
+use postgres::{CopyInWriter, Statement, Transaction};
 
 use super::tables::Table;
 
@@ -26,9 +26,9 @@ pub(super) struct CopyIn<'a> {
 }
 
 impl<'a> CopyIn<'a> {
-    /// Starts `COPY <table> (<every column>) FROM STDIN BINARY`.
-    pub fn start(tx: &'a mut Transaction<'_>, table: &Table) -> anyhow::Result<CopyIn<'a>> {
-        let writer = tx.copy_in(&table.copy_in())?;
+    /// Starts `statement`, `table`'s `COPY <table> (<every column>) FROM STDIN BINARY`.
+    pub fn start(tx: &'a mut Transaction<'_>, statement: &Statement, table: &Table) -> anyhow::Result<CopyIn<'a>> {
+        let writer = tx.copy_in(statement)?;
         let mut buf = BytesMut::with_capacity(PIECE + PIECE / 4);
         buf.put_slice(HEADER);
         Ok(CopyIn { writer, types: table.types(), buf })

@@ -9,6 +9,19 @@ use std::collections::HashMap;
 use anyhow::Context;
 use postgres::{Client, Transaction};
 
+use super::prepared::Prepared;
+
+/// Advances a claimed partition's stored offset ($4, $5 messages more) where it is still
+/// where the batch began ($6). Under READ COMMITTED an UPDATE that waited for another
+/// transaction's lock checks its WHERE again against the row that transaction committed.
+pub(super) const ADVANCE: &str = "UPDATE consumer_offsets SET next_offset = $4, messages = messages + $5, \
+     updated_at = now() WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $6";
+
+/// A partition's first stored offset. A concurrent first insert waits for the other
+/// transaction, then does nothing.
+pub(super) const FIRST_CLAIM: &str = "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, \
+     messages) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
 /// One partition's part in a batch: where the consumer started reading it (`expected`,
 /// None where the group had no stored offset), one past its last message (`next`), and
 /// how many of its messages the batch writes.
@@ -26,25 +39,17 @@ pub struct Claim {
 /// roll the transaction back: another consumer has written past this one.
 pub(super) fn advance(
     tx: &mut Transaction<'_>,
+    prepared: &Prepared,
     group: &str,
     claims: &[Claim],
 ) -> Result<Vec<(String, i32)>, postgres::Error> {
     let mut fenced = Vec::new();
     for c in claims {
         let moved = match c.expected {
-            // Under READ COMMITTED an UPDATE that waited for another transaction's lock
-            // checks its WHERE again against the row that transaction committed.
-            Some(expected) => tx.execute(
-                "UPDATE consumer_offsets SET next_offset = $4, messages = messages + $5, updated_at = now() \
-                 WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $6",
-                &[&group, &c.topic, &c.partition, &c.next, &c.messages, &expected],
-            )?,
-            // A concurrent first insert waits for the other transaction, then does nothing.
-            None => tx.execute(
-                "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, messages) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[&group, &c.topic, &c.partition, &c.next, &c.messages],
-            )?,
+            Some(expected) => {
+                tx.execute(&prepared.advance, &[&group, &c.topic, &c.partition, &c.next, &c.messages, &expected])?
+            }
+            None => tx.execute(&prepared.first_claim, &[&group, &c.topic, &c.partition, &c.next, &c.messages])?,
         };
         if moved != 1 {
             fenced.push((c.topic.clone(), c.partition));

@@ -5,6 +5,7 @@ use anyhow::Context;
 use postgres::Client;
 
 use super::dead_letters::dead_letter_from_row;
+use super::prepared::Prepared;
 use super::tables::DEAD_LETTER_SELECT;
 use super::write::write_orders;
 use crate::model::{Message, Order, Rejection};
@@ -32,6 +33,7 @@ pub fn replay(
     id: i64,
     decode: impl FnOnce(&[u8]) -> Result<Order, Rejection>,
 ) -> anyhow::Result<Replay> {
+    let prepared = Prepared::on(client).context("prepare the write")?;
     let mut tx = client.transaction().context("begin replay")?;
     let row = tx
         .query_opt(&format!("{} WHERE r.id = $1 FOR UPDATE", *DEAD_LETTER_SELECT), &[&id])
@@ -54,7 +56,7 @@ pub fn replay(
     // Its position is the dead letter's, so a newer version of the order stays.
     let source =
         Message { topic: dead.topic.clone(), partition: dead.partition, offset: dead.offset, key: None, payload: None };
-    let counts = write_orders(&mut tx, &[(&source, &encoded)])
+    let counts = write_orders(&mut tx, &prepared, &[(&source, &encoded)])
         .with_context(|| format!("store order {uid} of dead letter {id}"))?;
     tx.execute("UPDATE rejected_messages SET replayed_at = now() WHERE id = $1", &[&id])?;
     tx.commit().context("commit replay")?;

@@ -17,11 +17,18 @@ use super::copy_in::CopyIn;
 use super::dead_letters::{DeadLetter, insert_dead_letters};
 use super::notify::notify_changed;
 use super::offsets::{self, Claim};
+use super::prepared::Prepared;
 use super::tables::{
     DELIVERIES, ItemRow, ORDER_ITEMS, ORDERS, OrderRow, PAYMENTS, delivery_values, item_values, order_values,
     payment_values,
 };
 use crate::model::{Encoded, Message, Order, Rejection, Rule};
+
+/// The stored versions of a batch's orders ($1), locked, so that a writer of the same
+/// order from another partition waits for this transaction and then compares against
+/// what it wrote.
+pub(super) const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_partition, \
+     source_offset FROM orders WHERE order_uid = ANY($1) FOR UPDATE";
 
 /// What a committed batch did.
 #[derive(Debug, Default)]
@@ -69,12 +76,25 @@ pub fn write_batch(
     orders: &[(&Message, Encoded)],
     dead: &[DeadLetter],
 ) -> anyhow::Result<Written> {
+    let prepared = Prepared::on(client).context("prepare the batch's statements")?;
+    write_batch_prepared(client, &prepared, group, claims, orders, dead)
+}
+
+/// `write_batch` with its statements prepared on `client` (`Writer`).
+pub(super) fn write_batch_prepared(
+    client: &mut postgres::Client,
+    prepared: &Prepared,
+    group: &str,
+    claims: &[Claim],
+    orders: &[(&Message, Encoded)],
+    dead: &[DeadLetter],
+) -> anyhow::Result<Written> {
     // Savepoints make every row a subtransaction's, which costs PostgreSQL: the batch is
     // written without them, and only written again with them when some rows are refused.
-    match write_transaction(client, group, claims, orders, dead, false) {
+    match write_transaction(client, prepared, group, claims, orders, dead, false) {
         Err(e) if refused(&e) => {
             info!("event=batch_refused_by_database reason={e:#} action=write_again_isolating_the_refused_rows");
-            write_transaction(client, group, claims, orders, dead, true)
+            write_transaction(client, prepared, group, claims, orders, dead, true)
         }
         other => other,
     }
@@ -83,6 +103,7 @@ pub fn write_batch(
 /// `write_batch`'s transaction. Unless `isolate`, an error about the rows is returned.
 fn write_transaction(
     client: &mut postgres::Client,
+    prepared: &Prepared,
     group: &str,
     claims: &[Claim],
     orders: &[(&Message, Encoded)],
@@ -90,7 +111,7 @@ fn write_transaction(
     isolate: bool,
 ) -> anyhow::Result<Written> {
     let mut tx = client.transaction().context("begin batch")?;
-    let fenced = offsets::advance(&mut tx, group, claims).context("advance the stored offsets")?;
+    let fenced = offsets::advance(&mut tx, prepared, group, claims).context("advance the stored offsets")?;
     if !fenced.is_empty() {
         return Ok(Written::Fenced(fenced)); // dropping `tx` rolls it back
     }
@@ -104,12 +125,12 @@ fn write_transaction(
     let mut result = BatchResult { unchanged: orders.len() - keep.len(), ..BatchResult::default() };
     let mut dead_letters: Vec<DeadLetter> = dead.to_vec();
     if isolate {
-        write_isolating(&mut tx, orders, &keep, &mut result).context("write orders")?;
+        write_isolating(&mut tx, prepared, orders, &keep, &mut result).context("write orders")?;
         dead_letters.append(&mut result.dead_letters);
         insert_isolating(&mut tx, &mut dead_letters).context("write dead letters")?;
     } else {
         let all: Vec<(&Message, &Encoded)> = keep.iter().map(|&i| (orders[i].0, &orders[i].1)).collect();
-        let counts = write_orders(&mut tx, &all).context("write orders")?;
+        let counts = write_orders(&mut tx, prepared, &all).context("write orders")?;
         result.add(counts, &keep);
         insert_dead_letters(&mut tx, &dead_letters).context("write dead letters")?;
     }
@@ -134,6 +155,7 @@ impl BatchResult {
 /// dead letter. Any other error is returned.
 fn write_isolating(
     tx: &mut Transaction<'_>,
+    prepared: &Prepared,
     orders: &[(&Message, Encoded)],
     part: &[usize],
     result: &mut BatchResult,
@@ -143,7 +165,7 @@ fn write_isolating(
     }
     let mut savepoint = tx.transaction()?;
     let sources: Vec<(&Message, &Encoded)> = part.iter().map(|&i| (orders[i].0, &orders[i].1)).collect();
-    match write_orders(&mut savepoint, &sources) {
+    match write_orders(&mut savepoint, prepared, &sources) {
         Ok(counts) => {
             savepoint.commit()?;
             result.add(counts, part);
@@ -164,8 +186,8 @@ fn write_isolating(
             }
             info!("event=orders_refused_by_database orders={} reason={:?} action=split", part.len(), message_of(&e));
             let (first, second) = part.split_at(part.len() / 2);
-            write_isolating(tx, orders, first, result)?;
-            write_isolating(tx, orders, second, result)
+            write_isolating(tx, prepared, orders, first, result)?;
+            write_isolating(tx, prepared, orders, second, result)
         }
         Err(e) => Err(e),
     }
@@ -231,20 +253,19 @@ impl Stored {
 
 /// Inserts new orders and replaces older versions with newer ones; leaves identical
 /// ones (recording the newer source) and stale ones alone. `stored` indexes `orders`.
-pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encoded)]) -> anyhow::Result<BatchResult> {
+pub(super) fn write_orders(
+    tx: &mut Transaction<'_>,
+    prepared: &Prepared,
+    orders: &[(&Message, &Encoded)],
+) -> anyhow::Result<BatchResult> {
     let mut counts = BatchResult::default();
     if orders.is_empty() {
         return Ok(counts);
     }
     let uids: Vec<&str> = orders.iter().map(|(_, e)| e.order.order_uid.as_str()).collect();
-    // Locked, so that a writer of the same order from another partition waits for this
-    // transaction and then compares against what it wrote.
+    // Locked (`EXISTING`).
     let existing: HashMap<String, Stored> = tx
-        .query(
-            "SELECT order_uid, content_sha256, source_topic, source_partition, source_offset \
-             FROM orders WHERE order_uid = ANY($1) FOR UPDATE",
-            &[&uids],
-        )?
+        .query(&prepared.existing, &[&uids])?
         .into_iter()
         .map(|row| {
             let stored = Stored {
@@ -288,9 +309,9 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
         tx.execute("DELETE FROM orders WHERE order_uid = ANY($1)", &[&to_replace])?;
     }
     if !to_write.is_empty() {
-        copy_orders(tx, &to_write)?;
+        copy_orders(tx, prepared, &to_write)?;
         // Delivered to every listening instance if, and when, this transaction commits.
-        notify_changed(tx, to_write.iter().map(|(e, _)| (e.order.order_uid.as_str(), &e.sha256)))?;
+        notify_changed(tx, &prepared.notify, to_write.iter().map(|(e, _)| (e.order.order_uid.as_str(), &e.sha256)))?;
     }
     if !to_touch.is_empty() {
         let uids: Vec<&str> = to_touch.iter().map(|(uid, _)| *uid).collect();
@@ -310,8 +331,9 @@ pub(super) fn write_orders(tx: &mut Transaction<'_>, orders: &[(&Message, &Encod
 /// One binary COPY per table (`copy_in`): the fastest way into PostgreSQL short of a
 /// bulk load. Each row's values come from its table's list in `tables`; the order's row
 /// carries its JSON, the document the cache is filled from at start.
-fn copy_orders(tx: &mut Transaction<'_>, encoded: &[(&Encoded, &Message)]) -> anyhow::Result<()> {
-    let mut w = CopyIn::start(tx, &ORDERS)?;
+fn copy_orders(tx: &mut Transaction<'_>, prepared: &Prepared, encoded: &[(&Encoded, &Message)]) -> anyhow::Result<()> {
+    let [orders_copy, deliveries_copy, payments_copy, items_copy] = &prepared.copy;
+    let mut w = CopyIn::start(tx, orders_copy, &ORDERS)?;
     for &(e, source) in encoded {
         let document = std::str::from_utf8(&e.json).context("an order's JSON is not UTF-8")?;
         w.write(&order_values(&OrderRow { order: &e.order, sha256: &e.sha256, source, document }))?;
@@ -319,19 +341,19 @@ fn copy_orders(tx: &mut Transaction<'_>, encoded: &[(&Encoded, &Message)]) -> an
     w.finish()?;
 
     let orders: Vec<&Order> = encoded.iter().map(|(e, _)| &e.order).collect();
-    let mut w = CopyIn::start(tx, &DELIVERIES)?;
+    let mut w = CopyIn::start(tx, deliveries_copy, &DELIVERIES)?;
     for o in &orders {
         w.write(&delivery_values(o))?;
     }
     w.finish()?;
 
-    let mut w = CopyIn::start(tx, &PAYMENTS)?;
+    let mut w = CopyIn::start(tx, payments_copy, &PAYMENTS)?;
     for o in &orders {
         w.write(&payment_values(o))?;
     }
     w.finish()?;
 
-    let mut w = CopyIn::start(tx, &ORDER_ITEMS)?;
+    let mut w = CopyIn::start(tx, items_copy, &ORDER_ITEMS)?;
     for o in &orders {
         for (position, item) in o.items.iter().enumerate() {
             w.write(&item_values(&ItemRow { order_uid: &o.order_uid, position: position as i32, item }))?;

@@ -121,6 +121,63 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
     assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 9)]);
 }
 
+/// The consumer's `Writer` prepares a batch's statements once on its connection and
+/// writes every batch with them: claims (first and later), new and replaced orders, their
+/// notifications. Each statement sent as text would be parsed again for every batch. If
+/// they are gone (a pooler, a `DISCARD`), the batch fails and the next one prepares them
+/// again.
+#[test]
+fn a_writer_prepares_the_statements_of_a_batch_once() {
+    let db = migrated();
+    let mut generator = Generator::new(4, 2);
+    let (a, b) = (generator.order(), generator.order());
+    let mut writer = store::Writer::new(db.client());
+    let prepared = |writer: &mut store::Writer| -> Vec<String> {
+        // The simple protocol prepares nothing itself.
+        let rows = writer.client().simple_query("SELECT statement FROM pg_prepared_statements ORDER BY 1").unwrap();
+        rows.iter()
+            .filter_map(|m| match m {
+                postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|s| s.split_whitespace().take(3).collect()),
+                _ => None,
+            })
+            .map(|words: Vec<&str>| words.join(" "))
+            .collect()
+    };
+    assert_eq!(prepared(&mut writer), Vec::<String>::new());
+    let write = |writer: &mut store::Writer, claim: Claim, order: &Order| {
+        let m = at(0, claim.next - 1);
+        writer.write_batch("g", &[claim], &[(&m, order.clone().encode())], &[])
+    };
+    assert_eq!(write(&mut writer, claim(None, 3), &a).unwrap().committed().expect("committed").stored, [0]);
+    let written = prepared(&mut writer);
+    assert_eq!(
+        written,
+        [
+            "COPY deliveries (order_uid,",
+            "COPY order_items (order_uid,",
+            "COPY orders (order_uid,",
+            "COPY payments (order_uid,",
+            "INSERT INTO consumer_offsets",
+            "SELECT order_uid, content_sha256,",
+            "SELECT pg_notify($1, p)",
+            "UPDATE consumer_offsets SET"
+        ]
+    );
+    assert_eq!(write(&mut writer, claim(Some(3), 5), &b).unwrap().committed().expect("committed").stored, [0]);
+    assert_eq!(prepared(&mut writer), written);
+
+    writer.client().batch_execute("DEALLOCATE ALL").unwrap();
+    let second = named(&a, "Second");
+    let error = write(&mut writer, claim(Some(5), 6), &second).unwrap_err();
+    assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
+    assert_eq!(write(&mut writer, claim(Some(5), 6), &second).unwrap().committed().expect("committed").stored, [0]);
+    assert_eq!(prepared(&mut writer), written);
+    assert_eq!(db.count("SELECT count(*) FROM orders"), 2);
+    assert_eq!(stored_name(&db, &a.order_uid), "Second");
+    let stored = store::stored_offsets(writer.client(), "g", &[("orders".into(), 0)]).unwrap();
+    assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 6)]);
+}
+
 /// Orders the database refuses for reasons other than constraints (a program limit, a
 /// statement cancelled by its timeout; raised here by a trigger for two of ten orders)
 /// are found by splitting the batch and kept as dead letters with the database's
