@@ -30,12 +30,11 @@ pub use migrate::{MIGRATIONS, Migration, migrate, migrate_to};
 pub use notify::{CHANNEL, listen, parse_payload, stored_versions};
 pub use offsets::{Claim, Reset, reset_offsets, stored_offsets};
 pub use pool::{Conn, Pool};
-pub use prepared::Writer;
 pub use read::{order, recent_summaries};
 pub use readers::{Answer, Readers, Then};
 pub use replay::{Replay, replay};
 pub use warm::{Keep, Stored, stored_orders};
-pub use write::{BatchResult, Written, write_batch};
+pub use write::{BatchResult, Writer, Written, write_batch};
 
 use crate::config;
 

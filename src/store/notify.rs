@@ -22,9 +22,6 @@ const MAX_PAYLOAD: usize = 7900;
 /// Orders per statement when versions are checked against the tables.
 const CHECK_CHUNK: usize = 5000;
 
-/// One notification on `CHANNEL` for each payload ($2).
-pub(super) const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
-
 /// Notifies, within `tx`, that these orders (id and SHA-256) now have these versions.
 pub(super) fn notify_changed<'a>(
     tx: &mut impl GenericClient,

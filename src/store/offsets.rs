@@ -11,17 +11,6 @@ use postgres::{Client, Transaction};
 
 use super::prepared::Prepared;
 
-/// Advances a claimed partition's stored offset ($4, $5 messages more) where it is still
-/// where the batch began ($6). Under READ COMMITTED an UPDATE that waited for another
-/// transaction's lock checks its WHERE again against the row that transaction committed.
-pub(super) const ADVANCE: &str = "UPDATE consumer_offsets SET next_offset = $4, messages = messages + $5, \
-     updated_at = now() WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $6";
-
-/// A partition's first stored offset. A concurrent first insert waits for the other
-/// transaction, then does nothing.
-pub(super) const FIRST_CLAIM: &str = "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, \
-     messages) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
-
 /// One partition's part in a batch: where the consumer started reading it (`expected`,
 /// None where the group had no stored offset), one past its last message (`next`), and
 /// how many of its messages the batch writes.

@@ -1,17 +1,32 @@
-//! The consumer's connection, with the statements every batch runs prepared on it once.
-//! A statement given as text is parsed on each use, in a round trip of its own before
-//! the one that runs it: a batch of a few orders took about twenty round trips, half of
-//! them parsing the same statements again. Prepared, each statement is one round trip.
+//! The statements every batch runs, which the consumer's connection (`write::Writer`)
+//! prepares once. A statement given as text is parsed on each use, in a round trip of
+//! its own before the one that runs it: a batch of a few orders took about twenty round
+//! trips, half of them parsing the same statements again. Prepared, each statement is
+//! one round trip.
 
-use anyhow::Context;
 use postgres::{Client, Statement};
 
-use super::notify::NOTIFY;
-use super::offsets::{ADVANCE, FIRST_CLAIM};
 use super::tables::{DELIVERIES, ORDER_ITEMS, ORDERS, PAYMENTS};
-use super::write::{EXISTING, Written, write_batch_prepared};
-use super::{Claim, DeadLetter};
-use crate::model::{Encoded, Message};
+
+/// Advances a claimed partition's stored offset ($4, $5 messages more) where it is still
+/// where the batch began ($6). Under READ COMMITTED an UPDATE that waited for another
+/// transaction's lock checks its WHERE again against the row that transaction committed.
+const ADVANCE: &str = "UPDATE consumer_offsets SET next_offset = $4, messages = messages + $5, \
+     updated_at = now() WHERE group_id = $1 AND topic = $2 AND partition = $3 AND next_offset = $6";
+
+/// A partition's first stored offset. A concurrent first insert waits for the other
+/// transaction, then does nothing.
+const FIRST_CLAIM: &str = "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset, \
+     messages) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+
+/// The stored versions of a batch's orders ($1), locked, so that a writer of the same
+/// order from another partition waits for this transaction and then compares against
+/// what it wrote.
+const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_partition, \
+     source_offset FROM orders WHERE order_uid = ANY($1) FOR UPDATE";
+
+/// One notification on the channel ($1, `notify::CHANNEL`) for each payload ($2).
+const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
 
 /// The statements of a batch's transaction, prepared on one connection.
 pub(super) struct Prepared {
@@ -37,48 +52,5 @@ impl Prepared {
                 client.prepare(&ORDER_ITEMS.copy_in())?,
             ],
         })
-    }
-}
-
-/// A connection that writes batches (`store::connect_writer`), with their statements
-/// prepared on it by the first.
-pub struct Writer {
-    client: Client,
-    prepared: Option<Prepared>,
-}
-
-impl Writer {
-    pub fn new(client: Client) -> Writer {
-        Writer { client, prepared: None }
-    }
-
-    /// The connection, for anything else it runs.
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
-    /// `store::write_batch` on this connection. After an error the statements are
-    /// prepared again for the next batch: the error may have been one of theirs (a
-    /// pooler or a `DISCARD` that dropped them, a table changed under them).
-    pub fn write_batch(
-        &mut self,
-        group: &str,
-        claims: &[Claim],
-        orders: &[(&Message, Encoded)],
-        dead: &[DeadLetter],
-    ) -> anyhow::Result<Written> {
-        let prepared = match self.prepared.take() {
-            Some(prepared) => prepared,
-            None => Prepared::on(&mut self.client).context("prepare the batch's statements")?,
-        };
-        let written = write_batch_prepared(&mut self.client, &prepared, group, claims, orders, dead);
-        if written.is_ok() {
-            self.prepared = Some(prepared);
-        }
-        written
     }
 }

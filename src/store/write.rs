@@ -6,12 +6,14 @@
 //! order is alone, and it becomes a dead letter: a poison message costs a few
 //! statements, never a consumer stuck retrying. The orders written are named in a
 //! notification (`notify`) that every instance receives once the transaction commits.
+//! The consumer writes through a `Writer`, whose connection keeps the transaction's
+//! statements prepared (`prepared`).
 
 use std::collections::HashMap;
 
 use anyhow::Context;
 use log::{info, warn};
-use postgres::Transaction;
+use postgres::{Client, Transaction};
 
 use super::copy_in::CopyIn;
 use super::dead_letters::{DeadLetter, insert_dead_letters};
@@ -23,12 +25,6 @@ use super::tables::{
     payment_values,
 };
 use crate::model::{Encoded, Message, Order, Rejection, Rule};
-
-/// The stored versions of a batch's orders ($1), locked, so that a writer of the same
-/// order from another partition waits for this transaction and then compares against
-/// what it wrote.
-pub(super) const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_partition, \
-     source_offset FROM orders WHERE order_uid = ANY($1) FOR UPDATE";
 
 /// What a committed batch did.
 #[derive(Debug, Default)]
@@ -70,7 +66,7 @@ impl Written {
 /// that is not about the rows (the connection, a lock, the server) is returned with
 /// nothing committed, and the caller retries.
 pub fn write_batch(
-    client: &mut postgres::Client,
+    client: &mut Client,
     group: &str,
     claims: &[Claim],
     orders: &[(&Message, Encoded)],
@@ -81,8 +77,8 @@ pub fn write_batch(
 }
 
 /// `write_batch` with its statements prepared on `client` (`Writer`).
-pub(super) fn write_batch_prepared(
-    client: &mut postgres::Client,
+fn write_batch_prepared(
+    client: &mut Client,
     prepared: &Prepared,
     group: &str,
     claims: &[Claim],
@@ -102,7 +98,7 @@ pub(super) fn write_batch_prepared(
 
 /// `write_batch`'s transaction. Unless `isolate`, an error about the rows is returned.
 fn write_transaction(
-    client: &mut postgres::Client,
+    client: &mut Client,
     prepared: &Prepared,
     group: &str,
     claims: &[Claim],
@@ -397,4 +393,47 @@ fn db_message(e: &postgres::Error) -> String {
 /// `db_message`, for an error that may have come from the database.
 fn message_of(e: &anyhow::Error) -> String {
     e.downcast_ref::<postgres::Error>().map_or_else(|| format!("{e:#}"), db_message)
+}
+
+/// A connection that writes batches (`store::connect_writer`), with their statements
+/// prepared on it by the first.
+pub struct Writer {
+    client: Client,
+    prepared: Option<Prepared>,
+}
+
+impl Writer {
+    pub fn new(client: Client) -> Writer {
+        Writer { client, prepared: None }
+    }
+
+    /// The connection, for anything else it runs.
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    /// `store::write_batch` on this connection. After an error the statements are
+    /// prepared again for the next batch: the error may have been one of theirs (a
+    /// pooler or a `DISCARD` that dropped them, a table changed under them).
+    pub fn write_batch(
+        &mut self,
+        group: &str,
+        claims: &[Claim],
+        orders: &[(&Message, Encoded)],
+        dead: &[DeadLetter],
+    ) -> anyhow::Result<Written> {
+        let prepared = match self.prepared.take() {
+            Some(prepared) => prepared,
+            None => Prepared::on(&mut self.client).context("prepare the batch's statements")?,
+        };
+        let written = write_batch_prepared(&mut self.client, &prepared, group, claims, orders, dead);
+        if written.is_ok() {
+            self.prepared = Some(prepared);
+        }
+        written
+    }
 }
