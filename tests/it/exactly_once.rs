@@ -164,8 +164,9 @@ fn a_replay_of_the_partition_never_walks_an_order_back() {
 
 under_both_protocols! {
 /// A backlog of 20,000 orders on 4 partitions, written in full batches of 200 (each held
-/// while the next is collected and decoded; each batch's write takes at least 100 ms, so
-/// that the backlog lasts), while instances join and leave the group:
+/// while the next is collected and decoded; each batch's write takes at least 200 ms, so
+/// that the backlog lasts while a third instance joins under the classic protocol's
+/// cooperative rebalancing), while instances join and leave the group:
 /// every message is written exactly once, and the stored offsets end at the partitions'
 /// ends. Under the classic protocol, run with both of librdkafka's assignment strategies:
 /// eager (`range`: every revocation takes every partition) and cooperative
@@ -184,7 +185,7 @@ fn instances_joining_and_leaving_during_a_backlog_write_every_message_once() {
         orders_svc::store::migrate(&mut db.client()).unwrap();
         db.client()
             .batch_execute(
-                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.1); \
+                "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.2); \
                  RETURN NULL; END $$; \
                  CREATE TRIGGER slow AFTER INSERT ON orders FOR EACH STATEMENT EXECUTE FUNCTION slow();",
             )
