@@ -17,6 +17,7 @@ mod operations;
 mod pipeline;
 mod prometheus;
 mod read_path;
+mod reads;
 mod reliability;
 mod security;
 mod store;
