@@ -57,11 +57,11 @@ fn main() -> anyhow::Result<()> {
             o.encode()
         })
         .collect();
-    // The consumer's writer: its statements prepared once on its connection.
-    let mut writer = store::Writer::new(db.client());
-    let write = |writer: &mut store::Writer, i: usize| -> anyhow::Result<Instant> {
+    // As the consumer writes: its statements prepared once on its connection.
+    let mut writer = store::Conn::from(db.client());
+    let write = |writer: &mut store::Conn, i: usize| -> anyhow::Result<Instant> {
         let message = Message { topic: run.clone(), partition: 0, offset: i as i64, key: None, payload: None };
-        writer.write_batch("bench", &[], &[(&message, versions[i].clone())], &[])?;
+        store::write_batch_on(writer, "bench", &[], &[(&message, versions[i].clone())], &[])?;
         Ok(Instant::now())
     };
     write(&mut writer, 0)?;
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         let message =
             Message { topic: format!("{run}_held"), partition: 0, offset: offset as i64, key: None, payload: None };
         let batch: Vec<(&Message, Encoded)> = (0..n).map(|_| (&message, generator.order().encode())).collect();
-        writer.write_batch("bench", &[], &batch, &[])?;
+        store::write_batch_on(&mut writer, "bench", &[], &batch, &[])?;
         offset += n;
     }
 

@@ -96,16 +96,17 @@ impl Collecting {
     /// noted as ahead; the messages after that first one are not compared with the
     /// position, which they are all past.
     fn follows(&mut self, key: &Partition, offset: i64, position: Option<i64>) -> bool {
+        let first = !self.started.contains(key);
         if let Some(position) = position {
             if offset < position {
                 self.behind.insert(key.clone(), position);
                 return false;
             }
-            if offset > position && !self.started.contains(key) {
+            if first && offset > position {
                 self.ahead.insert(key.clone(), (position, offset));
             }
         }
-        if !self.started.contains(key) {
+        if first {
             self.started.insert(key.clone());
         }
         true

@@ -45,7 +45,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::model::Rules;
 use crate::runtime::{Health, Shutdown};
-use crate::store::Writer;
+use crate::store::Conn;
 
 /// How long an idle poll waits before looking at the shutdown signal again.
 const IDLE_POLL: Duration = Duration::from_millis(100);
@@ -64,7 +64,7 @@ pub struct Consumer {
     cache: Arc<Cache>,
     metrics: Arc<Metrics>,
     shutdown: Shutdown,
-    db: Option<Writer>,
+    db: Option<Conn>,
     /// Offsets of written batches not committed to Kafka yet, and when to commit them.
     pacing: CommitPacing,
     /// When partitions waiting on something were last looked at.

@@ -13,7 +13,7 @@ use super::batch::{Committed, Decoded};
 use super::partitions::{Partition, describe_partitions};
 use crate::model::{Encoded, Message};
 use crate::runtime::Backoff;
-use crate::store::{self, BatchResult, Claim, DeadLetter, Written};
+use crate::store::{self, BatchResult, Claim, Conn, DeadLetter, Written};
 
 /// What became of a batch given to `Consumer::write`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,7 @@ impl Consumer {
                         backoff.attempt(),
                         backoff.delay().as_millis()
                     );
-                    if self.db.as_ref().is_some_and(store::Writer::is_closed) {
+                    if self.db.as_ref().is_some_and(|db| db.is_closed()) {
                         self.db = None;
                     }
                 }
@@ -176,7 +176,7 @@ impl Consumer {
         dead: &[DeadLetter],
     ) -> anyhow::Result<Written> {
         let group = self.consumer.context().group.clone();
-        self.connection()?.write_batch(&group, claims, orders, dead)
+        store::write_batch_on(self.connection()?, &group, claims, orders, dead)
     }
 
     /// Counts a committed batch of `messages` messages.
@@ -200,16 +200,16 @@ impl Consumer {
     /// The group's stored offsets, on the consumer's own connection.
     pub(super) fn read_stored(&mut self, keys: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
         let group = self.consumer.context().group.clone();
-        let result = self.connection().and_then(|db| store::stored_offsets(db.client(), &group, keys));
-        if result.is_err() && self.db.as_ref().is_some_and(store::Writer::is_closed) {
+        let result = self.connection().and_then(|db| store::stored_offsets(db, &group, keys));
+        if result.is_err() && self.db.as_ref().is_some_and(|db| db.is_closed()) {
             self.db = None;
         }
         result
     }
 
-    fn connection(&mut self) -> anyhow::Result<&mut store::Writer> {
+    fn connection(&mut self) -> anyhow::Result<&mut Conn> {
         if self.db.is_none() {
-            self.db = Some(store::Writer::new(store::connect_writer(&self.database)?));
+            self.db = Some(Conn::from(store::connect_writer(&self.database)?));
         }
         Ok(self.db.as_mut().expect("connected above"))
     }

@@ -34,7 +34,7 @@ pub use read::{order, recent_summaries};
 pub use readers::{Answer, Readers, Then};
 pub use replay::{Replay, replay};
 pub use warm::{Keep, Stored, stored_orders};
-pub use write::{BatchResult, Writer, Written, write_batch};
+pub use write::{BatchResult, Written, write_batch, write_batch_on};
 
 use crate::config;
 

@@ -17,7 +17,8 @@ pub struct Pool {
 }
 
 /// A connection and the statements prepared on it: PostgreSQL plans a prepared statement
-/// once, where a statement sent as text is planned again each time.
+/// once, where a statement sent as text is planned again each time. The read path's
+/// connections are these, and so is the consumer's (`write::write_batch_on`).
 pub struct Conn {
     client: Client,
     prepared: HashMap<&'static str, Statement>,

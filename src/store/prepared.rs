@@ -1,10 +1,12 @@
-//! The statements every batch runs, which the consumer's connection (`write::Writer`)
-//! prepares once. A statement given as text is parsed on each use, in a round trip of
+//! The statements every batch runs, which the consumer's connection (a `pool::Conn`, as
+//! the read path's) prepares once. A statement given as text is parsed on each use, in a round trip of
 //! its own before the one that runs it: a batch of a few orders took about twenty round
 //! trips, half of them parsing the same statements again. Prepared, each statement is
 //! one round trip.
 
-use postgres::{Client, Statement};
+use std::sync::LazyLock;
+
+use postgres::Statement;
 
 use super::tables::{DELIVERIES, ORDER_ITEMS, ORDERS, PAYMENTS};
 
@@ -28,6 +30,10 @@ const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_p
 /// One notification on the channel ($1, `notify::CHANNEL`) for each payload ($2).
 const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
 
+/// `COPY … FROM STDIN BINARY` into orders, deliveries, payments and order_items.
+static COPY_IN: LazyLock<[String; 4]> =
+    LazyLock::new(|| [ORDERS.copy_in(), DELIVERIES.copy_in(), PAYMENTS.copy_in(), ORDER_ITEMS.copy_in()]);
+
 /// The statements of a batch's transaction, prepared on one connection.
 pub(super) struct Prepared {
     pub advance: Statement,
@@ -39,18 +45,18 @@ pub(super) struct Prepared {
 }
 
 impl Prepared {
-    pub fn on(client: &mut Client) -> Result<Prepared, postgres::Error> {
+    /// Each statement as `prepare` gives it: `Client::prepare` for a single write,
+    /// `Conn::prepared` for a connection that keeps them.
+    pub fn with(
+        mut prepare: impl FnMut(&'static str) -> Result<Statement, postgres::Error>,
+    ) -> Result<Prepared, postgres::Error> {
+        let copy = &*COPY_IN;
         Ok(Prepared {
-            advance: client.prepare(ADVANCE)?,
-            first_claim: client.prepare(FIRST_CLAIM)?,
-            existing: client.prepare(EXISTING)?,
-            notify: client.prepare(NOTIFY)?,
-            copy: [
-                client.prepare(&ORDERS.copy_in())?,
-                client.prepare(&DELIVERIES.copy_in())?,
-                client.prepare(&PAYMENTS.copy_in())?,
-                client.prepare(&ORDER_ITEMS.copy_in())?,
-            ],
+            advance: prepare(ADVANCE)?,
+            first_claim: prepare(FIRST_CLAIM)?,
+            existing: prepare(EXISTING)?,
+            notify: prepare(NOTIFY)?,
+            copy: [prepare(&copy[0])?, prepare(&copy[1])?, prepare(&copy[2])?, prepare(&copy[3])?],
         })
     }
 }

@@ -33,7 +33,7 @@ pub fn replay(
     id: i64,
     decode: impl FnOnce(&[u8]) -> Result<Order, Rejection>,
 ) -> anyhow::Result<Replay> {
-    let prepared = Prepared::on(client).context("prepare the write")?;
+    let prepared = Prepared::with(|sql| client.prepare(sql)).context("prepare the write")?;
     let mut tx = client.transaction().context("begin replay")?;
     let row = tx
         .query_opt(&format!("{} WHERE r.id = $1 FOR UPDATE", *DEAD_LETTER_SELECT), &[&id])

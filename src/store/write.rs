@@ -6,8 +6,8 @@
 //! order is alone, and it becomes a dead letter: a poison message costs a few
 //! statements, never a consumer stuck retrying. The orders written are named in a
 //! notification (`notify`) that every instance receives once the transaction commits.
-//! The consumer writes through a `Writer`, whose connection keeps the transaction's
-//! statements prepared (`prepared`).
+//! The consumer writes on a `Conn` that keeps the transaction's statements prepared
+//! (`write_batch_on`, `prepared`).
 
 use std::collections::HashMap;
 
@@ -19,6 +19,7 @@ use super::copy_in::CopyIn;
 use super::dead_letters::{DeadLetter, insert_dead_letters};
 use super::notify::notify_changed;
 use super::offsets::{self, Claim};
+use super::pool::Conn;
 use super::prepared::Prepared;
 use super::tables::{
     DELIVERIES, ItemRow, ORDER_ITEMS, ORDERS, OrderRow, PAYMENTS, delivery_values, item_values, order_values,
@@ -72,11 +73,29 @@ pub fn write_batch(
     orders: &[(&Message, Encoded)],
     dead: &[DeadLetter],
 ) -> anyhow::Result<Written> {
-    let prepared = Prepared::on(client).context("prepare the batch's statements")?;
+    let prepared = Prepared::with(|sql| client.prepare(sql)).context("prepare the batch's statements")?;
     write_batch_prepared(client, &prepared, group, claims, orders, dead)
 }
 
-/// `write_batch` with its statements prepared on `client` (`Writer`).
+/// `write_batch` on a connection that keeps its statements prepared: the consumer's.
+/// After an error they are prepared again for the next batch: the error may have been
+/// one of theirs (a pooler or a `DISCARD` that dropped them, a table changed under them).
+pub fn write_batch_on(
+    conn: &mut Conn,
+    group: &str,
+    claims: &[Claim],
+    orders: &[(&Message, Encoded)],
+    dead: &[DeadLetter],
+) -> anyhow::Result<Written> {
+    let prepared = Prepared::with(|sql| conn.prepared(sql)).context("prepare the batch's statements")?;
+    let written = write_batch_prepared(conn, &prepared, group, claims, orders, dead);
+    if written.is_err() {
+        conn.forget_prepared();
+    }
+    written
+}
+
+/// `write_batch` with its statements prepared.
 fn write_batch_prepared(
     client: &mut Client,
     prepared: &Prepared,
@@ -393,47 +412,4 @@ fn db_message(e: &postgres::Error) -> String {
 /// `db_message`, for an error that may have come from the database.
 fn message_of(e: &anyhow::Error) -> String {
     e.downcast_ref::<postgres::Error>().map_or_else(|| format!("{e:#}"), db_message)
-}
-
-/// A connection that writes batches (`store::connect_writer`), with their statements
-/// prepared on it by the first.
-pub struct Writer {
-    client: Client,
-    prepared: Option<Prepared>,
-}
-
-impl Writer {
-    pub fn new(client: Client) -> Writer {
-        Writer { client, prepared: None }
-    }
-
-    /// The connection, for anything else it runs.
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
-    /// `store::write_batch` on this connection. After an error the statements are
-    /// prepared again for the next batch: the error may have been one of theirs (a
-    /// pooler or a `DISCARD` that dropped them, a table changed under them).
-    pub fn write_batch(
-        &mut self,
-        group: &str,
-        claims: &[Claim],
-        orders: &[(&Message, Encoded)],
-        dead: &[DeadLetter],
-    ) -> anyhow::Result<Written> {
-        let prepared = match self.prepared.take() {
-            Some(prepared) => prepared,
-            None => Prepared::on(&mut self.client).context("prepare the batch's statements")?,
-        };
-        let written = write_batch_prepared(&mut self.client, &prepared, group, claims, orders, dead);
-        if written.is_ok() {
-            self.prepared = Some(prepared);
-        }
-        written
-    }
 }

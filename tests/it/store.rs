@@ -1,5 +1,5 @@
 //! The batch write against PostgreSQL alone: the compare-and-set on the stored offsets,
-//! versions that only go forward, the consumer's `Writer` and its prepared statements,
+//! versions that only go forward, the consumer's connection and its prepared statements,
 //! poison orders and dead letters isolated by splitting, dead letters keyed by position
 //! and payload, and the change notifications a commit sends.
 
@@ -119,7 +119,7 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
     assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 9)]);
 }
 
-/// The consumer's `Writer` prepares a batch's statements once on its connection and
+/// The consumer's connection (`write_batch_on`) prepares a batch's statements once and
 /// writes every batch with them: claims (first and later), new and replaced orders, their
 /// notifications. Each statement sent as text would be parsed again for every batch. If
 /// they are gone (a pooler, a `DISCARD`), the batch fails and the next one prepares them
@@ -129,10 +129,10 @@ fn a_writer_prepares_the_statements_of_a_batch_once() {
     let db = migrated();
     let mut generator = Generator::new(4, 2);
     let (a, b) = (generator.order(), generator.order());
-    let mut writer = store::Writer::new(db.client());
-    let prepared = |writer: &mut store::Writer| -> Vec<String> {
+    let mut writer = store::Conn::from(db.client());
+    let prepared = |writer: &mut store::Conn| -> Vec<String> {
         // The simple protocol prepares nothing itself.
-        let rows = writer.client().simple_query("SELECT statement FROM pg_prepared_statements ORDER BY 1").unwrap();
+        let rows = writer.simple_query("SELECT statement FROM pg_prepared_statements ORDER BY 1").unwrap();
         rows.iter()
             .filter_map(|m| match m {
                 postgres::SimpleQueryMessage::Row(row) => row.get(0).map(|s| s.split_whitespace().take(3).collect()),
@@ -142,9 +142,9 @@ fn a_writer_prepares_the_statements_of_a_batch_once() {
             .collect()
     };
     assert_eq!(prepared(&mut writer), Vec::<String>::new());
-    let write = |writer: &mut store::Writer, claim: Claim, order: &Order| {
+    let write = |writer: &mut store::Conn, claim: Claim, order: &Order| {
         let m = at(0, claim.next - 1);
-        writer.write_batch("g", &[claim], &[(&m, order.clone().encode())], &[])
+        store::write_batch_on(writer, "g", &[claim], &[(&m, order.clone().encode())], &[])
     };
     assert_eq!(write(&mut writer, claim(None, 3), &a).unwrap().committed().expect("committed").stored, [0]);
     let written = prepared(&mut writer);
@@ -164,7 +164,7 @@ fn a_writer_prepares_the_statements_of_a_batch_once() {
     assert_eq!(write(&mut writer, claim(Some(3), 5), &b).unwrap().committed().expect("committed").stored, [0]);
     assert_eq!(prepared(&mut writer), written);
 
-    writer.client().batch_execute("DEALLOCATE ALL").unwrap();
+    writer.batch_execute("DEALLOCATE ALL").unwrap();
     let second = named(&a, "Second");
     let error = write(&mut writer, claim(Some(5), 6), &second).unwrap_err();
     assert!(format!("{error:#}").contains("does not exist"), "{error:#}");
@@ -172,7 +172,7 @@ fn a_writer_prepares_the_statements_of_a_batch_once() {
     assert_eq!(prepared(&mut writer), written);
     assert_eq!(db.count("SELECT count(*) FROM orders"), 2);
     assert_eq!(stored_name(&db, &a.order_uid), "Second");
-    let stored = store::stored_offsets(writer.client(), "g", &[("orders".into(), 0)]).unwrap();
+    let stored = store::stored_offsets(&mut writer, "g", &[("orders".into(), 0)]).unwrap();
     assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 6)]);
 }
 
