@@ -1,8 +1,9 @@
 //! The statements every batch runs, which the consumer's connection (a `pool::Conn`, as
-//! the read path's) prepares once. A statement given as text is parsed on each use, in a round trip of
-//! its own before the one that runs it: a batch of a few orders took about twenty round
-//! trips, half of them parsing the same statements again. Prepared, each statement is
-//! one round trip.
+//! the read path's) prepares once. A statement given as text is parsed on each use, in a
+//! round trip of its own before the one that runs it: a batch of a few orders took about
+//! twenty round trips, half of them parsing the same statements again. Prepared, each
+//! statement is one round trip. The read of the stored versions is sent with its types
+//! instead (`EXISTING`), to be planned for its own ids.
 
 use std::sync::LazyLock;
 
@@ -23,8 +24,11 @@ const FIRST_CLAIM: &str = "INSERT INTO consumer_offsets (group_id, topic, partit
 
 /// The stored versions of a batch's orders ($1), locked, so that a writer of the same
 /// order from another partition waits for this transaction and then compares against
-/// what it wrote.
-const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_partition, \
+/// what it wrote. Not prepared: a prepared statement is planned once for any parameters
+/// after its fifth run, and a plan made while `orders` was small scans the whole table.
+/// Sent with its parameter's type (`query_typed`), it is planned for its own ids, in the
+/// same single round trip.
+pub(super) const EXISTING: &str = "SELECT order_uid, content_sha256, source_topic, source_partition, \
      source_offset FROM orders WHERE order_uid = ANY($1) FOR UPDATE";
 
 /// One notification on the channel ($1, `notify::CHANNEL`) for each payload ($2).
@@ -38,7 +42,6 @@ static COPY_IN: LazyLock<[String; 4]> =
 pub(super) struct Prepared {
     pub advance: Statement,
     pub first_claim: Statement,
-    pub existing: Statement,
     pub notify: Statement,
     /// `COPY … FROM STDIN BINARY` into orders, deliveries, payments and order_items.
     pub copy: [Statement; 4],
@@ -54,7 +57,6 @@ impl Prepared {
         Ok(Prepared {
             advance: prepare(ADVANCE)?,
             first_claim: prepare(FIRST_CLAIM)?,
-            existing: prepare(EXISTING)?,
             notify: prepare(NOTIFY)?,
             copy: [prepare(&copy[0])?, prepare(&copy[1])?, prepare(&copy[2])?, prepare(&copy[3])?],
         })

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use log::{info, warn};
+use postgres::types::Type;
 use postgres::{Client, Transaction};
 
 use super::copy_in::CopyIn;
@@ -20,7 +21,7 @@ use super::dead_letters::{DeadLetter, insert_dead_letters};
 use super::notify::notify_changed;
 use super::offsets::{self, Claim};
 use super::pool::Conn;
-use super::prepared::Prepared;
+use super::prepared::{EXISTING, Prepared};
 use super::tables::{
     DELIVERIES, ItemRow, ORDER_ITEMS, ORDERS, OrderRow, PAYMENTS, delivery_values, item_values, order_values,
     payment_values,
@@ -280,7 +281,7 @@ pub(super) fn write_orders(
     let uids: Vec<&str> = orders.iter().map(|(_, e)| e.order.order_uid.as_str()).collect();
     // Locked (`EXISTING`).
     let existing: HashMap<String, Stored> = tx
-        .query(&prepared.existing, &[&uids])?
+        .query_typed(EXISTING, &[(&uids, Type::TEXT_ARRAY)])?
         .into_iter()
         .map(|row| {
             let stored = Stored {
