@@ -6,11 +6,11 @@
 
 use std::io::Write as _;
 
-use anyhow::Context;
 use bytes::{BufMut, BytesMut};
-use postgres::types::{IsNull, ToSql, Type};
+use postgres::types::{ToSql, Type};
 use postgres::{CopyInWriter, Statement, Transaction};
 
+use super::arrays::put_field;
 use super::tables::Table;
 
 /// How much is encoded before it is handed to the driver.
@@ -39,14 +39,8 @@ impl<'a> CopyIn<'a> {
         assert_eq!(values.len(), self.types.len(), "one value per column");
         self.buf.put_i16(values.len() as i16);
         for (i, (value, ty)) in values.iter().zip(&self.types).enumerate() {
-            let at = self.buf.len();
-            self.buf.put_i32(0);
-            let len = match value.to_sql_checked(ty, &mut self.buf) {
-                Ok(IsNull::Yes) => -1,
-                Ok(IsNull::No) => i32::try_from(self.buf.len() - at - 4).context("a value over 2 GiB")?,
-                Err(e) => return Err(anyhow::anyhow!(e).context(format!("encode column {} as {ty}", i + 1))),
-            };
-            self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            put_field(&mut self.buf, *value, ty)
+                .map_err(|e| anyhow::anyhow!(e).context(format!("encode column {} as {ty}", i + 1)))?;
         }
         if self.buf.len() >= PIECE {
             self.send()?;

@@ -2,6 +2,7 @@
 //! orders and dead letters, and the reads behind the cache and the commands. Only this
 //! module contains SQL; `tables` names every column it writes, once.
 
+mod arrays;
 mod copy_in;
 mod copy_out;
 mod dead_letters;

@@ -28,11 +28,16 @@ pub(super) fn notify_changed<'a>(
     notify: &postgres::Statement,
     changed: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>,
 ) -> Result<(), postgres::Error> {
-    let payloads = payloads(changed.into_iter().map(|(uid, sha)| (uid, version_of(sha))));
+    let payloads = payloads_of(changed);
     if !payloads.is_empty() {
         tx.execute(notify, &[&CHANNEL, &payloads])?;
     }
     Ok(())
+}
+
+/// The payloads that name these orders (id and SHA-256) with their new versions.
+pub(super) fn payloads_of<'a>(changed: impl IntoIterator<Item = (&'a str, &'a [u8; 32])>) -> Vec<String> {
+    payloads(changed.into_iter().map(|(uid, sha)| (uid, version_of(sha))))
 }
 
 /// `uid:version` entries joined by commas, in payloads under `MAX_PAYLOAD` bytes. Ids

@@ -38,6 +38,21 @@ const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
 static COPY_IN: LazyLock<[String; 4]> =
     LazyLock::new(|| [ORDERS.copy_in(), DELIVERIES.copy_in(), PAYMENTS.copy_in(), ORDER_ITEMS.copy_in()]);
 
+/// Every order table's rows, each column an array (`arrays`): orders from $1, deliveries,
+/// payments and items after them; then the notification of the orders written, on the
+/// channel in the parameter after the last column and with the payloads in the one after
+/// it. The check of each foreign key waits for the end of the statement, by when the
+/// orders are there.
+static INSERT_ORDERS: LazyLock<String> = LazyLock::new(|| {
+    let mut first = 1;
+    let mut inserts = Vec::new();
+    for table in [&ORDERS, &DELIVERIES, &PAYMENTS, &ORDER_ITEMS] {
+        inserts.push(format!("{}_rows AS ({})", table.name, table.insert_from_arrays(first)));
+        first += table.columns.len();
+    }
+    format!("WITH {} SELECT pg_notify(${first}, p) FROM UNNEST(${}::text[]) AS p", inserts.join(", "), first + 1)
+});
+
 /// The statements of a batch's transaction, prepared on one connection.
 pub(super) struct Prepared {
     pub advance: Statement,
@@ -45,6 +60,8 @@ pub(super) struct Prepared {
     pub notify: Statement,
     /// `COPY … FROM STDIN BINARY` into orders, deliveries, payments and order_items.
     pub copy: [Statement; 4],
+    /// `INSERT_ORDERS`: a few orders in one statement.
+    pub insert: Statement,
 }
 
 impl Prepared {
@@ -59,6 +76,7 @@ impl Prepared {
             first_claim: prepare(FIRST_CLAIM)?,
             notify: prepare(NOTIFY)?,
             copy: [prepare(&copy[0])?, prepare(&copy[1])?, prepare(&copy[2])?, prepare(&copy[3])?],
+            insert: prepare(&INSERT_ORDERS)?,
         })
     }
 }

@@ -156,6 +156,14 @@ impl Table {
         self.names().iter().map(|c| format!("{alias}.{c}")).collect::<Vec<_>>().join(", ")
     }
 
+    /// `INSERT INTO <table> (<columns>) SELECT * FROM UNNEST(<an array per column>)`, the
+    /// arrays numbered from `$first` (`arrays::Column`).
+    pub fn insert_from_arrays(&self, first: usize) -> String {
+        let arrays: Vec<String> =
+            self.columns.iter().enumerate().map(|(i, (_, ty))| format!("${}::{}[]", first + i, ty.name())).collect();
+        format!("INSERT INTO {} ({}) SELECT * FROM UNNEST({})", self.name, self.names().join(", "), arrays.join(", "))
+    }
+
     fn names(&self) -> Vec<&'static str> {
         self.columns.iter().map(|(c, _)| *c).collect()
     }
@@ -169,14 +177,9 @@ pub(super) static DEAD_LETTER_SELECT: LazyLock<String> = LazyLock::new(|| {
 /// Inserts dead letters given as one array per column; a redelivered one (the same
 /// payload at the same position) is skipped.
 pub(super) static DEAD_LETTER_INSERT: LazyLock<String> = LazyLock::new(|| {
-    let t = &REJECTED_MESSAGES;
-    let arrays: Vec<String> =
-        t.columns.iter().enumerate().map(|(i, (_, ty))| format!("${}::{}[]", i + 1, ty.name())).collect();
     format!(
-        "INSERT INTO {} ({}) SELECT * FROM UNNEST({}) ON CONFLICT (topic, partition, \"offset\", payload_sha256) DO NOTHING",
-        t.name,
-        t.names().join(", "),
-        arrays.join(", ")
+        "{} ON CONFLICT (topic, partition, \"offset\", payload_sha256) DO NOTHING",
+        REJECTED_MESSAGES.insert_from_arrays(1)
     )
 });
 
@@ -198,6 +201,12 @@ mod tests {
              nm_id, brand, status) FROM STDIN BINARY"
         );
         assert_eq!(PAYMENTS.types().len(), 11);
+        assert_eq!(
+            DELIVERIES.insert_from_arrays(17),
+            "INSERT INTO deliveries (order_uid, name, phone, zip, city, address, region, email) SELECT * FROM \
+             UNNEST($17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], \
+             $24::text[])"
+        );
     }
 
     #[test]

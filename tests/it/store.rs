@@ -119,6 +119,51 @@ fn a_batch_commits_only_if_the_stored_offset_is_where_it_started() {
     assert_eq!(stored.into_iter().collect::<Vec<_>>(), [(("orders".to_string(), 0), 9)]);
 }
 
+/// Every table's rows of an order, as JSON, without the time it was stored.
+fn rows_of_every_table(db: &TestDb) -> Vec<String> {
+    let tables = ["orders", "deliveries", "payments", "order_items"];
+    let sql = |t: &str| format!("SELECT (to_jsonb(t) - 'ingested_at')::text FROM {t} t ORDER BY 1");
+    tables.iter().flat_map(|t| db.client().query(&sql(t), &[]).unwrap()).map(|r| r.get(0)).collect()
+}
+
+/// The ids of the orders notified on `listening` within half a second.
+fn notified(listening: &mut postgres::Client) -> Vec<String> {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut notifications = listening.notifications();
+    let mut it = notifications.timeout_iter(std::time::Duration::from_millis(500));
+    let mut uids = Vec::new();
+    while let Some(n) = it.next().unwrap() {
+        uids.extend(store::parse_payload(n.payload()).into_iter().map(|c| c.uid));
+    }
+    uids
+}
+
+/// A batch of up to 64 orders is written in one statement, a larger one by COPY: both
+/// store the same rows, and both notify.
+#[test]
+fn a_few_orders_are_stored_as_many_are() {
+    let mut generator = Generator::new(4, 3);
+    let orders: Vec<Order> = (0..65).map(|_| generator.order()).collect();
+    let uids: Vec<String> = orders.iter().map(|o| o.order_uid.clone()).collect();
+    let messages: Vec<Message> = (0..65).map(|i| at(0, i)).collect();
+    let pairs: Vec<(&Message, &Order)> = messages.iter().zip(&orders).collect();
+    let (by_copy, by_statement) = (migrated(), migrated());
+    let (mut copy_listens, mut statement_listens) = (by_copy.client(), by_statement.client());
+    for client in [&mut copy_listens, &mut statement_listens] {
+        client.batch_execute(&format!("LISTEN {}", store::CHANNEL)).unwrap();
+    }
+    assert_eq!(write(&by_copy, &pairs).inserted, 65);
+    for few in pairs.chunks(5) {
+        assert_eq!(write(&by_statement, few).inserted, few.len());
+    }
+    let rows = rows_of_every_table(&by_copy);
+    assert_eq!(by_copy.count("SELECT count(*) FROM order_items"), 140);
+    assert_eq!(rows.len(), 65 * 3 + 140);
+    assert_eq!(rows_of_every_table(&by_statement), rows);
+    assert_eq!(notified(&mut copy_listens), uids);
+    assert_eq!(notified(&mut statement_listens), uids);
+}
+
 /// How many sequential scans of `orders` the server has counted, once `writer`'s own
 /// counts have reached it.
 fn sequential_scans_of_orders(db: &TestDb, writer: &mut store::Conn) -> i64 {
@@ -203,7 +248,8 @@ fn a_writer_prepares_the_statements_of_a_batch_once() {
             "COPY payments (order_uid,",
             "INSERT INTO consumer_offsets",
             "SELECT pg_notify($1, p)",
-            "UPDATE consumer_offsets SET"
+            "UPDATE consumer_offsets SET",
+            "WITH orders_rows AS"
         ]
     );
     assert_eq!(write(&mut writer, claim(Some(3), 5), &b).unwrap().committed().expect("committed").stored, [0]);
