@@ -328,8 +328,7 @@ pub(super) fn write_orders(
     if !to_write.is_empty() {
         // Delivered to every listening instance if, and when, this transaction commits.
         let changed = to_write.iter().map(|(e, _)| (e.order.order_uid.as_str(), &e.sha256));
-        if to_write.len() <= std::env::var("ONE_STMT").ok().and_then(|v| v.parse().ok()).unwrap_or(ONE_STATEMENT_ORDERS)
-        {
+        if to_write.len() <= ONE_STATEMENT_ORDERS {
             insert_orders(tx, prepared, &to_write, &payloads_of(changed))?;
         } else {
             copy_orders(tx, prepared, &to_write)?;
