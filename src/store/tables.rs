@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 
 use postgres::types::{ToSql, Type};
 
-use crate::model::{Item, Message, Order};
+use anyhow::Context;
+
+use crate::model::{Encoded, Item, Message, Order};
 
 /// A table and the columns the service writes to it, in the order of its COPY rows.
 pub(super) struct Table {
@@ -44,11 +46,31 @@ pub(super) struct OrderRow<'a> {
     pub document: &'a str,
 }
 
+impl<'a> OrderRow<'a> {
+    /// The row of `encoded`, read from `source`.
+    pub fn of(encoded: &'a Encoded, source: &'a Message) -> anyhow::Result<OrderRow<'a>> {
+        let document = std::str::from_utf8(&encoded.json).context("an order's JSON is not UTF-8")?;
+        Ok(OrderRow { order: &encoded.order, sha256: &encoded.sha256, source, document })
+    }
+}
+
 /// An item's row: its order, its place in the order's list, and the item.
 pub(super) struct ItemRow<'a> {
     pub order_uid: &'a str,
     pub position: i32,
     pub item: &'a Item,
+}
+
+impl<'a> ItemRow<'a> {
+    /// The rows of `order`'s items, in its list's order.
+    pub fn of(order: &'a Order) -> impl Iterator<Item = ItemRow<'a>> {
+        let order_uid = order.order_uid.as_str();
+        order.items.iter().enumerate().map(move |(position, item)| ItemRow {
+            order_uid,
+            position: position as i32,
+            item,
+        })
+    }
 }
 
 copied_table! {

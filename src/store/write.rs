@@ -363,26 +363,8 @@ fn insert_orders(
     encoded: &[(&Encoded, &Message)],
     payloads: &[String],
 ) -> anyhow::Result<()> {
-    let documents = encoded
-        .iter()
-        .map(|(e, _)| std::str::from_utf8(&e.json).context("an order's JSON is not UTF-8"))
-        .collect::<anyhow::Result<Vec<&str>>>()?;
-    let order_rows: Vec<OrderRow> = encoded
-        .iter()
-        .zip(documents)
-        .map(|(&(e, source), document)| OrderRow { order: &e.order, sha256: &e.sha256, source, document })
-        .collect();
-    let item_rows: Vec<ItemRow> = encoded
-        .iter()
-        .flat_map(|(e, _)| {
-            let o = &e.order;
-            o.items.iter().enumerate().map(|(position, item)| ItemRow {
-                order_uid: &o.order_uid,
-                position: position as i32,
-                item,
-            })
-        })
-        .collect();
+    let order_rows = encoded.iter().map(|&(e, source)| OrderRow::of(e, source)).collect::<anyhow::Result<Vec<_>>>()?;
+    let item_rows: Vec<ItemRow> = encoded.iter().flat_map(|(e, _)| ItemRow::of(&e.order)).collect();
     let mut orders = columns(ORDERS.columns.len());
     let mut deliveries = columns(DELIVERIES.columns.len());
     let mut payments = columns(PAYMENTS.columns.len());
@@ -410,8 +392,7 @@ fn copy_orders(tx: &mut Transaction<'_>, prepared: &Prepared, encoded: &[(&Encod
     let [orders_copy, deliveries_copy, payments_copy, items_copy] = &prepared.copy;
     let mut w = CopyIn::start(tx, orders_copy, &ORDERS)?;
     for &(e, source) in encoded {
-        let document = std::str::from_utf8(&e.json).context("an order's JSON is not UTF-8")?;
-        w.write(&order_values(&OrderRow { order: &e.order, sha256: &e.sha256, source, document }))?;
+        w.write(&order_values(&OrderRow::of(e, source)?))?;
     }
     w.finish()?;
 
@@ -429,10 +410,8 @@ fn copy_orders(tx: &mut Transaction<'_>, prepared: &Prepared, encoded: &[(&Encod
     w.finish()?;
 
     let mut w = CopyIn::start(tx, items_copy, &ORDER_ITEMS)?;
-    for o in &orders {
-        for (position, item) in o.items.iter().enumerate() {
-            w.write(&item_values(&ItemRow { order_uid: &o.order_uid, position: position as i32, item }))?;
-        }
+    for row in orders.iter().flat_map(|o| ItemRow::of(o)) {
+        w.write(&item_values(&row))?;
     }
     w.finish()?;
     Ok(())
