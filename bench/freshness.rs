@@ -5,8 +5,9 @@
 //! 500: at 2,000 the local broker itself falls behind) for FRESHNESS_SECONDS (30) to a
 //! 4-partition topic. Every FRESHNESS_SAMPLE-th
 //! order (10) is followed: four readers ask for it, on keep-alive connections, until it
-//! is answered 200: each order at most every millisecond, and each reader at most 1,000
-//! times a second, so that the readers stay a small load whatever the backlog. Its freshness is the time from the moment its
+//! is answered 200: each order at most every millisecond (FRESHNESS_POLL_US sets it),
+//! and each reader at most 1,000 times a second, so that the readers stay a small load
+//! whatever the backlog. Its freshness is the time from the moment its
 //! send was due (the open-loop schedule, so a producer running late does not hide the
 //! delay) to that first 200.
 //!
@@ -39,7 +40,7 @@ use common::support::http::Connection;
 use common::{bench_broker, create_topic_on, env_number, migrated_db, service_config};
 
 const READERS: usize = 4;
-/// The soonest an order is asked for again.
+/// The soonest an order is asked for again, unless FRESHNESS_POLL_US says otherwise.
 const POLL_EVERY: Duration = Duration::from_millis(1);
 /// The pause of a reader after each request: 4 readers ask at most 4,000 times a
 /// second, so that the readers cannot take the cores from what they measure when many
@@ -108,10 +109,13 @@ fn main() -> anyhow::Result<()> {
     let delivered: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let producing = Arc::new(AtomicBool::new(true));
 
+    let poll_every = std::env::var("FRESHNESS_POLL_US")
+        .map_or(Ok(POLL_EVERY), |us| us.parse().map(Duration::from_micros))
+        .context("FRESHNESS_POLL_US")?;
     let readers: Vec<_> = (0..READERS)
         .map(|_| {
             let (pending, served, producing) = (pending.clone(), served.clone(), producing.clone());
-            std::thread::spawn(move || read_until_served(addr, &pending, &served, &producing))
+            std::thread::spawn(move || read_until_served(addr, poll_every, &pending, &served, &producing))
         })
         .collect();
     let reference = {
@@ -186,10 +190,11 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Asks for each pending order every millisecond until it is answered 200; stops when
+/// Asks for each pending order every `poll_every` until it is answered 200; stops when
 /// production is over and nothing is pending, or 10 s after production ended.
 fn read_until_served(
     addr: std::net::SocketAddr,
+    poll_every: Duration,
     pending: &Pending,
     served: &Mutex<Vec<Duration>>,
     producing: &AtomicBool,
@@ -219,7 +224,7 @@ fn read_until_served(
         if response.status == 200 {
             served.lock().unwrap().push(due.elapsed());
         } else {
-            pending.lock().unwrap().insert(uid, (due, Instant::now() + POLL_EVERY));
+            pending.lock().unwrap().insert(uid, (due, Instant::now() + poll_every));
         }
         std::thread::sleep(READER_PAUSE);
     }
