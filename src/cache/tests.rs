@@ -11,7 +11,7 @@ use crate::model::{Order, StoredOrder};
 mod lead;
 mod listener;
 
-fn order(uid: &str) -> Order {
+pub(crate) fn order(uid: &str) -> Order {
     let mut o = crate::model::decode(Some(include_bytes!("../../demo/model.json")), &Default::default()).unwrap();
     o.order_uid = uid.to_string();
     o.payment.transaction = uid.to_string();

@@ -161,6 +161,11 @@ fn in_place(state: &Arc<State>, request: Request) -> Option<Request> {
     let route = Route::parse(request.url());
     let name = route.name();
     if let Some(reply) = respond::from_memory(state, &request, &route) {
+        // An event thread serves every idle connection: an answer too large to write
+        // without a wait, to a client that may stop reading, goes to a worker instead.
+        if tiny_http::in_event_loop() && reply.body.len() > tiny_http::EVENT_LOOP_ANSWER_MOST {
+            return Some(request);
+        }
         send(state, request, name, &reply, started);
         return None;
     }
@@ -365,6 +370,90 @@ mod tests {
         let answer = exchange(addr, small);
         assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
         assert!(answer.contains("HTTP/1.1 200 OK"), "{answer}");
+    }
+
+    /// Keep-alive connections between requests are served by a few event threads (the
+    /// vendored tiny_http's patch 6). Clients that trickle their next request, or ask
+    /// for an order too large to write at once and then stop reading, must hold none of
+    /// them: another client's hits are answered meanwhile.
+    #[test]
+    fn clients_that_trickle_or_stop_reading_hold_up_no_one_elses_hits() {
+        let limits = crate::cache::Limits { max_bytes: 64 << 20, ..crate::cache::tests::limits() };
+        let state = respond::tests::state_with(limits);
+        let small = crate::cache::tests::order("small").encode();
+        let mut big = crate::cache::tests::order("big");
+        big.items = std::iter::repeat_n(big.items[0].clone(), 40_000).collect();
+        let big = big.encode();
+        assert!(big.json.len() > 4 << 20, "{} bytes", big.json.len());
+        crate::cache::tests::publish(&state.cache, &[small, big]);
+        let config = config::Http {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_connections: 100,
+            request_timeout_ms: 10_000,
+            idle_timeout_ms: 10_000,
+        };
+        let (trigger, shutdown) = shutdown_channel();
+        let server = Server::start(&config, Arc::new(state), shutdown).unwrap();
+        let addr = server.addr();
+        let _running = Running(Some(server), trigger);
+        let ask = |c: &mut TcpStream, uid: &str| {
+            c.write_all(format!("GET /order/{uid} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+        };
+        // A keep-alive connection whose first answer has been read: parked.
+        let parked = |receive_buffer: Option<usize>| {
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+            if let Some(bytes) = receive_buffer {
+                socket.set_recv_buffer_size(bytes).unwrap();
+            }
+            socket.connect(&addr.into()).unwrap();
+            let mut c: TcpStream = socket.into();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            ask(&mut c, "small");
+            read_answer(&mut c);
+            c
+        };
+        let stalled: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let mut c = parked(Some(4096));
+                ask(&mut c, "big");
+                c
+            })
+            .collect();
+        let trickling: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let mut c = parked(None);
+                c.write_all(b"GET /order/small HTTP/1.1\r\nHo").unwrap();
+                c
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut client = parked(None);
+        let started = Instant::now();
+        for _ in 0..20 {
+            ask(&mut client, "small");
+            let answer = read_answer(&mut client);
+            assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        }
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "20 hits took {took:?}");
+        drop((stalled, trickling));
+    }
+
+    /// Reads one answer of `Content-Length` bytes from a keep-alive connection.
+    fn read_answer(c: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            c.read_exact(&mut byte).unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let length: usize =
+            head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).map(|v| v.trim().parse().unwrap()).unwrap();
+        let mut body = vec![0; length];
+        c.read_exact(&mut body).unwrap();
+        head + &String::from_utf8_lossy(&body)
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub(in crate::http) fn state() -> State {
 }
 
 /// As `state`, with the cache bounded by `limits`.
-fn state_with(limits: crate::cache::Limits) -> State {
+pub(in crate::http) fn state_with(limits: crate::cache::Limits) -> State {
     let health = Arc::new(Health::default());
     health.set_cache_warm();
     let cache = Arc::new(Cache::new(limits));

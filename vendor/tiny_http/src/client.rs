@@ -41,6 +41,10 @@ pub struct ClientConnection {
     // orders-svc patch: the bounds on this connection, and its read deadline.
     limits: Limits,
     deadline: Arc<ReadDeadline>,
+
+    // orders-svc patch 6: the socket read from, if plain TCP on Linux.
+    #[cfg(target_os = "linux")]
+    tcp_fd: Option<std::os::unix::io::RawFd>,
 }
 
 /// orders-svc patch: after an answer that closes the connection, what the client still
@@ -82,6 +86,8 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        #[cfg(target_os = "linux")]
+        let tcp_fd = read_socket.tcp_fd();
         let deadline = ReadDeadline::new(&limits);
         read_socket.follow(deadline.clone());
 
@@ -97,7 +103,27 @@ impl ClientConnection {
             secure,
             limits,
             deadline,
+            #[cfg(target_os = "linux")]
+            tcp_fd,
         }
+    }
+
+    /// orders-svc patch 6: the connection's socket, if the connection can wait for its
+    /// next request without a thread: plain TCP, more requests may come, and nothing of
+    /// the next one has been read yet (the request before has given its reader back).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn idle_socket(&mut self) -> Option<std::os::unix::io::RawFd> {
+        if self.no_more_requests || self.secure {
+            return None;
+        }
+        let fd = self.tcp_fd?;
+        let reader = self.next_header_source.ready()?;
+        reader.buffer().is_empty().then_some(fd)
+    }
+
+    /// orders-svc patch 6: the bounds on this connection.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// true if the connection is HTTPS

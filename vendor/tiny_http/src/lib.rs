@@ -87,7 +87,9 @@
 //! # let response = tiny_http::Response::from_file(File::open(&Path::new("image.png")).unwrap());
 //! let _ = request.respond(response);
 //! ```
-#![forbid(unsafe_code)]
+// orders-svc patch 6: denied rather than forbidden, so that `util::idle` alone may call
+// epoll (upstream forbids it).
+#![deny(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![allow(clippy::match_like_matches_macro)]
 
@@ -166,6 +168,144 @@ impl From<Request> for Message {
     fn from(rq: Request) -> Message {
         Message::NewRequest(rq)
     }
+}
+
+/// orders-svc patch 6: what every connection's serving shares.
+struct Shared {
+    messages: Arc<MessagesQueue<Message>>,
+    front: Option<Front>,
+    pool: Arc<util::TaskPool>,
+    #[cfg(target_os = "linux")]
+    idle: Option<Arc<util::idle::Idle<Live>>>,
+}
+
+/// orders-svc patch 6: a connection, between the threads that serve it.
+struct Live {
+    client: ClientConnection,
+    _open: limits::OpenConnection,
+    /// Given to each request, which sends on it once answered.
+    notices: mpsc::Sender<()>,
+    answered: mpsc::Receiver<()>,
+    /// A request of this connection was handed on and its notice not yet received.
+    unanswered: bool,
+}
+
+/// orders-svc patch 6: threads waiting on the parked connections.
+#[cfg(target_os = "linux")]
+const EVENT_THREADS: usize = 2;
+
+/// orders-svc patch 6: the largest answer a front should write on an event thread.
+/// An event thread serves every parked connection: an answer that can fill the socket's
+/// buffers would hold it, and all of them, for as long as a client that stopped reading
+/// lets it (up to the request timeout). A connection is served there only once its
+/// client has taken every answer before (nothing unsent), so its receive window and the
+/// socket's send buffer take this much without a wait. A front hands on (returns) a
+/// request whose answer is larger, for a worker, when `in_event_loop()`.
+pub const EVENT_LOOP_ANSWER_MOST: usize = 32 * 1024;
+
+thread_local! {
+    static IN_EVENT_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// orders-svc patch 6: whether this thread is one of the event threads, which serve
+/// every parked connection: a front must not write more than `EVENT_LOOP_ANSWER_MOST`
+/// on it.
+pub fn in_event_loop() -> bool {
+    IN_EVENT_LOOP.with(|flag| flag.get())
+}
+
+/// Serves `live`'s requests until it ends, it is parked, or (`on_event_thread`) its next
+/// request may need more than a whole request's worth of reading, which it then leaves
+/// to a thread of its own. With `woken`, a request is read first: it has begun to
+/// arrive (or, for a new connection, is awaited).
+///
+/// orders-svc patch: one request of a connection in the workers' hands at a time
+/// (upstream: any number, but for HTTPS): the next one, once read, waits for the answer
+/// to the one before, so a client that sends many without reading the answers holds one
+/// worker at most. Waiting after the read, not before it, keeps the usual client from
+/// waiting at all: it sends its next request only once it has the answer.
+fn serve(mut live: Live, shared: &Arc<Shared>, mut woken: bool, on_event_thread: bool) {
+    loop {
+        if !woken {
+            #[cfg(target_os = "linux")]
+            if let Some(idle) = &shared.idle {
+                if live.unanswered && live.answered.try_recv().is_ok() {
+                    live.unanswered = false;
+                }
+                if !live.unanswered {
+                    if let Some(fd) = live.client.idle_socket() {
+                        match idle.park(fd, live) {
+                            Ok(()) => return,
+                            Err(back) => live = back,
+                        }
+                    }
+                }
+            }
+            if on_event_thread {
+                return spawn_serve(live, shared);
+            }
+        }
+        woken = false;
+        let Some(rq) = live.client.next() else { return };
+        if live.unanswered && live.answered.recv().is_err() {
+            return;
+        }
+        let rq = rq.with_notify_sender(live.notices.clone());
+        live.unanswered = true;
+        // orders-svc patch: what the front answers here costs no hand-off to a worker
+        // and back; what it keeps to answer from another thread holds the next request
+        // as a worker's would (see `from_listener_with_front`).
+        let rq = match &shared.front {
+            Some(front) => match front(rq) {
+                Some(rq) => rq,
+                None => continue,
+            },
+            None => rq,
+        };
+        shared.messages.push(rq.into());
+    }
+}
+
+/// orders-svc patch 6: serves `live` on a thread of the pool, its next request first.
+/// If no thread can be had, the connection is closed.
+fn spawn_serve(live: Live, shared: &Arc<Shared>) {
+    let mut task = Some((live, shared.clone()));
+    let spawned = shared.pool.spawn(Box::new(move || {
+        if let Some((live, shared)) = task.take() {
+            serve(live, &shared, true, false);
+        }
+    }));
+    if let Err(e) = spawned {
+        log::warn!("event=http_thread_spawn_failed error=\"{e}\" action=close_connection");
+    }
+}
+
+/// orders-svc patch 6: an event thread. Takes each parked connection that becomes
+/// readable: answers a whole request there, hands a partial one to a thread of its own,
+/// closes one the client closed; closes the idle ones; at shutdown, closes them all.
+#[cfg(target_os = "linux")]
+fn run_events(shared: &Arc<Shared>, idle: &util::idle::Idle<Live>, close: &AtomicBool) {
+    use util::idle::{waiting, Waiting};
+    IN_EVENT_LOOP.with(|flag| flag.set(true));
+    let mut ready = Vec::new();
+    while !close.load(Relaxed) {
+        idle.wait(&mut ready, Duration::from_millis(100));
+        for &fd in &ready {
+            let Some(live) = idle.take(fd) else { continue };
+            match waiting(fd, live.client.limits()) {
+                Waiting::Whole => serve(live, shared, true, true),
+                Waiting::Part => spawn_serve(live, shared),
+                Waiting::Nothing => {
+                    if let Err(live) = idle.park(fd, live) {
+                        spawn_serve(live, shared);
+                    }
+                }
+                Waiting::Closed => drop(live),
+            }
+        }
+        idle.sweep();
+    }
+    idle.clear();
 }
 
 // this trait is to make sure that Server implements Share and Send
@@ -329,12 +469,42 @@ impl Server {
         let messages = MessagesQueue::with_capacity(8);
 
         let inside_close_trigger = close_trigger.clone();
-        let inside_messages = messages.clone();
         let counters = Arc::new(limits::Counters::default());
         let inside_counters = counters.clone();
+        // a tasks pool is used to dispatch the connections into threads
+        let tasks_pool = Arc::new(util::TaskPool::new());
+        // orders-svc patch 6: with a front, connections between requests wait in `epoll`
+        // rather than each on a thread of its own (see `util::idle`).
+        #[cfg(target_os = "linux")]
+        let idle = match &front {
+            Some(_) => match util::idle::Idle::new(limits.idle_timeout) {
+                Ok(idle) => Some(Arc::new(idle)),
+                Err(e) => {
+                    log::warn!("event=http_epoll_unavailable error=\"{e}\"");
+                    None
+                }
+            },
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            messages: messages.clone(),
+            front: front.clone(),
+            pool: tasks_pool.clone(),
+            #[cfg(target_os = "linux")]
+            idle: idle.clone(),
+        });
+        #[cfg(target_os = "linux")]
+        if let Some(idle) = idle {
+            for n in 0..EVENT_THREADS {
+                let (shared, idle, close) = (shared.clone(), idle.clone(), close_trigger.clone());
+                thread::Builder::new()
+                    .name(format!("http-events-{n}"))
+                    .spawn(move || run_events(&shared, &idle, &close))?;
+            }
+        }
         thread::spawn(move || {
-            // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = tasks_pool;
+            let shared = shared;
             // orders-svc patch: an error (out of descriptors, a thread that cannot start)
             // is logged, waited out and survived; upstream ended the loop for good.
             let mut backoff = limits::Backoff::new();
@@ -390,39 +560,12 @@ impl Server {
                 };
 
                 let client = ClientConnection::new(write_closable, read_closable, limits.clone());
-                let messages = inside_messages.clone();
-                let front = front.clone();
-                let mut task = Some((client, open));
+                let (notices, answered) = mpsc::channel();
+                let live = Live { client, _open: open, notices, answered, unanswered: false };
+                let mut task = Some((live, shared.clone()));
                 let spawned = tasks_pool.spawn(Box::new(move || {
-                    if let Some((client, _open)) = task.take() {
-                        // orders-svc patch: one request of a connection in the workers'
-                        // hands at a time (upstream: any number, but for HTTPS): the
-                        // next one, once read, waits for the answer to the one before,
-                        // so a client that sends many without reading the answers holds
-                        // one worker at most. Waiting after the read, not before it,
-                        // keeps the usual client from waiting at all: it sends its next
-                        // request only once it has the answer.
-                        let (sender, receiver) = mpsc::channel();
-                        let mut unanswered = false;
-                        for rq in client {
-                            if unanswered && receiver.recv().is_err() {
-                                break;
-                            }
-                            let rq = rq.with_notify_sender(sender.clone());
-                            unanswered = true;
-                            // orders-svc patch: what the front answers here costs no
-                            // hand-off to a worker and back; what it keeps to answer
-                            // from another thread holds the next request as a worker's
-                            // would (see `from_listener_with_front`).
-                            let rq = match &front {
-                                Some(front) => match front(rq) {
-                                    Some(rq) => rq,
-                                    None => continue,
-                                },
-                                None => rq,
-                            };
-                            messages.push(rq.into());
-                        }
+                    if let Some((live, shared)) = task.take() {
+                        serve(live, &shared, true, false);
                     }
                 }));
                 match spawned {

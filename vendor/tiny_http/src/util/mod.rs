@@ -12,6 +12,9 @@ use std::str::FromStr;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) mod idle;
 mod messages_queue;
 pub(crate) mod refined_tcp_stream;
 mod sequential;

@@ -149,6 +149,16 @@ impl RefinedTcpStream {
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
     }
+
+    /// orders-svc patch 6: the socket of a plain TCP connection, for `epoll`.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn tcp_fd(&self) -> Option<std::os::unix::io::RawFd> {
+        use std::os::unix::io::AsRawFd;
+        match &self.stream {
+            Stream::Http(crate::connection::Connection::Tcp(tcp)) => Some(tcp.as_raw_fd()),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for RefinedTcpStream {

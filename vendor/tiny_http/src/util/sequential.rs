@@ -64,6 +64,22 @@ impl<R: Read + Send> SequentialReaderBuilder<R> {
     }
 }
 
+impl<R: Read + Send> SequentialReader<R> {
+    /// orders-svc patch 6: the reader, if its turn has come, without waiting for it.
+    pub fn ready(&mut self) -> Option<&mut R> {
+        if let SequentialReaderInner::Waiting(previous) = &self.inner {
+            match previous.try_recv() {
+                Ok(reader) => self.inner = SequentialReaderInner::MyTurn(reader),
+                Err(_) => return None,
+            }
+        }
+        match &mut self.inner {
+            SequentialReaderInner::MyTurn(reader) => Some(reader),
+            _ => None,
+        }
+    }
+}
+
 impl<W: Write + Send> SequentialWriterBuilder<W> {
     pub fn new(writer: W) -> SequentialWriterBuilder<W> {
         SequentialWriterBuilder {
