@@ -121,6 +121,9 @@ pub struct Ingest {
     pub retry_max_ms: u64,
 }
 
+/// The most `http.event_threads`: a few serve thousands of connections.
+const MAX_EVENT_THREADS: usize = 64;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Http {
@@ -129,6 +132,9 @@ pub struct Http {
     pub max_connections: usize,
     pub request_timeout_ms: u64,
     pub idle_timeout_ms: u64,
+    /// Threads that serve the keep-alive connections waiting for their next request
+    /// (tiny_http patch 6); 0: each connection keeps a thread of its own.
+    pub event_threads: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -182,6 +188,7 @@ impl Default for Http {
             max_connections: 4096,
             request_timeout_ms: 5000,
             idle_timeout_ms: 30_000,
+            event_threads: 2,
         }
     }
 }
@@ -383,6 +390,14 @@ impl Config {
         positive("http.max_connections", self.http.max_connections as u64)?;
         positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
         positive("http.idle_timeout_ms", self.http.idle_timeout_ms)?;
+        if self.http.event_threads > MAX_EVENT_THREADS {
+            bail!(
+                "{}: expected at most {MAX_EVENT_THREADS} (each serves many connections; 0 gives every connection a \
+                 thread of its own), found {}",
+                self.name("http.event_threads"),
+                self.http.event_threads
+            );
+        }
         positive("cache.max_orders", self.cache.max_orders as u64)?;
         positive("cache.max_bytes", self.cache.max_bytes as u64)?;
         positive("cache.database_wait_ms", self.cache.database_wait_ms)?;

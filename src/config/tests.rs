@@ -26,6 +26,17 @@ fn sample_file_parses_to_the_defaults() {
 }
 
 #[test]
+fn event_threads_are_bounded_and_may_be_none() {
+    assert_eq!(Config::parse("").unwrap().http.event_threads, 2);
+    assert_eq!(Config::parse("[http]\nevent_threads = 0\n").unwrap().http.event_threads, 0);
+    assert_eq!(
+        err("[http]\nevent_threads = 65\n"),
+        "key `http.event_threads`: expected at most 64 (each serves many connections; 0 gives every connection a \
+         thread of its own), found 65"
+    );
+}
+
+#[test]
 fn database_waits_must_leave_a_worker_free() {
     assert_eq!(
         err("[cache]\nmax_database_waits = 4\n"),

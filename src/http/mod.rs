@@ -124,6 +124,7 @@ fn limits(config: &config::Http) -> Limits {
         max_request_line: MAX_URL_BYTES + 64,
         max_header_bytes: MAX_HEADER_BYTES,
         max_body_bytes: Some(MAX_BODY_BYTES),
+        event_threads: config.event_threads,
     }
 }
 
@@ -245,6 +246,7 @@ mod tests {
             max_connections,
             request_timeout_ms: timeout_ms,
             idle_timeout_ms: timeout_ms,
+            event_threads: 2,
         };
         let (trigger, shutdown) = shutdown_channel();
         let server = Server::start(&config, Arc::new(respond::tests::state()), shutdown).unwrap();
@@ -392,6 +394,7 @@ mod tests {
             max_connections: 100,
             request_timeout_ms: 10_000,
             idle_timeout_ms: 10_000,
+            event_threads: 2,
         };
         let (trigger, shutdown) = shutdown_channel();
         let server = Server::start(&config, Arc::new(state), shutdown).unwrap();

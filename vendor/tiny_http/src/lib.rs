@@ -190,10 +190,6 @@ struct Live {
     unanswered: bool,
 }
 
-/// orders-svc patch 6: threads waiting on the parked connections.
-#[cfg(target_os = "linux")]
-const EVENT_THREADS: usize = 2;
-
 /// orders-svc patch 6: the largest answer a front should write on an event thread.
 /// An event thread serves every parked connection: an answer that can fill the socket's
 /// buffers would hold it, and all of them, for as long as a client that stopped reading
@@ -477,14 +473,14 @@ impl Server {
         // rather than each on a thread of its own (see `util::idle`).
         #[cfg(target_os = "linux")]
         let idle = match &front {
-            Some(_) => match util::idle::Idle::new(limits.idle_timeout) {
+            Some(_) if limits.event_threads > 0 => match util::idle::Idle::new(limits.idle_timeout) {
                 Ok(idle) => Some(Arc::new(idle)),
                 Err(e) => {
                     log::warn!("event=http_epoll_unavailable error=\"{e}\"");
                     None
                 }
             },
-            None => None,
+            _ => None,
         };
         let shared = Arc::new(Shared {
             messages: messages.clone(),
@@ -495,7 +491,7 @@ impl Server {
         });
         #[cfg(target_os = "linux")]
         if let Some(idle) = idle {
-            for n in 0..EVENT_THREADS {
+            for n in 0..limits.event_threads {
                 let (shared, idle, close) = (shared.clone(), idle.clone(), close_trigger.clone());
                 thread::Builder::new()
                     .name(format!("http-events-{n}"))

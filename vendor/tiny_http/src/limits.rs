@@ -27,6 +27,10 @@ pub struct Limits {
     /// The largest body accepted, read whole before the request is handed on (413 past
     /// it; a body of unknown length is 411).
     pub max_body_bytes: Option<usize>,
+    /// orders-svc patch 6: threads that serve the keep-alive connections waiting for
+    /// their next request, for a server with a front on Linux; 0 leaves each connection
+    /// its own thread throughout.
+    pub event_threads: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +42,7 @@ impl Default for Limits {
             max_request_line: usize::MAX,
             max_header_bytes: usize::MAX,
             max_body_bytes: None,
+            event_threads: 0,
         }
     }
 }
