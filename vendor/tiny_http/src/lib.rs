@@ -237,8 +237,9 @@ fn serve(mut live: Live, shared: &Arc<Shared>, mut woken: bool, on_event_thread:
                     }
                 }
             }
+            #[cfg(target_os = "linux")]
             if on_event_thread {
-                return spawn_serve(live, shared);
+                return hand_on(live, shared);
             }
         }
         woken = false;
@@ -263,15 +264,21 @@ fn serve(mut live: Live, shared: &Arc<Shared>, mut woken: bool, on_event_thread:
 }
 
 /// orders-svc patch 6: serves `live` on a thread of the pool, its next request first.
-/// If no thread can be had, the connection is closed.
-fn spawn_serve(live: Live, shared: &Arc<Shared>) {
+/// If no thread can be had, the connection is dropped (closed) with the task.
+fn spawn_serve(live: Live, shared: &Arc<Shared>) -> IoResult<()> {
     let mut task = Some((live, shared.clone()));
-    let spawned = shared.pool.spawn(Box::new(move || {
+    shared.pool.spawn(Box::new(move || {
         if let Some((live, shared)) = task.take() {
             serve(live, &shared, true, false);
         }
-    }));
-    if let Err(e) = spawned {
+    }))
+}
+
+/// orders-svc patch 6: `spawn_serve` from an event thread, which says why it closed a
+/// connection it could not hand on.
+#[cfg(target_os = "linux")]
+fn hand_on(live: Live, shared: &Arc<Shared>) {
+    if let Err(e) = spawn_serve(live, shared) {
         log::warn!("event=http_thread_spawn_failed error=\"{e}\" action=close_connection");
     }
 }
@@ -290,10 +297,10 @@ fn run_events(shared: &Arc<Shared>, idle: &util::idle::Idle<Live>, close: &Atomi
             let Some(live) = idle.take(fd) else { continue };
             match waiting(fd, live.client.limits()) {
                 Waiting::Whole => serve(live, shared, true, true),
-                Waiting::Part => spawn_serve(live, shared),
+                Waiting::Part => hand_on(live, shared),
                 Waiting::Nothing => {
                     if let Err(live) = idle.park(fd, live) {
-                        spawn_serve(live, shared);
+                        hand_on(live, shared);
                     }
                 }
                 Waiting::Closed => drop(live),
@@ -485,7 +492,7 @@ impl Server {
         let shared = Arc::new(Shared {
             messages: messages.clone(),
             front: front.clone(),
-            pool: tasks_pool.clone(),
+            pool: tasks_pool,
             #[cfg(target_os = "linux")]
             idle: idle.clone(),
         });
@@ -499,7 +506,6 @@ impl Server {
             }
         }
         thread::spawn(move || {
-            let tasks_pool = tasks_pool;
             let shared = shared;
             // orders-svc patch: an error (out of descriptors, a thread that cannot start)
             // is logged, waited out and survived; upstream ended the loop for good.
@@ -558,13 +564,7 @@ impl Server {
                 let client = ClientConnection::new(write_closable, read_closable, limits.clone());
                 let (notices, answered) = mpsc::channel();
                 let live = Live { client, _open: open, notices, answered, unanswered: false };
-                let mut task = Some((live, shared.clone()));
-                let spawned = tasks_pool.spawn(Box::new(move || {
-                    if let Some((live, shared)) = task.take() {
-                        serve(live, &shared, true, false);
-                    }
-                }));
-                match spawned {
+                match spawn_serve(live, &shared) {
                     Ok(()) => backoff.succeeded(),
                     Err(e) => {
                         counters.accept_failed();
