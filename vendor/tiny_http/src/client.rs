@@ -121,9 +121,24 @@ impl ClientConnection {
         reader.buffer().is_empty().then_some(fd)
     }
 
-    /// orders-svc patch 6: the bounds on this connection.
-    pub(crate) fn limits(&self) -> &Limits {
-        &self.limits
+    /// orders-svc patch 6: for an event thread, what a parked connection that became
+    /// readable has waiting. What has arrived is read into the connection's buffer without
+    /// waiting (nothing is read from a client that has not taken its last answers), and
+    /// the thread that serves the connection next starts from it.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn read_waiting(&mut self) -> crate::util::idle::Waiting {
+        use crate::util::idle::{unsent, waiting, Waiting};
+        use std::io::BufRead;
+        let (Some(fd), Some(reader)) = (self.tcp_fd, self.next_header_source.ready()) else {
+            return Waiting::Part;
+        };
+        if unsent(fd) {
+            return Waiting::Part;
+        }
+        reader.get_mut().dont_wait(true);
+        let read = reader.fill_buf().map(|bytes| bytes.len());
+        reader.get_mut().dont_wait(false);
+        waiting(read.map(|_| reader.buffer()), &self.limits)
     }
 
     /// true if the connection is HTTPS

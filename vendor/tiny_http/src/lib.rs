@@ -288,14 +288,14 @@ fn hand_on(live: Live, shared: &Arc<Shared>) {
 /// closes one the client closed; closes the idle ones; at shutdown, closes them all.
 #[cfg(target_os = "linux")]
 fn run_events(shared: &Arc<Shared>, idle: &util::idle::Idle<Live>, close: &AtomicBool) {
-    use util::idle::{waiting, Waiting};
+    use util::idle::Waiting;
     IN_EVENT_LOOP.with(|flag| flag.set(true));
     let mut ready = Vec::new();
     while !close.load(Relaxed) {
         idle.wait(&mut ready, Duration::from_millis(100));
         for &fd in &ready {
-            let Some(live) = idle.take(fd) else { continue };
-            match waiting(fd, live.client.limits()) {
+            let Some(mut live) = idle.take(fd) else { continue };
+            match live.client.read_waiting() {
                 Waiting::Whole => serve(live, shared, true, true),
                 Waiting::Part => hand_on(live, shared),
                 Waiting::Nothing => {
@@ -764,5 +764,49 @@ mod tests {
         let at = |body: &str| answers.find(body).unwrap_or_else(|| panic!("{body:?} in {answers:?}"));
         assert!(at("kept, answered elsewhere") < at("from the front"), "{answers}");
         assert_eq!(offered.load(Ordering::SeqCst), 2);
+    }
+
+    /// orders-svc patch 6: a parked connection's next request, read on an event thread,
+    /// is answered there when it has all come, and by a thread of its own, from what the
+    /// event thread read, when only part of it has.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_parked_connections_request_is_read_on_an_event_thread_and_part_of_one_is_not_lost() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let front: Front = Arc::new(|rq: Request| {
+            let body = format!("{} on an event thread: {}", rq.url(), in_event_loop());
+            rq.respond(Response::from_string(body)).unwrap();
+            None
+        });
+        let limits = Limits { event_threads: 1, ..Limits::default() };
+        let _server = Server::from_listener_with_front(listener, limits, front).unwrap();
+        let mut client = TcpStream::connect(addr).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut ask = |parts: &[&[u8]]| -> String {
+            for part in parts {
+                client.write_all(part).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !answer.ends_with(b"true") && !answer.ends_with(b"false") {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+            let answer = String::from_utf8(answer).unwrap();
+            answer[answer.find("\r\n\r\n").unwrap() + 4..].to_string()
+        };
+        // A new connection's first request is read by a thread of its own.
+        assert_eq!(ask(&[b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n"]), "/first on an event thread: false");
+        // Then parked: a whole request is answered on the event thread.
+        assert_eq!(ask(&[b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n"]), "/second on an event thread: true");
+        // Half of one, read on the event thread, then the rest: a thread of its own.
+        assert_eq!(
+            ask(&[b"GET /thi", b"rd HTTP/1.1\r\nHost: x\r\n\r\n"]),
+            "/third on an event thread: false"
+        );
+        assert_eq!(ask(&[b"GET /fourth HTTP/1.1\r\nHost: x\r\n\r\n"]), "/fourth on an event thread: true");
     }
 }

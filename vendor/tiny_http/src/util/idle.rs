@@ -6,10 +6,11 @@
 //! any connection is ready. Here a connection with nothing of its next request read is
 //! parked: its socket goes into one `epoll` set (`EPOLLONESHOT`), its state into a map,
 //! and its thread goes back to the pool. A few event threads wait on the set and take
-//! whichever connection is ready. One whose next request has all arrived (peeked at, not
-//! read) and can be answered without another read is served on the event thread itself;
-//! any other goes to a thread of its own, as every connection did before, so that a slow
-//! client never holds an event thread. A parked connection idle for longer than the idle
+//! whichever connection is ready, and read what has arrived into its buffer without
+//! waiting. One whose next request has all arrived and can be answered without another
+//! read is served on the event thread itself; any other goes to a thread of its own, with
+//! what was read, as every connection did before, so that a slow client never holds an
+//! event thread. A parked connection idle for longer than the idle
 //! timeout is closed without an answer, as its thread would have closed it.
 
 use std::collections::HashMap;
@@ -49,9 +50,6 @@ pub(crate) enum Waiting {
 
 /// How often the parked connections are looked over for the idle timeout, at most.
 const SWEEP_EVERY: Duration = Duration::from_millis(100);
-
-/// How much of a request is peeked at: a request whose head is longer goes to a thread.
-const PEEK: usize = 2048;
 
 impl<T> Idle<T> {
     pub(crate) fn new(idle_timeout: Option<Duration>) -> io::Result<Idle<T>> {
@@ -148,26 +146,35 @@ impl<T> Idle<T> {
     }
 }
 
-/// What the readable socket `fd` has waiting, without reading it.
-pub(crate) fn waiting(fd: RawFd, limits: &Limits) -> Waiting {
-    // A client that has not taken its last answers: its next answer could block.
+/// Whether the client of socket `fd` has not yet taken all that was sent to it: its next
+/// answer could then block the thread that writes it.
+pub(crate) fn unsent(fd: RawFd) -> bool {
     let mut unsent: libc::c_int = 0;
     // SAFETY: TIOCOUTQ writes one int.
-    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unsent) } < 0 || unsent > 0 {
-        return Waiting::Part;
+    unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unsent) < 0 || unsent > 0 }
+}
+
+/// Reads what has arrived on socket `fd` into `buf`, without waiting: `WouldBlock` if
+/// nothing has, 0 if the client closed the connection.
+pub(crate) fn read_now(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` holds `buf.len()` bytes, as the call is told.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let mut buf = [0u8; PEEK];
-    // SAFETY: `buf` holds PEEK bytes, as the call is told.
-    let n = unsafe {
-        libc::recv(fd, buf.as_mut_ptr().cast(), PEEK, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    };
-    match n {
-        0 => Waiting::Closed,
-        n if n < 0 => match io::Error::last_os_error().kind() {
+    Ok(n as usize)
+}
+
+/// What a read of a readable connection, done with `read_now`, found: `Whole` for the
+/// `bytes` that begin a whole request the event thread may answer.
+pub(crate) fn waiting(read: io::Result<&[u8]>, limits: &Limits) -> Waiting {
+    match read {
+        Ok([]) => Waiting::Closed,
+        Ok(bytes) => whole_request(bytes, limits),
+        Err(e) => match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Waiting::Nothing,
             _ => Waiting::Closed,
         },
-        n => whole_request(&buf[..n as usize], limits),
     }
 }
 
@@ -223,7 +230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_parked_socket_is_given_back_once_readable_and_an_idle_one_is_closed() {
+    fn a_parked_socket_is_given_back_once_readable_read_without_waiting_and_an_idle_one_is_closed() {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -238,12 +245,28 @@ mod tests {
         client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
         idle.wait(&mut ready, Duration::from_secs(5));
         assert_eq!(ready, vec![fd]);
-        assert_eq!(waiting(fd, &limits()), Waiting::Whole);
         let server = idle.take(fd).unwrap();
-        // Armed once: parked again, it is reported again for the bytes still unread.
+        // Read without waiting: what came, then nothing.
+        let mut buf = [0u8; 64];
+        let read = read_now(fd, &mut buf).map(|n| &buf[..n]);
+        assert_eq!(read.as_deref().ok(), Some(&b"GET / HTTP/1.1\r\n\r\n"[..]));
+        assert_eq!(waiting(read, &limits()), Waiting::Whole);
+        assert_eq!(waiting(read_now(fd, &mut buf).map(|n| &buf[..n]), &limits()), Waiting::Nothing);
+        // Parked again, it is reported again once more arrives, and not before.
         idle.park(fd, server).map_err(|_| "parked again").unwrap();
+        idle.wait(&mut ready, Duration::from_millis(50));
+        assert_eq!(ready, Vec::<RawFd>::new());
+        client.write_all(b"GET /").unwrap();
         idle.wait(&mut ready, Duration::from_secs(5));
         assert_eq!(ready, vec![fd]);
+        let server = idle.take(fd).unwrap();
+        assert_eq!(waiting(read_now(fd, &mut buf).map(|n| &buf[..n]), &limits()), Waiting::Part);
+        // The client closes: read as closed.
+        drop(client);
+        idle.park(fd, server).map_err(|_| "parked at last").unwrap();
+        idle.wait(&mut ready, Duration::from_secs(5));
+        assert_eq!(ready, vec![fd]);
+        assert_eq!(waiting(read_now(fd, &mut buf).map(|n| &buf[..n]), &limits()), Waiting::Closed);
         drop(idle.take(fd));
 
         // A connection parked past the idle timeout is closed, without an answer.

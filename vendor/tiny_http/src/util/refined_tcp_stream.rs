@@ -103,6 +103,10 @@ pub struct RefinedTcpStream {
     deadline: Option<Arc<ReadDeadline>>,
     timeout_set: Option<Duration>,
     write_closed: bool,
+    // orders-svc patch 6: reads return what has arrived, or `WouldBlock`, without waiting
+    // (an event thread's read of a parked connection).
+    #[cfg(target_os = "linux")]
+    dont_wait: bool,
 }
 
 impl RefinedTcpStream {
@@ -121,6 +125,8 @@ impl RefinedTcpStream {
             deadline: None,
             timeout_set: None,
             write_closed: false,
+            #[cfg(target_os = "linux")]
+            dont_wait: false,
         };
 
         let write = RefinedTcpStream {
@@ -130,6 +136,8 @@ impl RefinedTcpStream {
             deadline: None,
             timeout_set: None,
             write_closed: false,
+            #[cfg(target_os = "linux")]
+            dont_wait: false,
         };
 
         Ok((read, write))
@@ -159,6 +167,13 @@ impl RefinedTcpStream {
             _ => None,
         }
     }
+
+    /// orders-svc patch 6: with `dont_wait`, a read of a plain TCP connection takes what
+    /// has arrived and says `WouldBlock` if nothing has, whatever the deadline.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn dont_wait(&mut self, dont_wait: bool) {
+        self.dont_wait = dont_wait;
+    }
 }
 
 impl Drop for RefinedTcpStream {
@@ -175,6 +190,12 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        #[cfg(target_os = "linux")]
+        if self.dont_wait {
+            if let Some(fd) = self.tcp_fd() {
+                return crate::util::idle::read_now(fd, buf);
+            }
+        }
         if let Some(deadline) = &self.deadline {
             let (timeout, close_write) = deadline.next_read()?;
             if close_write && !self.write_closed {
