@@ -5,6 +5,9 @@
 //!   HashMap: the library's ceiling;
 //! - nginx serving the JSON as static files: the machine's ceiling.
 //!
+//! The three take turns under wrk for HTTP_ROUNDS (3) rounds of HTTP_SECONDS each; the
+//! ratios are the medians of the rounds' ratios, each of servers measured seconds apart.
+//!
 //! Then misses: unknown ids, with the database reads they caused.
 //!
 //! Then latency under a fixed load, open loop: each of the three servers is sent half the
@@ -20,7 +23,7 @@
 //!
 //! Run with `bench/run http` (brings up the local stack first; needs wrk and nginx,
 //! which it installs with apt-get when missing). Settings from the environment:
-//! HTTP_ORDERS (default 10000), HTTP_SECONDS (10), HTTP_CONNECTIONS (64), HTTP_WORKERS
+//! HTTP_ORDERS (default 10000), HTTP_SECONDS (5), HTTP_CONNECTIONS (64), HTTP_WORKERS
 //! (4, the service's default, for both servers), HTTP_WRK_THREADS (2: with one, wrk itself
 //! is the bottleneck on two cores).
 
@@ -45,10 +48,11 @@ use common::{brokers, create_topic_on, env_number, migrated_db, service_config};
 fn main() -> anyhow::Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let n = env_number("HTTP_ORDERS", 10_000);
-    let seconds = env_number("HTTP_SECONDS", 10);
+    let seconds = env_number("HTTP_SECONDS", 5);
     let connections = env_number("HTTP_CONNECTIONS", 64);
     let workers = env_number("HTTP_WORKERS", 4);
     let wrk_threads = env_number("HTTP_WRK_THREADS", 2);
+    let closed_rounds = env_number("HTTP_ROUNDS", 3).max(1);
     let open = OpenLoop {
         seconds: env_number("HTTP_OPEN_SECONDS", 10) as u64,
         connections: env_number("HTTP_OPEN_CONNECTIONS", 16),
@@ -60,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
 
     println!(
-        "bench/http: {n} stored orders, wrk {seconds} s with {connections} connections and {wrk_threads} wrk threads, {workers} workers each"
+        "bench/http: {n} stored orders, wrk {closed_rounds} rounds of {seconds} s per server with {connections} connections and {wrk_threads} wrk threads, {workers} workers each"
     );
     let mut generator = Generator::new(7, 3);
     let orders: Vec<Order> = (0..n).map(|_| generator.order()).collect();
@@ -82,7 +86,28 @@ fn main() -> anyhow::Result<()> {
         let mut config = service_config(&db, &run);
         config.http.workers = workers;
         let service = Service::start(config)?;
-        let svc = wrk(&dir, wrk_threads, service.http_addr().to_string(), "uids.txt", seconds, connections)?;
+
+        // The references run beside orders-svc, all three up (the one not measured idle,
+        // orders-svc's consumer waiting on an empty topic): bare tiny_http with the same
+        // bytes, and nginx with the same bytes as files.
+        let bodies: HashMap<String, Arc<[u8]>> =
+            orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
+        let bare = BareServer::start(bodies, workers)?;
+        let nginx = Nginx::start(&dir, &orders)?;
+
+        // Hits, the three servers in turn, round after round: the machine's pace moves
+        // between runs and within one (nginx alone from 80,000 to 115,000 a second in
+        // runs a minute apart), so each round's ratio compares servers measured seconds
+        // apart, and the median of the rounds' ratios is the figure.
+        let servers = [service.http_addr().to_string(), bare.addr.clone(), nginx.addr.clone()];
+        let mut closed: Vec<[WrkResult; 3]> = Vec::new();
+        for _ in 0..closed_rounds {
+            let mut round = Vec::new();
+            for addr in &servers {
+                round.push(wrk(&dir, wrk_threads, addr.clone(), "uids.txt", seconds, connections)?);
+            }
+            closed.push(round.try_into().map_err(|_| anyhow::anyhow!("three servers"))?);
+        }
 
         // Misses: ids PostgreSQL does not have.
         let stats = &service.cache().stats;
@@ -91,24 +116,12 @@ fn main() -> anyhow::Result<()> {
         let reads = stats.db_reads.get() - reads_before;
         let busy = stats.database_busy.get() - busy_before;
 
-        // The references run while orders-svc stays up, idle (its consumer waiting on an
-        // empty topic): every server is measured beside the same background.
-        // Reference: bare tiny_http with the same bytes.
-        let bodies: HashMap<String, Arc<[u8]>> =
-            orders.iter().map(|o| (o.order_uid.clone(), o.to_json().into())).collect();
-        let bare = BareServer::start(bodies, workers)?;
-        let tiny = wrk(&dir, wrk_threads, bare.addr.clone(), "uids.txt", seconds, connections)?;
-
-        // Reference: nginx with the same bytes as files.
-        let nginx = Nginx::start(&dir, &orders)?;
-        let static_files = wrk(&dir, wrk_threads, nginx.addr.clone(), "uids.txt", seconds, connections)?;
-
         // The fixed load, the three servers in turn, round after round, so that a change
         // of the machine's pace during the run touches all three alike.
         // Half the slower of orders-svc and bare tiny_http, so that neither is near its
         // capacity: past it, latency measures the queue, not the server.
-        let open_rate = svc.rps.min(tiny.rps) / 2.0;
-        let servers = [service.http_addr().to_string(), bare.addr.clone(), nginx.addr.clone()];
+        let median_rps = |server: usize| median_of(closed.iter().map(|r| r[server].rps).collect());
+        let open_rate = median_rps(0).min(median_rps(1)) / 2.0;
         let mut rounds: Vec<[Latencies; 3]> = Vec::new();
         for _ in 0..open.rounds {
             let mut round = Vec::new();
@@ -123,17 +136,26 @@ fn main() -> anyhow::Result<()> {
 
         println!();
         println!("  {:<28} {:>12} {:>10} {:>10}", "GET /order/<uid>", "requests/s", "p50", "p99");
-        for (name, r) in [
-            ("orders-svc (cache hits)", &svc),
-            ("bare tiny_http", &tiny),
-            ("nginx static files", &static_files),
-            ("orders-svc (unknown ids)", &miss),
-        ] {
-            println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", r.rps, r.p50_ms, r.p99_ms);
+        let names = ["orders-svc", "bare tiny_http", "nginx static files"];
+        for (n, round) in closed.iter().enumerate() {
+            for (name, r) in names.iter().zip(round) {
+                let name = format!("{name}, round {}", n + 1);
+                println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", r.rps, r.p50_ms, r.p99_ms);
+            }
         }
+        let name = "orders-svc (unknown ids)";
+        println!("  {name:<28} {:>12.0} {:>8.3}ms {:>8.3}ms", miss.rps, miss.p50_ms, miss.p99_ms);
         println!();
-        println!("  orders-svc / bare tiny_http = {:.2}", svc.rps / tiny.rps);
-        println!("  orders-svc / nginx          = {:.2}  (target: at least 0.90)", svc.rps / static_files.rps);
+        let ratios = |to: usize| -> (f64, String) {
+            let by_round: Vec<f64> = closed.iter().map(|r| r[0].rps / r[to].rps).collect();
+            let text: Vec<String> = by_round.iter().map(|r| format!("{r:.2}")).collect();
+            (median_of(by_round), text.join(", "))
+        };
+        let ((to_tiny, tiny_rounds), (to_nginx, nginx_rounds)) = (ratios(1), ratios(2));
+        println!("  orders-svc / bare tiny_http = {to_tiny:.2}  (median; by round: {tiny_rounds})");
+        println!(
+            "  orders-svc / nginx          = {to_nginx:.2}  (median; by round: {nginx_rounds})  (target: at least 0.90)"
+        );
         println!(
             "  unknown ids: {} requests over {} distinct ids caused {reads} database reads; {busy} were answered \
              503 because cache.max_database_waits requests already read the database",
@@ -147,7 +169,6 @@ fn main() -> anyhow::Result<()> {
             open.rounds, open.seconds, open.connections
         );
         println!("  {:<28} {:>10} {:>10} {:>10} {:>10}", "GET /order/<uid>", "p50", "p99", "p99.9", "max");
-        let names = ["orders-svc", "bare tiny_http", "nginx static files"];
         for (n, round) in rounds.iter().enumerate() {
             for (name, l) in names.iter().zip(round) {
                 let name = format!("{name}, round {}", n + 1);
@@ -155,11 +176,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         // Per server, the median over the rounds of each figure.
-        let median = |server: usize, f: fn(&Latencies) -> f64| {
-            let mut v: Vec<f64> = rounds.iter().map(|r| f(&r[server])).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
+        let median =
+            |server: usize, f: fn(&Latencies) -> f64| median_of(rounds.iter().map(|r| f(&r[server])).collect());
         let summary = |server: usize| Latencies {
             p50: median(server, |l| l.p50),
             p99: median(server, |l| l.p99),
@@ -187,19 +205,30 @@ fn main() -> anyhow::Result<()> {
             svc_open.p999 / nginx_open.p999
         );
         // wrk counts the misses' 404s as non-2xx; those are expected, so only hits count.
-        if svc.errors + tiny.errors + static_files.errors > 0 {
+        let errors = |server: usize| closed.iter().map(|r| r[server].errors).sum::<u64>();
+        if (0..3).map(errors).sum::<u64>() > 0 {
             println!(
                 "  errors (socket errors or non-2xx answers): orders-svc {} tiny_http {} nginx {}",
-                svc.errors, tiny.errors, static_files.errors
+                errors(0),
+                errors(1),
+                errors(2)
             );
-            for (name, result) in [("orders-svc", &svc), ("tiny_http", &tiny), ("nginx", &static_files)] {
-                if let Some(line) = &result.socket_errors {
-                    println!("    {name}, wrk: {line}");
+            for round in &closed {
+                for (name, result) in ["orders-svc", "tiny_http", "nginx"].iter().zip(round) {
+                    if let Some(line) = &result.socket_errors {
+                        println!("    {name}, wrk: {line}");
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// The median of `values` (the upper one of an even count).
+fn median_of(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 struct OpenLoop {
