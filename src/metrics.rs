@@ -83,6 +83,7 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     pub position_beyond_end: IntGaugeVec,
     pub messages_lost: IntCounterVec,
+    pub kafka_watermark_queries: IntCounter,
     pub assigned_partitions: IntGauge,
     pub ready: IntGauge,
     /// When the batch write in progress began, in ms since the Unix epoch; 0 when none.
@@ -184,6 +185,12 @@ impl Metrics {
                 &["topic", "partition"],
             )
             .expect("valid metric"),
+            kafka_watermark_queries: counter(
+                "orders_kafka_watermark_queries_total",
+                "Times the consumer thread asked the broker for a partition's watermarks, a round trip the batch \
+                 waits for: a partition's offsets that skip, not explained by the partition's start as last \
+                 fetched, or a partition that went back.",
+            ),
             assigned_partitions: IntGauge::new("orders_assigned_partitions", "Partitions this instance consumes.")
                 .expect("valid metric"),
             http_requests: IntCounterVec::new(
@@ -239,6 +246,7 @@ impl Metrics {
             Box::new(m.consumer_lag.clone()),
             Box::new(m.position_beyond_end.clone()),
             Box::new(m.messages_lost.clone()),
+            Box::new(m.kafka_watermark_queries.clone()),
             Box::new(m.assigned_partitions.clone()),
             Box::new(m.ready.clone()),
             Box::new(m.batch_write_in_flight.clone()),

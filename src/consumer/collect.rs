@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, warn};
 use rdkafka::Message as _;
 use rdkafka::consumer::Consumer as _;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 
 use super::batch::Collected;
@@ -225,7 +225,7 @@ impl Consumer {
     /// is past the partition's end, the partition is paused and the operator told what to
     /// do; otherwise it is sought back to the position.
     fn seek_back(&mut self, key: Partition, position: i64) {
-        let end = self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL).map(|(_, high)| high);
+        let end = self.ask_watermarks(&key).map(|(_, high)| high);
         match end {
             Ok(end) if position > end => {
                 error!(
@@ -253,6 +253,12 @@ impl Consumer {
         self.stopped = true;
     }
 
+    /// The partition's watermarks (start, end), from the broker: a round trip, counted.
+    fn ask_watermarks(&self, key: &Partition) -> KafkaResult<(i64, i64)> {
+        self.metrics.kafka_watermark_queries.inc();
+        self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL)
+    }
+
     /// A partition's first message came after this consumer's position. Offsets may be
     /// missing for good reasons (a transaction's commit marker, compaction), but if the
     /// partition now starts past the position, the broker deleted messages this group
@@ -263,7 +269,7 @@ impl Consumer {
         if self.losses_reported.get(&key) == Some(&position) {
             return;
         }
-        let start = match self.consumer.fetch_watermarks(&key.0, key.1, BROKER_CALL) {
+        let start = match self.ask_watermarks(&key) {
             Ok((low, _)) => low,
             Err(e) => {
                 warn!("event=watermarks_unavailable partition={}/{} error={e}", key.0, key.1);
