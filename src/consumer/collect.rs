@@ -253,6 +253,27 @@ impl Consumer {
         self.stopped = true;
     }
 
+    /// The partition's watermarks (start, end) as the broker sent them with its last
+    /// fetch response, as librdkafka keeps them (no round trip; negative while unknown).
+    /// The `rdkafka` crate does not wrap this call.
+    fn fetched_watermarks(&self, key: &Partition) -> Option<(i64, i64)> {
+        let topic = std::ffi::CString::new(key.0.as_str()).ok()?;
+        let (mut start, mut end) = (-1_i64, -1_i64);
+        // SAFETY: the client handle lives as long as `self.consumer`; `topic` is a
+        // NUL-terminated string that outlives the call, which only reads it; `start` and
+        // `end` are two i64s the call writes.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                topic.as_ptr(),
+                key.1,
+                &mut start,
+                &mut end,
+            )
+        };
+        (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then_some((start, end))
+    }
+
     /// The partition's watermarks (start, end), from the broker: a round trip, counted.
     fn ask_watermarks(&self, key: &Partition) -> KafkaResult<(i64, i64)> {
         self.metrics.kafka_watermark_queries.inc();
@@ -264,10 +285,21 @@ impl Consumer {
     /// partition now starts past the position, the broker deleted messages this group
     /// never read (retention, or records deleted by an operator): Kafka answered the fetch
     /// out of range and the consumer went on from the partition's start. Those messages
-    /// are lost to this service; it says so once, in the log and as a metric.
+    /// are lost to this service; it says so once, in the log and as a metric. The broker
+    /// is asked for the partition's start only when the start it sent with the messages
+    /// does not explain the gap: a transactional producer leaves one before each batch.
     fn report_loss(&mut self, key: Partition, position: i64, first: i64) {
         if self.losses_reported.get(&key) == Some(&position) {
             return;
+        }
+        // The partition's start as the broker sent it with the last messages fetched (no
+        // round trip): a start at or before the position explains the gap, the usual case
+        // of a transactional producer's markers. Past it, or unknown, the broker is asked.
+        if let Some((start, _)) = self.fetched_watermarks(&key) {
+            if (0..=position).contains(&start) {
+                debug!("event=offsets_skipped partition={}/{} from={position} to={}", key.0, key.1, first - 1);
+                return;
+            }
         }
         let start = match self.ask_watermarks(&key) {
             Ok((low, _)) => low,
