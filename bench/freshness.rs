@@ -17,7 +17,9 @@
 //! batch settings unless FRESHNESS_BATCH_WAIT_MS (ingest.batch_max_wait_ms) is given.
 //! The broker is the stack's Apache Kafka, or with FRESHNESS_BROKER=own a Kafka of the
 //! run's own on new storage. The producer is idempotent, as Kafka's producers are by
-//! default, unless FRESHNESS_IDEMPOTENT=0.
+//! default, unless FRESHNESS_IDEMPOTENT=0. With FRESHNESS_TRANSACTION_MS=n, the orders are
+//! sent by a transactional producer that commits every n ms (each commit leaves a marker
+//! in each partition written to; both consumers read committed messages only).
 //!
 //! Run with `bench/run freshness`.
 
@@ -72,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("FRESHNESS_KAFKA: name=value"))
         .collect::<anyhow::Result<_>>()?;
     let idempotent = std::env::var("FRESHNESS_IDEMPOTENT").map_or(true, |v| v != "0");
+    let transaction_every = Duration::from_millis(env_number("FRESHNESS_TRANSACTION_MS", 0) as u64);
     let mut config = service_config(&db, &run);
     config.kafka.brokers = brokers.clone();
     config.kafka.properties.extend(kafka_settings.iter().cloned());
@@ -137,7 +140,8 @@ fn main() -> anyhow::Result<()> {
     println!(
         "bench/freshness: {rate} orders/s for {seconds} s, every {sample}th followed; ingest.batch_max_messages = \
          {batch_messages}, ingest.batch_max_wait_ms = {batch_wait}; broker: {broker_name}; idempotent producer: \
-         {idempotent}"
+         {idempotent}; transactions committed every {} ms (0: none)",
+        transaction_every.as_millis()
     );
     let producer = Producer::with_settings(&brokers, &run, &[("enable.idempotence", &idempotent.to_string())])?;
     let mut generator = Generator::new(2026, 3);
@@ -146,6 +150,8 @@ fn main() -> anyhow::Result<()> {
     // Otherwise the first second's orders wait for that, and their delay is the start's.
     producer.send(Some(b"warm-up"), &Generator::new(1, 1).order().to_json())?;
     producer.flush()?;
+    let mut transactional =
+        (!transaction_every.is_zero()).then(|| Transactional::start(&brokers, &run, transaction_every)).transpose()?;
     let start = Instant::now();
     let total = rate * seconds;
     for i in 0..total {
@@ -158,10 +164,16 @@ fn main() -> anyhow::Result<()> {
             due.lock().unwrap().insert(order.order_uid.clone(), at);
             pending.lock().unwrap().insert(order.order_uid.clone(), (at, Instant::now()));
         }
-        producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+        match &mut transactional {
+            Some(t) => t.send(order.order_uid.as_bytes(), &order.to_json())?,
+            None => producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?,
+        }
     }
     // Less the warm-up order.
-    let sent = producer.flush()? - 1;
+    let sent = match transactional {
+        Some(t) => t.finish()?,
+        None => producer.flush()? - 1,
+    };
     let late = start.elapsed().as_secs_f64() - seconds as f64;
     producing.store(false, Ordering::Relaxed);
     for reader in readers {
@@ -252,4 +264,64 @@ fn summary(samples: &[Duration]) -> Summary {
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| if ms.is_empty() { f64::NAN } else { ms[((ms.len() - 1) as f64 * q).round() as usize] };
     Summary { count: ms.len(), p50: at(0.5), p99: at(0.99), max: at(1.0) }
+}
+
+/// A transactional producer that commits what it has sent every `every`.
+struct Transactional {
+    producer: rdkafka::producer::BaseProducer,
+    topic: String,
+    every: Duration,
+    begun: Instant,
+    sent: usize,
+}
+
+impl Transactional {
+    const WAIT: Duration = Duration::from_secs(30);
+
+    fn start(brokers: &str, topic: &str, every: Duration) -> anyhow::Result<Transactional> {
+        use rdkafka::producer::Producer as _;
+        let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("linger.ms", "5")
+            .set("transactional.id", format!("{topic}-producer"))
+            .create()
+            .context("create a transactional producer")?;
+        producer.init_transactions(Self::WAIT).context("init transactions")?;
+        producer.begin_transaction().context("begin a transaction")?;
+        Ok(Transactional { producer, topic: topic.to_string(), every, begun: Instant::now(), sent: 0 })
+    }
+
+    /// Sends one message in the open transaction, and commits it once it is `every` old.
+    fn send(&mut self, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
+        use rdkafka::producer::{BaseRecord, Producer as _};
+        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(e).context("send in a transaction"),
+            }
+        }
+        self.sent += 1;
+        self.producer.poll(Duration::ZERO);
+        if self.begun.elapsed() >= self.every {
+            self.producer.commit_transaction(Self::WAIT).context("commit a transaction")?;
+            self.producer.begin_transaction().context("begin a transaction")?;
+            self.begun = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Commits the last transaction; returns how many messages were sent.
+    fn finish(self) -> anyhow::Result<u64> {
+        use rdkafka::producer::Producer as _;
+        self.producer.commit_transaction(Self::WAIT).context("commit the last transaction")?;
+        Ok(self.sent as u64)
+    }
 }
