@@ -143,16 +143,28 @@ fn main() -> anyhow::Result<()> {
          {idempotent}; transactions committed every {} ms (0: none)",
         transaction_every.as_millis()
     );
-    let producer = Producer::with_settings(&brokers, &run, &[("enable.idempotence", &idempotent.to_string())])?;
+    let transactional = !transaction_every.is_zero();
+    let idempotence = idempotent.to_string();
+    let transactional_id = format!("{run}-producer");
+    let mut settings = vec![("enable.idempotence", idempotence.as_str())];
+    if transactional {
+        settings.push(("transactional.id", transactional_id.as_str()));
+    }
+    let producer = Producer::with_settings(&brokers, &run, &settings)?;
+    if transactional {
+        producer.begin_transactions()?;
+    }
     let mut generator = Generator::new(2026, 3);
     // The producer connects, learns the partitions' leaders and gets its producer id
     // before the schedule starts: one order sent and flushed first, not followed.
     // Otherwise the first second's orders wait for that, and their delay is the start's.
     producer.send(Some(b"warm-up"), &Generator::new(1, 1).order().to_json())?;
+    if transactional {
+        producer.commit_transaction(true)?;
+    }
     producer.flush()?;
-    let mut transactional =
-        (!transaction_every.is_zero()).then(|| Transactional::start(&brokers, &run, transaction_every)).transpose()?;
     let start = Instant::now();
+    let mut transaction_begun = start;
     let total = rate * seconds;
     for i in 0..total {
         let at = start + Duration::from_secs_f64(i as f64 / rate as f64);
@@ -164,16 +176,17 @@ fn main() -> anyhow::Result<()> {
             due.lock().unwrap().insert(order.order_uid.clone(), at);
             pending.lock().unwrap().insert(order.order_uid.clone(), (at, Instant::now()));
         }
-        match &mut transactional {
-            Some(t) => t.send(order.order_uid.as_bytes(), &order.to_json())?,
-            None => producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?,
+        producer.send(Some(order.order_uid.as_bytes()), &order.to_json())?;
+        if transactional && transaction_begun.elapsed() >= transaction_every {
+            producer.commit_transaction(true)?;
+            transaction_begun = Instant::now();
         }
     }
+    if transactional {
+        producer.commit_transaction(false)?;
+    }
     // Less the warm-up order.
-    let sent = match transactional {
-        Some(t) => t.finish()?,
-        None => producer.flush()? - 1,
-    };
+    let sent = producer.flush()? - 1;
     let late = start.elapsed().as_secs_f64() - seconds as f64;
     producing.store(false, Ordering::Relaxed);
     for reader in readers {
@@ -264,64 +277,4 @@ fn summary(samples: &[Duration]) -> Summary {
     ms.sort_by(f64::total_cmp);
     let at = |q: f64| if ms.is_empty() { f64::NAN } else { ms[((ms.len() - 1) as f64 * q).round() as usize] };
     Summary { count: ms.len(), p50: at(0.5), p99: at(0.99), max: at(1.0) }
-}
-
-/// A transactional producer that commits what it has sent every `every`.
-struct Transactional {
-    producer: rdkafka::producer::BaseProducer,
-    topic: String,
-    every: Duration,
-    begun: Instant,
-    sent: usize,
-}
-
-impl Transactional {
-    const WAIT: Duration = Duration::from_secs(30);
-
-    fn start(brokers: &str, topic: &str, every: Duration) -> anyhow::Result<Transactional> {
-        use rdkafka::producer::Producer as _;
-        let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("linger.ms", "5")
-            .set("transactional.id", format!("{topic}-producer"))
-            .create()
-            .context("create a transactional producer")?;
-        producer.init_transactions(Self::WAIT).context("init transactions")?;
-        producer.begin_transaction().context("begin a transaction")?;
-        Ok(Transactional { producer, topic: topic.to_string(), every, begun: Instant::now(), sent: 0 })
-    }
-
-    /// Sends one message in the open transaction, and commits it once it is `every` old.
-    fn send(&mut self, key: &[u8], payload: &[u8]) -> anyhow::Result<()> {
-        use rdkafka::producer::{BaseRecord, Producer as _};
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(1));
-                }
-                Err((e, _)) => return Err(e).context("send in a transaction"),
-            }
-        }
-        self.sent += 1;
-        self.producer.poll(Duration::ZERO);
-        if self.begun.elapsed() >= self.every {
-            self.producer.commit_transaction(Self::WAIT).context("commit a transaction")?;
-            self.producer.begin_transaction().context("begin a transaction")?;
-            self.begun = Instant::now();
-        }
-        Ok(())
-    }
-
-    /// Commits the last transaction; returns how many messages were sent.
-    fn finish(self) -> anyhow::Result<u64> {
-        use rdkafka::producer::Producer as _;
-        self.producer.commit_transaction(Self::WAIT).context("commit the last transaction")?;
-        Ok(self.sent as u64)
-    }
 }

@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
         let nginx = Nginx::start(&dir, &orders)?;
 
         // Hits, the three servers in turn, round after round: the machine's pace moves
-        // between runs and within one (nginx alone from 80,000 to 115,000 a second in
+        // between runs and within one (nginx alone from 78,000 to 116,500 a second in
         // runs a minute apart), so each round's ratio compares servers measured seconds
         // apart, and the median of the rounds' ratios is the figure.
         let servers = [service.http_addr().to_string(), bare.addr.clone(), nginx.addr.clone()];

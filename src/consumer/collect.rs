@@ -253,10 +253,10 @@ impl Consumer {
         self.stopped = true;
     }
 
-    /// The partition's watermarks (start, end) as the broker sent them with its last
-    /// fetch response, as librdkafka keeps them (no round trip; negative while unknown).
-    /// The `rdkafka` crate does not wrap this call.
-    fn fetched_watermarks(&self, key: &Partition) -> Option<(i64, i64)> {
+    /// The partition's start as the broker sent it with its last fetch response, as
+    /// librdkafka keeps it (no round trip; negative while unknown). The `rdkafka` crate
+    /// does not wrap this call.
+    fn fetched_start(&self, key: &Partition) -> Option<i64> {
         let topic = std::ffi::CString::new(key.0.as_str()).ok()?;
         let (mut start, mut end) = (-1_i64, -1_i64);
         // SAFETY: the client handle lives as long as `self.consumer`; `topic` is a
@@ -271,7 +271,7 @@ impl Consumer {
                 &mut end,
             )
         };
-        (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then_some((start, end))
+        (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR).then_some(start)
     }
 
     /// The partition's watermarks (start, end), from the broker: a round trip, counted.
@@ -295,18 +295,15 @@ impl Consumer {
         // The partition's start as the broker sent it with the last messages fetched (no
         // round trip): a start at or before the position explains the gap, the usual case
         // of a transactional producer's markers. Past it, or unknown, the broker is asked.
-        if let Some((start, _)) = self.fetched_watermarks(&key) {
-            if (0..=position).contains(&start) {
-                debug!("event=offsets_skipped partition={}/{} from={position} to={}", key.0, key.1, first - 1);
-                return;
-            }
-        }
-        let start = match self.ask_watermarks(&key) {
-            Ok((low, _)) => low,
-            Err(e) => {
-                warn!("event=watermarks_unavailable partition={}/{} error={e}", key.0, key.1);
-                return;
-            }
+        let start = match self.fetched_start(&key).filter(|start| (0..=position).contains(start)) {
+            Some(start) => start,
+            None => match self.ask_watermarks(&key) {
+                Ok((low, _)) => low,
+                Err(e) => {
+                    warn!("event=watermarks_unavailable partition={}/{} error={e}", key.0, key.1);
+                    return;
+                }
+            },
         };
         if start <= position {
             debug!("event=offsets_skipped partition={}/{} from={position} to={}", key.0, key.1, first - 1);

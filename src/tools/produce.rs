@@ -12,6 +12,9 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 
 use crate::config;
 use crate::consumer::client_config;
+
+/// The longest wait for the broker in setting up, or committing, a transaction.
+const TRANSACTION_WAIT: Duration = Duration::from_secs(30);
 use crate::model::Rule;
 use rdkafka::{ClientContext, Message as _};
 
@@ -107,6 +110,23 @@ impl Producer {
             .ok()
             .and_then(|v| v.get("order_uid").and_then(|u| u.as_str()).map(str::to_owned));
         self.send(key.as_deref().map(str::as_bytes), payload)
+    }
+
+    /// For a producer given a `transactional.id`: registers it with the broker and opens
+    /// its first transaction.
+    pub fn begin_transactions(&self) -> anyhow::Result<()> {
+        self.producer.init_transactions(TRANSACTION_WAIT).context("set up the producer's transactions")?;
+        self.producer.begin_transaction().context("begin a transaction")
+    }
+
+    /// Commits the open transaction (once its messages are delivered), then, with `more`,
+    /// opens the next.
+    pub fn commit_transaction(&self, more: bool) -> anyhow::Result<()> {
+        self.producer.commit_transaction(TRANSACTION_WAIT).context("commit a transaction")?;
+        if more {
+            self.producer.begin_transaction().context("begin a transaction")?;
+        }
+        Ok(())
     }
 
     /// For each partition written to, one past the offset of its last confirmed message.

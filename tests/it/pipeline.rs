@@ -197,28 +197,19 @@ fn health_and_readiness() {
 /// trip the batch would wait for (it asked once a batch), and reports nothing lost.
 #[test]
 fn a_transactional_producers_commit_markers_are_no_loss_and_cost_no_round_trip() {
-    use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _};
-
     let setup = Setup::new(1);
     let service = setup.start();
     let addr = service.addr();
-    let producer: BaseProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("transactional.id", unique("transactional"))
-        .create()
-        .expect("create a transactional producer");
-    let wait = Duration::from_secs(30);
-    producer.init_transactions(wait).expect("init transactions");
+    let id = unique("transactional");
+    let producer =
+        orders_svc::tools::produce::Producer::with_settings(&brokers(), &setup.topic, &[("transactional.id", &id)])
+            .expect("create a transactional producer");
+    producer.begin_transactions().expect("begin transactions");
     let mut generator = orders_svc::tools::generate::Generator::new(67, 1);
-    for _ in 0..10 {
+    for n in 0..10 {
         let order = generator.order();
-        let json = order.to_json();
-        producer.begin_transaction().expect("begin");
-        producer
-            .send(BaseRecord::to(&setup.topic).key(&order.order_uid).payload(&json))
-            .map_err(|(e, _)| e)
-            .expect("send");
-        producer.commit_transaction(wait).expect("commit");
+        producer.send(Some(order.order_uid.as_bytes()), &order.to_json()).expect("send");
+        producer.commit_transaction(n < 9).expect("commit, and begin the next");
         wait_until_served(addr, &format!("/order/{}", order.order_uid));
     }
 
